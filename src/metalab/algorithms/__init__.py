@@ -1,0 +1,22 @@
+"""L2 algorithms: one file per method, all on the MetaAlgorithm interface."""
+
+from metalab.algorithms.base import MetaAlgorithm, MetaOutput, Predictor
+from metalab.algorithms.maml import FOMAML, MAML, MAMLConfig
+from metalab.algorithms.protonet import ProtoNet, ProtoNetConfig
+from metalab.algorithms.registry import build, get, make_config, names, register
+
+__all__ = [
+    "FOMAML",
+    "MAML",
+    "MAMLConfig",
+    "MetaAlgorithm",
+    "MetaOutput",
+    "Predictor",
+    "ProtoNet",
+    "ProtoNetConfig",
+    "build",
+    "get",
+    "make_config",
+    "names",
+    "register",
+]

@@ -1,0 +1,86 @@
+"""The interface every meta-learning method implements, whatever its family."""
+
+from __future__ import annotations
+
+import dataclasses
+from dataclasses import dataclass
+from typing import Any, Callable, ClassVar
+
+import torch
+from torch import Tensor, nn
+
+from metalab.data.benchmarks import TaskSpec
+from metalab.data.episode import Episode, EpisodeBatch
+from metalab.func.losses import task_metric
+from metalab.utils.errors import MetalabError
+
+Predictor = Callable[[Tensor], Tensor]
+"""An adapted learner: inputs ``(n, *input_shape)`` -> logits ``(n, n_way)`` or predictions."""
+
+
+@dataclass
+class MetaOutput:
+    """Result of :meth:`MetaAlgorithm.meta_loss`.
+
+    Attributes:
+        loss: scalar meta-loss to back-propagate into the meta-parameters.
+        metrics: detached floats for logging, e.g. ``{"loss": 0.4, "accuracy": 0.9}``.
+    """
+
+    loss: Tensor
+    metrics: dict[str, float]
+
+
+class MetaAlgorithm(nn.Module):
+    """Base of every method: ``meta_loss`` for training, ``adapt`` for evaluation.
+
+    Subclasses set ``name`` (the registry name) and ``Config`` (a dataclass of
+    hyper-parameters with defaults), and build their networks in ``__init__`` from the
+    :class:`TaskSpec`. Their ``nn.Module`` parameters are the meta-parameters, so the
+    trainer optimises ``algorithm.parameters()`` and checkpoints ``state_dict()``.
+    """
+
+    name: ClassVar[str]
+    Config: ClassVar[type]
+
+    def __init__(self, spec: TaskSpec, config: Any):
+        super().__init__()
+        self.spec = spec
+        self.config = config
+
+    def meta_loss(self, batch: EpisodeBatch) -> MetaOutput:
+        raise NotImplementedError
+
+    def adapt(self, episode: Episode, steps: int | None = None) -> Predictor:
+        """Adapt to one episode's support set; ``steps`` overrides test-time inner steps."""
+        raise NotImplementedError
+
+    def evaluate_episode(self, episode: Episode, steps: int | None = None) -> float:
+        """Query accuracy (classification) or MSE (regression) after adapting."""
+        predictor = self.adapt(episode, steps)
+        with torch.no_grad():
+            return task_metric(predictor(episode.query_x), episode.query_y).item()
+
+    def hparams(self) -> dict[str, Any]:
+        return dataclasses.asdict(self.config)
+
+
+def finite(loss: Tensor, where: str) -> Tensor:
+    """Raise when a meta-loss is not finite instead of silently training on NaN."""
+    if not torch.isfinite(loss.detach()).all():
+        raise MetalabError(
+            f"non-finite loss ({loss.detach().item()}) in {where}; lower the learning rates "
+            "or check the input data"
+        )
+    return loss
+
+
+def check_support(episode: Episode, n_way: int) -> None:
+    """Every class ``0..n_way-1`` must occur in the support set of a classification episode."""
+    counts = torch.bincount(episode.support_y.flatten(), minlength=n_way)
+    if counts.numel() > n_way or (counts == 0).any():
+        missing = (counts[:n_way] == 0).nonzero().flatten().tolist()
+        raise MetalabError(
+            f"the support set must hold every label 0..{n_way - 1}; missing {missing}, "
+            f"found labels up to {counts.numel() - 1}"
+        )

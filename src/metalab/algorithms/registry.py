@@ -1,0 +1,46 @@
+"""Registry: one name per method, built from a TaskSpec and hyper-parameters."""
+
+from __future__ import annotations
+
+import dataclasses
+from typing import Any
+
+from metalab.algorithms.base import MetaAlgorithm
+from metalab.data.benchmarks import TaskSpec
+from metalab.utils.errors import MetalabError
+
+_REGISTRY: dict[str, type[MetaAlgorithm]] = {}
+
+
+def register(cls: type[MetaAlgorithm]) -> type[MetaAlgorithm]:
+    """Class decorator adding a method under ``cls.name``."""
+    if cls.name in _REGISTRY:
+        raise ValueError(f"algorithm {cls.name!r} is registered twice")
+    _REGISTRY[cls.name] = cls
+    return cls
+
+
+def names() -> list[str]:
+    return sorted(_REGISTRY)
+
+
+def get(name: str) -> type[MetaAlgorithm]:
+    try:
+        return _REGISTRY[name]
+    except KeyError:
+        raise MetalabError(f"unknown algorithm {name!r}; choose one of {names()}") from None
+
+
+def make_config(name: str, **hparams: Any):
+    """The method's Config dataclass filled with ``hparams``; unknown fields are an error."""
+    config_cls = get(name).Config
+    fields = {f.name for f in dataclasses.fields(config_cls)}
+    unknown = sorted(set(hparams) - fields)
+    if unknown:
+        raise MetalabError(f"{name} has no hyper-parameter {unknown}; it takes {sorted(fields)}")
+    return config_cls(**hparams)
+
+
+def build(name: str, spec: TaskSpec, **hparams: Any) -> MetaAlgorithm:
+    """Instantiate the registered method ``name`` for tasks described by ``spec``."""
+    return get(name)(spec, make_config(name, **hparams))

@@ -1,0 +1,136 @@
+"""Named benchmarks: which task streams a run trains, validates and tests on.
+
+Validation and test streams use fixed seeds that do not depend on the run seed, so every
+run and every ``metalab eval`` of a benchmark sees the same validation and test episodes.
+"""
+
+from __future__ import annotations
+
+from dataclasses import dataclass
+from pathlib import Path
+
+from metalab.data.sampler import EpisodeSampler, TaskSource
+from metalab.data.sinusoid import SinusoidTasks
+from metalab.utils.errors import MetalabError
+
+VAL_STREAM = 0x7A1
+TEST_STREAM = 0x7E57
+OMNIGLOT_SPLITS = ("vinyals", "vinyals-trainval", "lake")
+
+
+@dataclass(frozen=True)
+class TaskSpec:
+    """What a learner must map: inputs of ``input_shape`` to ``output_dim`` outputs."""
+
+    input_shape: tuple[int, ...]
+    output_dim: int
+    classification: bool
+
+
+@dataclass(frozen=True)
+class BenchmarkConfig:
+    """Which benchmark and which episodes.
+
+    Attributes:
+        name: ``sinusoid`` or ``omniglot``.
+        data_dir: folder holding the Omniglot archives (Omniglot only).
+        cache_dir: where decoded images are cached (default ``~/.cache/metalab``).
+        split: Omniglot split: ``vinyals`` (train 1028 / val 172 / test 423 characters,
+            x4 rotations), ``vinyals-trainval`` (train on all 1200 Vinyals training
+            characters; validation then overlaps training) or ``lake`` (background minus the
+            validation alphabets / validation alphabets / evaluation).
+        n_way: classes per test (and validation) episode.
+        k_shot: support examples per class at test time (per task for regression).
+        n_query: query examples per class at test time; ``None``: 15 for Omniglot, 100
+            for sinusoid.
+        train_n_way, train_k_shot, train_n_query: the same for training episodes;
+            ``None`` means as at test time (sinusoid: 10 training query points).
+        seed: seed of the training stream.
+    """
+
+    name: str = "sinusoid"
+    data_dir: str | None = None
+    cache_dir: str | None = None
+    split: str = "vinyals"
+    n_way: int = 5
+    k_shot: int = 5
+    n_query: int | None = None
+    train_n_way: int | None = None
+    train_k_shot: int | None = None
+    train_n_query: int | None = None
+    seed: int = 0
+
+
+@dataclass(frozen=True)
+class Benchmark:
+    """The three streams of a benchmark and what its learners map."""
+
+    name: str
+    spec: TaskSpec
+    metric: str
+    train: TaskSource
+    val: TaskSource
+    test: TaskSource
+
+
+def _sinusoid(cfg: BenchmarkConfig) -> Benchmark:
+    k_train = cfg.train_k_shot or cfg.k_shot
+    q_train = cfg.train_n_query or 10
+    q_test = cfg.n_query or 100
+    return Benchmark(
+        name="sinusoid",
+        spec=TaskSpec(input_shape=(1,), output_dim=1, classification=False),
+        metric="mse",
+        train=SinusoidTasks(k_train, q_train, seed=cfg.seed),
+        val=SinusoidTasks(cfg.k_shot, q_test, seed=VAL_STREAM),
+        test=SinusoidTasks(cfg.k_shot, q_test, seed=TEST_STREAM),
+    )
+
+
+def _omniglot(cfg: BenchmarkConfig) -> Benchmark:
+    from metalab.data.omniglot import load_omniglot, omniglot_split
+
+    if cfg.data_dir is None:
+        raise MetalabError(
+            "the omniglot benchmark needs the folder with images_background.zip and "
+            "images_evaluation.zip: pass --data-dir (here: ../shared/data/omniglot)"
+        )
+    if cfg.split not in OMNIGLOT_SPLITS:
+        raise MetalabError(f"unknown omniglot split {cfg.split!r}; choose one of {OMNIGLOT_SPLITS}")
+    images = load_omniglot(Path(cfg.data_dir), cache_dir=cfg.cache_dir, progress=True)
+    if cfg.split == "lake":
+        val_names = {n.rsplit("/", 1)[0] for n in omniglot_split(images, "vinyals-val").class_names}
+        background = omniglot_split(images, "background")
+        keep = [i for i, n in enumerate(background.class_names) if n not in val_names]
+        train = background.subset(keep)
+        val = background.subset([i for i, n in enumerate(background.class_names) if n in val_names])
+        test = omniglot_split(images, "evaluation")
+    else:
+        train = omniglot_split(images, "vinyals-train" if cfg.split == "vinyals" else "vinyals-trainval")
+        val = omniglot_split(images, "vinyals-val")
+        test = omniglot_split(images, "vinyals-test")
+    q_test = cfg.n_query or 15
+    n_train = cfg.train_n_way or cfg.n_way
+    k_train = cfg.train_k_shot or cfg.k_shot
+    return Benchmark(
+        name="omniglot",
+        spec=TaskSpec(input_shape=train.sample_shape, output_dim=cfg.n_way, classification=True),
+        metric="accuracy",
+        train=EpisodeSampler(train, n_train, k_train, cfg.train_n_query or q_test, seed=cfg.seed),
+        val=EpisodeSampler(val, cfg.n_way, cfg.k_shot, q_test, seed=VAL_STREAM),
+        test=EpisodeSampler(test, cfg.n_way, cfg.k_shot, q_test, seed=TEST_STREAM),
+    )
+
+
+BENCHMARKS = {"sinusoid": _sinusoid, "omniglot": _omniglot}
+
+
+def make_benchmark(cfg: BenchmarkConfig) -> Benchmark:
+    """Build the train/val/test streams named by ``cfg``."""
+    try:
+        factory = BENCHMARKS[cfg.name]
+    except KeyError:
+        raise MetalabError(
+            f"unknown benchmark {cfg.name!r}; choose one of {sorted(BENCHMARKS)}"
+        ) from None
+    return factory(cfg)

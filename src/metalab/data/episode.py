@@ -1,0 +1,160 @@
+"""Episodes as data: tensors plus the metadata that says which task they came from."""
+
+from __future__ import annotations
+
+from dataclasses import dataclass, field, replace
+from typing import Any, Mapping, Sequence
+
+import torch
+from torch import Tensor
+
+
+@dataclass(frozen=True)
+class EpisodeMeta:
+    """Where an episode came from.
+
+    Attributes:
+        task_id: index of the episode in its stream (the sampler's ``index``).
+        seed: the seed its generator was created with; re-sampling with it gives the
+            same episode.
+        n_way: number of classes (``None`` for regression families).
+        k_shot: support examples per class (per task for regression).
+        n_query: query examples per class (per task for regression).
+        class_ids: global class ids in label order: label ``j`` is class ``class_ids[j]``.
+        class_names: human-readable names in label order, e.g. ``Greek/character07/rot90``.
+        params: task parameters of generated families, e.g. ``{"amplitude": 2.1, "phase": 0.3}``.
+    """
+
+    task_id: int
+    seed: int
+    n_way: int | None
+    k_shot: int
+    n_query: int
+    class_ids: tuple[int, ...] = ()
+    class_names: tuple[str, ...] = ()
+    params: Mapping[str, float] = field(default_factory=dict)
+
+
+def _check_pair(name: str, x: Tensor, y: Tensor) -> None:
+    if x.shape[0] != y.shape[0]:
+        raise ValueError(
+            f"{name}_x has {x.shape[0]} examples but {name}_y has {y.shape[0]}; "
+            "they must match along dim 0"
+        )
+
+
+@dataclass(frozen=True)
+class Episode:
+    """One support/query instance of a task.
+
+    Args:
+        support_x: ``(n_support, *input_shape)``.
+        support_y: ``(n_support,)`` int64 labels in ``0..n_way-1``, or ``(n_support, d)``
+            float targets for regression.
+        query_x: ``(n_query_total, *input_shape)``.
+        query_y: like ``support_y``.
+        meta: the episode's :class:`EpisodeMeta`.
+    """
+
+    support_x: Tensor
+    support_y: Tensor
+    query_x: Tensor
+    query_y: Tensor
+    meta: EpisodeMeta
+
+    def __post_init__(self) -> None:
+        _check_pair("support", self.support_x, self.support_y)
+        _check_pair("query", self.query_x, self.query_y)
+
+    @property
+    def is_classification(self) -> bool:
+        return not self.support_y.is_floating_point()
+
+    def to(self, device: torch.device | str) -> "Episode":
+        return replace(
+            self,
+            support_x=self.support_x.to(device),
+            support_y=self.support_y.to(device),
+            query_x=self.query_x.to(device),
+            query_y=self.query_y.to(device),
+        )
+
+
+@dataclass(frozen=True)
+class EpisodeBatch:
+    """Episodes of the same shapes stacked on dim 0 (``meta_batch_size`` tasks).
+
+    Shapes are those of :class:`Episode` with a leading task dimension ``B``.
+    """
+
+    support_x: Tensor
+    support_y: Tensor
+    query_x: Tensor
+    query_y: Tensor
+    metas: tuple[EpisodeMeta, ...]
+
+    @classmethod
+    def stack(cls, episodes: Sequence[Episode]) -> "EpisodeBatch":
+        if not episodes:
+            raise ValueError("cannot stack an empty list of episodes")
+        shapes = {(e.support_x.shape, e.query_x.shape, e.support_y.shape) for e in episodes}
+        if len(shapes) != 1:
+            raise ValueError(
+                "episodes in one batch must share shapes (same n_way, k_shot, n_query); "
+                f"got {sorted(str(s) for s in shapes)}"
+            )
+        return cls(
+            support_x=torch.stack([e.support_x for e in episodes]),
+            support_y=torch.stack([e.support_y for e in episodes]),
+            query_x=torch.stack([e.query_x for e in episodes]),
+            query_y=torch.stack([e.query_y for e in episodes]),
+            metas=tuple(e.meta for e in episodes),
+        )
+
+    def __len__(self) -> int:
+        return self.support_x.shape[0]
+
+    @property
+    def is_classification(self) -> bool:
+        return not self.support_y.is_floating_point()
+
+    def __getitem__(self, i: int) -> Episode:
+        return Episode(
+            self.support_x[i], self.support_y[i], self.query_x[i], self.query_y[i], self.metas[i]
+        )
+
+    def episodes(self) -> list[Episode]:
+        return [self[i] for i in range(len(self))]
+
+    def to(self, device: torch.device | str) -> "EpisodeBatch":
+        return replace(
+            self,
+            support_x=self.support_x.to(device),
+            support_y=self.support_y.to(device),
+            query_x=self.query_x.to(device),
+            query_y=self.query_y.to(device),
+        )
+
+    def split(self, parts: int, index: int) -> "EpisodeBatch":
+        """The ``index``-th of ``parts`` contiguous shares (for data-parallel ranks)."""
+        n = len(self)
+        if n % parts:
+            raise ValueError(f"a batch of {n} tasks does not split into {parts} equal shares")
+        s = slice(index * n // parts, (index + 1) * n // parts)
+        return EpisodeBatch(
+            self.support_x[s], self.support_y[s], self.query_x[s], self.query_y[s], self.metas[s]
+        )
+
+
+def describe(meta: EpisodeMeta) -> dict[str, Any]:
+    """A JSON-friendly view of an episode's metadata."""
+    return {
+        "task_id": meta.task_id,
+        "seed": meta.seed,
+        "n_way": meta.n_way,
+        "k_shot": meta.k_shot,
+        "n_query": meta.n_query,
+        "class_ids": list(meta.class_ids),
+        "class_names": list(meta.class_names),
+        "params": dict(meta.params),
+    }

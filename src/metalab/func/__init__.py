@@ -1,0 +1,24 @@
+"""L1 functional core: pure functions over parameter dicts."""
+
+from metalab.func.functional import forward, params_of
+from metalab.func.inner import inner_loop
+from metalab.func.losses import metric_name, task_loss, task_metric
+from metalab.func.prototypes import class_prototypes, one_hot, squared_euclidean
+from metalab.func.rules import SGD, UpdateRule
+from metalab.func.tasks import TASK_MODES, map_tasks
+
+__all__ = [
+    "SGD",
+    "TASK_MODES",
+    "UpdateRule",
+    "class_prototypes",
+    "forward",
+    "inner_loop",
+    "map_tasks",
+    "metric_name",
+    "one_hot",
+    "params_of",
+    "squared_euclidean",
+    "task_loss",
+    "task_metric",
+]

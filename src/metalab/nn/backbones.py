@@ -1,0 +1,83 @@
+"""Backbones of the MAML and Prototypical Networks papers."""
+
+from __future__ import annotations
+
+from typing import Sequence
+
+from torch import Tensor, nn
+
+from metalab.nn.batchnorm import BatchNorm
+
+
+def conv_block(in_channels: int, out_channels: int, track_running_stats: bool) -> nn.Sequential:
+    """conv 3x3 (padding 1) -> batch norm -> ReLU -> 2x2 max-pool."""
+    return nn.Sequential(
+        nn.Conv2d(in_channels, out_channels, kernel_size=3, padding=1),
+        BatchNorm(out_channels, track_running_stats=track_running_stats),
+        nn.ReLU(),
+        nn.MaxPool2d(2),
+    )
+
+
+class Conv4(nn.Module):
+    """Four conv blocks of ``hidden`` channels, flattened, then an optional linear head.
+
+    On 28x28 Omniglot the spatial size goes 28 -> 14 -> 7 -> 3 -> 1, so the embedding has
+    ``hidden`` (64) features.
+
+    Args:
+        in_channels: image channels (1 for Omniglot).
+        image_size: input height and width.
+        hidden: channels of every block.
+        out_features: size of the linear head; ``None`` returns the embedding.
+        track_running_stats: see :class:`metalab.nn.BatchNorm`.
+
+    Shapes: ``(N, in_channels, H, W) -> (N, out_features or embedding)``.
+
+    References: Finn et al. 2017 (MAML), section 5.2; Snell et al. 2017, section 3.
+    """
+
+    def __init__(
+        self,
+        in_channels: int = 1,
+        image_size: int = 28,
+        hidden: int = 64,
+        out_features: int | None = None,
+        track_running_stats: bool = False,
+    ):
+        super().__init__()
+        self.features = nn.Sequential(
+            conv_block(in_channels, hidden, track_running_stats),
+            *(conv_block(hidden, hidden, track_running_stats) for _ in range(3)),
+            nn.Flatten(),
+        )
+        side = image_size
+        for _ in range(4):
+            side //= 2
+        if side < 1:
+            raise ValueError(f"Conv4 needs images of at least 16x16, got {image_size}x{image_size}")
+        self.embedding_dim = hidden * side * side
+        self.head = nn.Linear(self.embedding_dim, out_features) if out_features is not None else None
+
+    def forward(self, x: Tensor) -> Tensor:
+        z = self.features(x)
+        return self.head(z) if self.head is not None else z
+
+
+class MLP(nn.Module):
+    """Fully connected ReLU network; ``sizes=(1, 40, 40, 1)`` is MAML's sinusoid regressor.
+
+    Shapes: ``(N, sizes[0]) -> (N, sizes[-1])``.
+    """
+
+    def __init__(self, sizes: Sequence[int] = (1, 40, 40, 1)):
+        super().__init__()
+        layers: list[nn.Module] = []
+        for i, (a, b) in enumerate(zip(sizes[:-1], sizes[1:])):
+            layers.append(nn.Linear(a, b))
+            if i < len(sizes) - 2:
+                layers.append(nn.ReLU())
+        self.net = nn.Sequential(*layers)
+
+    def forward(self, x: Tensor) -> Tensor:
+        return self.net(x)

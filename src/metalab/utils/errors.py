@@ -1,0 +1,15 @@
+"""The one exception type for user-facing mistakes."""
+
+
+class MetalabError(ValueError):
+    """Bad input or a missing resource; the message says what was wrong and what to do.
+
+    The CLI turns it into one ``metalab: error: ...`` line and exit code 2.
+    """
+
+
+def require_positive(**values: int) -> None:
+    """Raise :class:`MetalabError` unless every keyword value is an integer >= 1."""
+    for name, value in values.items():
+        if isinstance(value, bool) or not isinstance(value, int) or value < 1:
+            raise MetalabError(f"{name} must be a positive integer, got {value!r}")

@@ -1,0 +1,41 @@
+"""Small synthetic tasks for exact unit tests (the real-data tests use Omniglot)."""
+
+from __future__ import annotations
+
+import torch
+
+from metalab.data import ClassDataset, EpisodeBatch, EpisodeSampler, SinusoidTasks
+
+
+def image_batch(tasks=3, n_way=3, k_shot=2, n_query=2, size=16, dtype=torch.float64, seed=0) -> EpisodeBatch:
+    g = torch.Generator().manual_seed(seed)
+    data = torch.rand(8, 6, 1, size, size, generator=g, dtype=dtype)
+    ds = ClassDataset(data, tuple(range(8)), tuple(f"c{i}" for i in range(8)))
+    return EpisodeSampler(ds, n_way, k_shot, n_query, seed=seed).batch(0, tasks)
+
+
+def sinusoid_batch(tasks=4, k_shot=5, n_query=6, dtype=torch.float64, seed=0) -> EpisodeBatch:
+    batch = SinusoidTasks(k_shot, n_query, seed=seed).batch(0, tasks)
+    return EpisodeBatch(batch.support_x.to(dtype), batch.support_y.to(dtype), batch.query_x.to(dtype),
+                        batch.query_y.to(dtype), batch.metas)
+
+
+def flat_grad(module: torch.nn.Module) -> torch.Tensor:
+    return torch.cat([p.grad.flatten() for p in module.parameters()])
+
+
+def finite_difference_grad(loss_fn, module: torch.nn.Module, eps: float = 1e-6) -> torch.Tensor:
+    """Central differences of ``loss_fn()`` w.r.t. every parameter of ``module``."""
+    grads = []
+    with torch.no_grad():
+        for p in module.parameters():
+            flat = p.view(-1)
+            for i in range(flat.numel()):
+                old = flat[i].item()
+                flat[i] = old + eps
+                up = loss_fn().item()
+                flat[i] = old - eps
+                down = loss_fn().item()
+                flat[i] = old
+                grads.append((up - down) / (2 * eps))
+    return torch.tensor(grads, dtype=torch.float64)

@@ -1,0 +1,98 @@
+import pytest
+import torch
+
+from metalab.algorithms import MAML, make_config
+from metalab.data import TaskSpec
+from metalab.func import forward, params_of, task_loss
+from metalab.nn import MLP, Conv4
+
+from .helpers import finite_difference_grad, flat_grad, image_batch, sinusoid_batch
+
+
+def _mlp_maml(steps, first_order=False, mode="loop", lr=0.05):
+    torch.manual_seed(0)
+    config = make_config("maml", inner_lr=lr, inner_steps=steps, first_order=first_order, task_mode=mode)
+    return MAML(TaskSpec((1,), 1, False), config, model=MLP((1, 6, 6, 1))).double()
+
+
+def _conv_maml(steps, first_order=False, mode="loop"):
+    torch.manual_seed(0)
+    config = make_config("maml", inner_lr=0.3, inner_steps=steps, first_order=first_order, task_mode=mode)
+    model = Conv4(1, image_size=16, hidden=2, out_features=3)
+    return MAML(TaskSpec((1, 16, 16), 3, True), config, model=model).double()
+
+
+@pytest.mark.parametrize("steps", [1, 3])
+def test_second_order_meta_gradient_matches_finite_differences(steps):
+    algo = _mlp_maml(steps)
+    batch = sinusoid_batch()
+    algo.meta_loss(batch).loss.backward()
+    numeric = finite_difference_grad(lambda: algo.meta_loss(batch).loss, algo)
+    torch.testing.assert_close(flat_grad(algo), numeric, rtol=1e-6, atol=1e-8)
+
+
+def test_second_order_meta_gradient_through_batchnorm_matches_finite_differences():
+    algo = _conv_maml(2)
+    batch = image_batch(tasks=2)
+    algo.meta_loss(batch).loss.backward()
+    numeric = finite_difference_grad(lambda: algo.meta_loss(batch).loss, algo)
+    torch.testing.assert_close(flat_grad(algo), numeric, rtol=1e-5, atol=1e-8)
+
+
+@pytest.mark.parametrize("steps", [1, 3])
+def test_first_order_gradient_is_the_query_gradient_at_adapted_parameters(steps):
+    algo = _mlp_maml(steps, first_order=True)
+    batch = sinusoid_batch()
+    algo.meta_loss(batch).loss.backward()
+    expected = torch.zeros_like(flat_grad(algo))
+    for episode in batch.episodes():
+        params = {k: v.detach().clone().requires_grad_() for k, v in params_of(algo.model).items()}
+        for _ in range(steps):  # plain SGD by hand
+            loss = task_loss(forward(algo.model, params, episode.support_x), episode.support_y)
+            grads = torch.autograd.grad(loss, list(params.values()))
+            params = {k: (v - 0.05 * g).detach().requires_grad_() for (k, v), g in zip(params.items(), grads)}
+        query = task_loss(forward(algo.model, params, episode.query_x), episode.query_y)
+        expected += torch.cat([g.flatten() for g in torch.autograd.grad(query, list(params.values()))])
+    torch.testing.assert_close(flat_grad(algo), expected / len(batch), rtol=1e-10, atol=1e-12)
+
+
+def test_first_order_differs_from_second_order():
+    batch = sinusoid_batch()
+    grads = []
+    for first_order in (False, True):
+        algo = _mlp_maml(2, first_order=first_order)
+        algo.meta_loss(batch).loss.backward()
+        grads.append(flat_grad(algo))
+    assert not torch.allclose(grads[0], grads[1], rtol=1e-3)
+
+
+@pytest.mark.parametrize("make, batch", [(_mlp_maml, sinusoid_batch), (_conv_maml, image_batch)])
+def test_loop_equals_vmap_second_order(make, batch):
+    data = batch()
+    results = []
+    for mode in ("loop", "vmap"):
+        algo = make(2, mode=mode)
+        out = algo.meta_loss(data)
+        out.loss.backward()
+        results.append((out.loss.detach(), flat_grad(algo)))
+    torch.testing.assert_close(results[0][0], results[1][0], rtol=1e-12, atol=1e-12)
+    torch.testing.assert_close(results[0][1], results[1][1], rtol=1e-10, atol=1e-12)
+
+
+def test_adapt_improves_support_fit_and_keeps_no_graph():
+    algo = _mlp_maml(1, lr=0.02)
+    episode = sinusoid_batch(tasks=1)[0]
+    before = task_loss(algo.adapt(episode, steps=0)(episode.support_x), episode.support_y)
+    predictor = algo.adapt(episode, steps=20)
+    out = predictor(episode.support_x)
+    assert not out.requires_grad
+    assert task_loss(out, episode.support_y) < before
+
+
+def test_adapt_requires_every_class_in_the_support():
+    algo = _conv_maml(1)
+    episode = image_batch(tasks=1)[0]
+    bad = type(episode)(episode.support_x, torch.zeros_like(episode.support_y), episode.query_x,
+                        episode.query_y, episode.meta)
+    with pytest.raises(ValueError, match="missing \\[1, 2\\]"):
+        algo.adapt(bad)
