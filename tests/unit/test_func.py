@@ -7,10 +7,11 @@ from metalab.nn import BatchNorm, Conv4
 from metalab.utils import derive_seed, mean_ci95
 
 
-def test_batchnorm_matches_torch_in_training_and_eval():
+@pytest.mark.parametrize("vmap_safe", [False, True])
+def test_batchnorm_matches_torch_in_training_and_eval(vmap_safe):
     torch.manual_seed(0)
     x = torch.randn(6, 3, 5, 5, dtype=torch.float64)
-    ours = BatchNorm(3, track_running_stats=True).double()
+    ours = BatchNorm(3, track_running_stats=True, vmap_safe=vmap_safe).double()
     ref = torch.nn.BatchNorm2d(3).double()
     with torch.no_grad():
         ours.weight.uniform_(0.5, 2), ours.bias.uniform_(-1, 1)
@@ -23,8 +24,9 @@ def test_batchnorm_matches_torch_in_training_and_eval():
     torch.testing.assert_close(ours(x), ref(x))
 
 
-def test_batchnorm_without_running_stats_always_uses_the_batch():
-    bn = BatchNorm(2).double().eval()
+@pytest.mark.parametrize("vmap_safe", [False, True])
+def test_batchnorm_without_running_stats_always_uses_the_batch(vmap_safe):
+    bn = BatchNorm(2, vmap_safe=vmap_safe).double().eval()
     x = torch.randn(4, 2, 3, dtype=torch.float64) * 5 + 3
     out = bn(x)
     torch.testing.assert_close(out, F.batch_norm(x, None, None, bn.weight, bn.bias, training=True))

@@ -18,7 +18,7 @@ def _mlp_maml(steps, first_order=False, mode="loop", lr=0.05):
 def _conv_maml(steps, first_order=False, mode="loop"):
     torch.manual_seed(0)
     config = make_config("maml", inner_lr=0.3, inner_steps=steps, first_order=first_order, task_mode=mode)
-    model = Conv4(1, image_size=16, hidden=2, out_features=3)
+    model = Conv4(1, image_size=16, hidden=2, out_features=3, vmap_safe=mode == "vmap")
     return MAML(TaskSpec((1, 16, 16), 3, True), config, model=model).double()
 
 
@@ -31,8 +31,9 @@ def test_second_order_meta_gradient_matches_finite_differences(steps):
     torch.testing.assert_close(flat_grad(algo), numeric, rtol=1e-6, atol=1e-8)
 
 
-def test_second_order_meta_gradient_through_batchnorm_matches_finite_differences():
-    algo = _conv_maml(2)
+@pytest.mark.parametrize("mode", ["loop", "vmap"])
+def test_second_order_meta_gradient_through_batchnorm_matches_finite_differences(mode):
+    algo = _conv_maml(2, mode=mode)
     batch = image_batch(tasks=2)
     algo.meta_loss(batch).loss.backward()
     numeric = finite_difference_grad(lambda: algo.meta_loss(batch).loss, algo)

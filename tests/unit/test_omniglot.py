@@ -8,11 +8,9 @@ import zipfile
 from collections import Counter
 from pathlib import Path
 
-import numpy as np
 import pytest
 import torch
 
-from metalab.data import omniglot
 from metalab.data.omniglot import ARCHIVES, SPLITS, load_omniglot, omniglot_split
 from metalab.utils.errors import MetalabError
 
@@ -33,16 +31,15 @@ def _cache_file(cache_dir: Path, image_size: int = 28) -> Path:
     return path
 
 
-def _stub_decode(monkeypatch, value: int = 7) -> list[int]:
-    """Replace PNG decoding by a constant image and count the calls."""
-    calls = []
+def _fingerprint(cache: Path) -> str:
+    """The archive fingerprint in ``omniglot-{image_size}-{fingerprint}.pt``."""
+    return cache.stem.split("-", 2)[2]
 
-    def fake(png: bytes, image_size: int) -> np.ndarray:
-        calls.append(1)
-        return np.full((image_size, image_size), value, dtype=np.uint8)
 
-    monkeypatch.setattr(omniglot, "_decode", fake)
-    return calls
+def _snapshot(path: Path) -> tuple[int, int, bytes]:
+    """What changes if a file is rewritten: inode, modification time and content."""
+    stat = path.stat()
+    return stat.st_ino, stat.st_mtime_ns, path.read_bytes()
 
 
 # ---------------------------------------------------------------------------- images
@@ -169,51 +166,98 @@ def test_unknown_split(omniglot_images):
 # ---------------------------------------------------------------------------- cache
 
 
-def test_cache_is_reused(omniglot_dir, omniglot_cache, omniglot_images, monkeypatch):
-    assert _cache_file(omniglot_cache).stat().st_size > 1623 * 20 * 28 * 28
-    monkeypatch.setattr(omniglot, "_decode", None)  # any decode would now fail
-    again = load_omniglot(omniglot_dir, cache_dir=omniglot_cache)
+def test_cache_is_reused(omniglot_dir, omniglot_cache, omniglot_images, capsys):
+    cache = _cache_file(omniglot_cache)
+    assert cache.stat().st_size > 1623 * 20 * 28 * 28
+    before = _snapshot(cache)
+    capsys.readouterr()
+    again = load_omniglot(omniglot_dir, cache_dir=omniglot_cache, progress=True)
+    assert "decoding Omniglot" not in capsys.readouterr().err  # no progress bar: nothing decoded
     assert torch.equal(again.images, omniglot_images.images)
     assert torch.equal(again.background, omniglot_images.background)
     assert (again.alphabets, again.characters, again.char_ids) == (
         omniglot_images.alphabets, omniglot_images.characters, omniglot_images.char_ids)
+    assert _snapshot(cache) == before  # read, not rewritten
+    assert list(omniglot_cache.glob("omniglot-28-*.pt")) == [cache]
 
 
-@pytest.mark.parametrize("damage", ["garbage", "truncated", "wrong-fields", "unsafe-pickle"])
-def test_corrupt_cache_is_decoded_again(omniglot_dir, omniglot_cache, omniglot_images, tmp_path,
-                                        monkeypatch, damage):
-    good = _cache_file(omniglot_cache)
-    bad = tmp_path / good.name
-    shutil.copyfile(good, bad)
-    if damage == "garbage":
-        bad.write_bytes(b"\x00not a torch file\xff" * 100)
-    elif damage == "truncated":
-        bad.write_bytes(good.read_bytes()[: good.stat().st_size // 2])
-    elif damage == "wrong-fields":
-        torch.save({"images": torch.zeros(3, dtype=torch.uint8)}, bad)
-    else:
-        torch.save({"images": Path("x")}, bad)
-    calls = _stub_decode(monkeypatch)
-    recovered = load_omniglot(omniglot_dir, cache_dir=tmp_path)
-    assert len(calls) == 1623 * 20 and (recovered.images == 7).all()
-    assert recovered.alphabets == omniglot_images.alphabets
-    monkeypatch.setattr(omniglot, "_decode", None)  # the rewritten cache is read now
-    assert torch.equal(load_omniglot(omniglot_dir, cache_dir=tmp_path).images, recovered.images)
+# A decode at this size costs about as much as one at 28, so the tests below share as few as
+# they can: one fresh decode of re-packed archives (module fixture) and one per damaged cache.
+SMALL = 8
 
 
-def test_changed_archive_gets_new_cache(omniglot_dir, omniglot_cache, tmp_path, monkeypatch, capsys):
-    root, cache_dir = tmp_path / "data", tmp_path / "cache"
+@pytest.fixture(scope="module")
+def repacked(omniglot_dir, omniglot_cache, tmp_path_factory):
+    """The real archives copied with a new zip comment (same drawings, other bytes), loaded at SMALL.
+
+    The cache folder starts with a SMALL-size file named for the real archives' fingerprint: a
+    copy of the 28-pixel cache, so a readable file whose fields do not fit SMALL.
+    """
+    base = tmp_path_factory.mktemp("repacked")
+    root, cache_dir = base / "data", base / "cache"
     root.mkdir()
     cache_dir.mkdir()
     for name in ARCHIVES:
         shutil.copyfile(omniglot_dir / name, root / name)
-    shutil.copyfile(_cache_file(omniglot_cache), cache_dir / _cache_file(omniglot_cache).name)
     with zipfile.ZipFile(root / ARCHIVES[1], "a") as archive:
         archive.comment = b"re-packed"
-    calls = _stub_decode(monkeypatch)
-    assert (load_omniglot(root, cache_dir=cache_dir, progress=True).images == 7).all() and calls
+    real = _cache_file(omniglot_cache)
+    old = cache_dir / f"omniglot-{SMALL}-{_fingerprint(real)}.pt"
+    shutil.copyfile(real, old)
+    old_before = _snapshot(old)
+    images = load_omniglot(root, cache_dir=cache_dir, image_size=SMALL)
+    return {"root": root, "cache_dir": cache_dir, "old": old, "old_before": old_before, "images": images}
+
+
+def test_changed_archive_gets_new_cache(repacked, omniglot_images, capsys):
+    old, cache_dir, images = repacked["old"], repacked["cache_dir"], repacked["images"]
+    (new,) = set(cache_dir.glob(f"omniglot-{SMALL}-*.pt")) - {old}  # next to the old file, not over it
+    assert _fingerprint(new) != _fingerprint(old)
+    assert _snapshot(old) == repacked["old_before"]
+    assert images.images.shape == (1623, 20, SMALL, SMALL) and images.images.dtype == torch.uint8
+    assert (images.images.amax(dim=(2, 3)) > 0).all() and 10 < images.images.float().mean() < 40  # drawings
+    assert (images.alphabets, images.characters, images.char_ids) == (
+        omniglot_images.alphabets, omniglot_images.characters, omniglot_images.char_ids)
+    assert torch.equal(images.background, omniglot_images.background)
+    # the new file serves the re-packed archives from now on
+    before = _snapshot(new)
+    capsys.readouterr()
+    again = load_omniglot(repacked["root"], cache_dir=cache_dir, image_size=SMALL, progress=True)
+    assert "decoding Omniglot" not in capsys.readouterr().err
+    assert torch.equal(again.images, images.images) and _snapshot(new) == before
+
+
+# One damage per way a cache can fail: a file torch.load rejects (truncated; garbage bytes and
+# pickles that weights_only refuses take the same path) and a readable file with wrong fields
+# (a complete 28-pixel cache under the SMALL name). Each recovery is a real decode.
+@pytest.mark.parametrize("damage", ["truncated", "wrong-fields"])
+def test_corrupt_cache_is_decoded_again(repacked, omniglot_dir, omniglot_cache, tmp_path, capsys, damage):
+    cache_dir = tmp_path / "cache"
+    cache_dir.mkdir()
+    if damage == "truncated":  # the re-packed archives' SMALL cache, cut in half
+        root = repacked["root"]
+        (good,) = set(repacked["cache_dir"].glob(f"omniglot-{SMALL}-*.pt")) - {repacked["old"]}
+        bad = cache_dir / good.name
+        bad.write_bytes(good.read_bytes()[: good.stat().st_size // 2])
+    else:  # the real archives, whose SMALL name holds the 28-pixel cache
+        root = omniglot_dir
+        bad = cache_dir / repacked["old"].name
+        shutil.copyfile(_cache_file(omniglot_cache), bad)
+    damaged = bad.read_bytes()
+    capsys.readouterr()
+    recovered = load_omniglot(root, cache_dir=cache_dir, image_size=SMALL, progress=True)
     assert "decoding Omniglot" in capsys.readouterr().err
-    assert len(list(cache_dir.glob("omniglot-28-*.pt"))) == 2
+    fresh = repacked["images"]  # a fresh decode of the same drawings at the same size
+    assert torch.equal(recovered.images, fresh.images)
+    assert torch.equal(recovered.background, fresh.background)
+    assert (recovered.alphabets, recovered.characters, recovered.char_ids) == (
+        fresh.alphabets, fresh.characters, fresh.char_ids)
+    # rewritten in place (no second file, no temporary left) and read back without decoding
+    assert list(cache_dir.iterdir()) == [bad] and bad.read_bytes() != damaged
+    before = _snapshot(bad)
+    again = load_omniglot(root, cache_dir=cache_dir, image_size=SMALL, progress=True)
+    assert "decoding Omniglot" not in capsys.readouterr().err
+    assert torch.equal(again.images, fresh.images) and _snapshot(bad) == before
 
 
 # ---------------------------------------------------------------------------- errors

@@ -67,9 +67,11 @@ class MAML(MetaAlgorithm):
 
     def __init__(self, spec: TaskSpec, config: MAMLConfig, model: nn.Module | None = None):
         super().__init__(spec, config)
-        self.model = model if model is not None else make_backbone(spec.input_shape, spec.output_dim)
         mode = config.task_mode
         self.task_mode = ("vmap" if len(spec.input_shape) == 1 else "loop") if mode == "auto" else mode
+        if model is None:
+            model = make_backbone(spec.input_shape, spec.output_dim, vmap_safe=self.task_mode == "vmap")
+        self.model = model
 
     def _adapted(self, params: Params, support_x: Tensor, support_y: Tensor, steps: int, first_order: bool) -> Params:
         def support_loss(p: Params) -> Tensor:

@@ -4,16 +4,17 @@ from __future__ import annotations
 
 from typing import Sequence
 
+import torch
 from torch import Tensor, nn
 
 from metalab.nn.batchnorm import BatchNorm
 
 
-def conv_block(in_channels: int, out_channels: int, track_running_stats: bool) -> nn.Sequential:
+def conv_block(in_channels: int, out_channels: int, track_running_stats: bool, vmap_safe: bool) -> nn.Sequential:
     """conv 3x3 (padding 1) -> batch norm -> ReLU -> 2x2 max-pool."""
     return nn.Sequential(
         nn.Conv2d(in_channels, out_channels, kernel_size=3, padding=1),
-        BatchNorm(out_channels, track_running_stats=track_running_stats),
+        BatchNorm(out_channels, track_running_stats=track_running_stats, vmap_safe=vmap_safe),
         nn.ReLU(),
         nn.MaxPool2d(2),
     )
@@ -30,7 +31,7 @@ class Conv4(nn.Module):
         image_size: input height and width.
         hidden: channels of every block.
         out_features: size of the linear head; ``None`` returns the embedding.
-        track_running_stats: see :class:`metalab.nn.BatchNorm`.
+        track_running_stats, vmap_safe: see :class:`metalab.nn.BatchNorm`.
 
     Shapes: ``(N, in_channels, H, W) -> (N, out_features or embedding)``.
 
@@ -44,11 +45,13 @@ class Conv4(nn.Module):
         hidden: int = 64,
         out_features: int | None = None,
         track_running_stats: bool = False,
+        vmap_safe: bool = False,
     ):
         super().__init__()
+        self.vmap_safe = vmap_safe
         self.features = nn.Sequential(
-            conv_block(in_channels, hidden, track_running_stats),
-            *(conv_block(hidden, hidden, track_running_stats) for _ in range(3)),
+            conv_block(in_channels, hidden, track_running_stats, vmap_safe),
+            *(conv_block(hidden, hidden, track_running_stats, vmap_safe) for _ in range(3)),
             nn.Flatten(),
         )
         side = image_size
@@ -60,6 +63,8 @@ class Conv4(nn.Module):
         self.head = nn.Linear(self.embedding_dim, out_features) if out_features is not None else None
 
     def forward(self, x: Tensor) -> Tensor:
+        if not self.vmap_safe:  # channels-last convolutions are ~1.5x faster on CPU
+            x = x.contiguous(memory_format=torch.channels_last)
         z = self.features(x)
         return self.head(z) if self.head is not None else z
 
