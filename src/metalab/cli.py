@@ -146,7 +146,8 @@ def _train(args: argparse.Namespace) -> int:
     eval_steps = args.eval_steps or defaults["eval_steps"]
     if not hasattr(config, "inner_steps"):
         eval_steps = [None]
-    benchmark = make_benchmark(bench_cfg)
+    progress = not args.quiet and sys.stderr.isatty()
+    benchmark = make_benchmark(bench_cfg, progress)
     with torch.random.fork_rng(devices=[]):
         torch.manual_seed(derive_seed(args.seed, 0))
         algorithm = algorithms.get(args.algorithm)(benchmark.spec, config)
@@ -156,7 +157,6 @@ def _train(args: argparse.Namespace) -> int:
     atomic_write_text(run_dir / "config.json", json.dumps(
         {"algorithm": args.algorithm, "hparams": dataclasses.asdict(config), **extra,
          "train": dataclasses.asdict(train_cfg), "argv": sys.argv[1:]}, indent=2))
-    progress = not args.quiet and sys.stderr.isatty()
     result = train(algorithm, benchmark, train_cfg, run_dir, progress=progress, checkpoint_extra=extra)
     print(f"trained {args.algorithm} on {args.benchmark}: {result.steps} steps in {result.seconds:.1f} s; "
           f"best validation {result.best}", flush=True)
@@ -177,9 +177,9 @@ def _eval(args: argparse.Namespace) -> int:
     for name in ("data_dir", "cache_dir"):
         if getattr(args, name) is not None:
             fields[name] = getattr(args, name)
-    benchmark = make_benchmark(BenchmarkConfig(**fields))
-    eval_steps = args.eval_steps or [None]
     progress = not args.quiet and sys.stderr.isatty()
+    benchmark = make_benchmark(BenchmarkConfig(**fields), progress)
+    eval_steps = args.eval_steps or [None]
     tests = _evaluate_all(algorithm, benchmark, args.episodes, eval_steps, progress)
     if args.out:
         atomic_write_text(args.out, json.dumps({"checkpoint": args.checkpoint, "test": tests}, indent=2))

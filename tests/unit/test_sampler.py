@@ -111,3 +111,14 @@ def test_sinusoid_targets_and_metadata():
     assert torch.equal(again.support_x, tasks.episode(11).support_x)
     with pytest.raises(MetalabError, match="amplitude"):
         SinusoidTasks(amplitude=(5.0, 0.1))
+
+
+def test_batch_split_and_to_keep_tasks_and_metadata():
+    batch = SinusoidTasks(seed=1).batch(0, 4)
+    half = batch.split(2, 1)
+    assert [m.task_id for m in half.metas] == [2, 3]
+    assert torch.equal(half.query_x, batch.query_x[2:])
+    moved = batch.to("cpu")
+    assert moved.metas == batch.metas and torch.equal(moved[3].support_y, batch[3].support_y)
+    with pytest.raises(ValueError, match="does not split"):
+        batch.split(3, 0)

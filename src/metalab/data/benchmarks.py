@@ -73,7 +73,7 @@ class Benchmark:
     test: TaskSource
 
 
-def _sinusoid(cfg: BenchmarkConfig) -> Benchmark:
+def _sinusoid(cfg: BenchmarkConfig, progress: bool) -> Benchmark:
     k_train = cfg.train_k_shot or cfg.k_shot
     q_train = cfg.train_n_query or 10
     q_test = cfg.n_query or 100
@@ -87,7 +87,7 @@ def _sinusoid(cfg: BenchmarkConfig) -> Benchmark:
     )
 
 
-def _omniglot(cfg: BenchmarkConfig) -> Benchmark:
+def _omniglot(cfg: BenchmarkConfig, progress: bool) -> Benchmark:
     from metalab.data.omniglot import load_omniglot, omniglot_split
 
     if cfg.data_dir is None:
@@ -97,7 +97,7 @@ def _omniglot(cfg: BenchmarkConfig) -> Benchmark:
         )
     if cfg.split not in OMNIGLOT_SPLITS:
         raise MetalabError(f"unknown omniglot split {cfg.split!r}; choose one of {OMNIGLOT_SPLITS}")
-    images = load_omniglot(Path(cfg.data_dir), cache_dir=cfg.cache_dir, progress=True)
+    images = load_omniglot(Path(cfg.data_dir), cache_dir=cfg.cache_dir, progress=progress)
     if cfg.split == "lake":
         val_names = {n.rsplit("/", 1)[0] for n in omniglot_split(images, "vinyals-val").class_names}
         background = omniglot_split(images, "background")
@@ -125,12 +125,12 @@ def _omniglot(cfg: BenchmarkConfig) -> Benchmark:
 BENCHMARKS = {"sinusoid": _sinusoid, "omniglot": _omniglot}
 
 
-def make_benchmark(cfg: BenchmarkConfig) -> Benchmark:
-    """Build the train/val/test streams named by ``cfg``."""
+def make_benchmark(cfg: BenchmarkConfig, progress: bool = False) -> Benchmark:
+    """Build the train/val/test streams named by ``cfg``; ``progress`` shows data decoding."""
     try:
         factory = BENCHMARKS[cfg.name]
     except KeyError:
         raise MetalabError(
             f"unknown benchmark {cfg.name!r}; choose one of {sorted(BENCHMARKS)}"
         ) from None
-    return factory(cfg)
+    return factory(cfg, progress)

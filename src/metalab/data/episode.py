@@ -43,6 +43,14 @@ def _check_pair(name: str, x: Tensor, y: Tensor) -> None:
         )
 
 
+_TENSOR_FIELDS = ("support_x", "support_y", "query_x", "query_y")
+
+
+def _map_tensors(obj, fn):
+    """A copy of an Episode or EpisodeBatch with ``fn`` applied to its four tensors."""
+    return replace(obj, **{name: fn(getattr(obj, name)) for name in _TENSOR_FIELDS})
+
+
 @dataclass(frozen=True)
 class Episode:
     """One support/query instance of a task.
@@ -71,13 +79,7 @@ class Episode:
         return not self.support_y.is_floating_point()
 
     def to(self, device: torch.device | str) -> "Episode":
-        return replace(
-            self,
-            support_x=self.support_x.to(device),
-            support_y=self.support_y.to(device),
-            query_x=self.query_x.to(device),
-            query_y=self.query_y.to(device),
-        )
+        return _map_tensors(self, lambda t: t.to(device))
 
 
 @dataclass(frozen=True)
@@ -127,13 +129,7 @@ class EpisodeBatch:
         return [self[i] for i in range(len(self))]
 
     def to(self, device: torch.device | str) -> "EpisodeBatch":
-        return replace(
-            self,
-            support_x=self.support_x.to(device),
-            support_y=self.support_y.to(device),
-            query_x=self.query_x.to(device),
-            query_y=self.query_y.to(device),
-        )
+        return _map_tensors(self, lambda t: t.to(device))
 
     def split(self, parts: int, index: int) -> "EpisodeBatch":
         """The ``index``-th of ``parts`` contiguous shares (for data-parallel ranks)."""
@@ -141,9 +137,7 @@ class EpisodeBatch:
         if n % parts:
             raise ValueError(f"a batch of {n} tasks does not split into {parts} equal shares")
         s = slice(index * n // parts, (index + 1) * n // parts)
-        return EpisodeBatch(
-            self.support_x[s], self.support_y[s], self.query_x[s], self.query_y[s], self.metas[s]
-        )
+        return replace(_map_tensors(self, lambda t: t[s]), metas=self.metas[s])
 
 
 def describe(meta: EpisodeMeta) -> dict[str, Any]:

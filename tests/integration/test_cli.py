@@ -1,0 +1,80 @@
+"""The CLI end to end, in subprocesses, as a user runs it."""
+
+from __future__ import annotations
+
+import json
+import subprocess
+import sys
+
+import pytest
+
+
+def metalab(*args: str, timeout: float = 600) -> subprocess.CompletedProcess:
+    return subprocess.run([sys.executable, "-m", "metalab", *args], capture_output=True, text=True, timeout=timeout)
+
+
+def test_list_names_every_algorithm_and_benchmark():
+    out = metalab("list", "--json")
+    assert out.returncode == 0, out.stderr
+    listing = json.loads(out.stdout)
+    assert {"maml", "fomaml", "protonet"} <= set(listing["algorithms"])
+    assert {"sinusoid", "omniglot"} <= set(listing["benchmarks"])
+
+
+def test_maml_on_sinusoid_learns_to_adapt(tmp_path):
+    run = tmp_path / "run"
+    out = metalab("train", "maml", "--benchmark", "sinusoid", "--steps", "1500", "--meta-batch-size", "10",
+                  "--val-every", "500", "--val-episodes", "50", "--test-episodes", "200",
+                  "--eval-steps", "0,10", "--out", str(run), "--quiet")
+    assert out.returncode == 0, out.stderr
+    results = json.loads((run / "results.json").read_text())
+    mse = {r["steps"]: r["mean"] for r in results["test"]}
+    assert mse[10] < 0.6 * mse[0], mse
+    assert {"config.json", "metrics.jsonl", "best.pt", "last.pt", "results.json"} <= {p.name for p in run.iterdir()}
+    # `metalab eval` of the checkpoint scores the same fixed episodes, every time
+    again = metalab("eval", str(run / "best.pt"), "--episodes", "200", "--eval-steps", "10",
+                    "--out", str(tmp_path / "eval.json"))
+    assert again.returncode == 0, again.stderr
+    evaluated = json.loads((tmp_path / "eval.json").read_text())["test"][0]
+    assert evaluated["mean"] == pytest.approx(mse[10], rel=1e-6)
+
+
+def test_protonet_on_real_omniglot_beats_chance_on_held_out_characters(tmp_path, omniglot_dir, omniglot_images, omniglot_cache):
+    run = tmp_path / "pn"
+    out = metalab("train", "protonet", "--benchmark", "omniglot", "--data-dir", str(omniglot_dir),
+                  "--cache-dir", str(omniglot_cache), "--n-way", "5", "--k-shot", "1", "--train-n-way", "20",
+                  "--train-n-query", "5", "--meta-batch-size", "1", "--steps", "150", "--val-every", "150",
+                  "--val-episodes", "20", "--test-episodes", "100", "--out", str(run), "--quiet")
+    assert out.returncode == 0, out.stderr
+    results = json.loads((run / "results.json").read_text())
+    accuracy = results["test"][0]["mean"]
+    assert accuracy > 0.8, accuracy  # chance is 0.2 on 5-way episodes of the 423 test characters
+
+
+@pytest.mark.parametrize(
+    "args, message",
+    [
+        (["train", "mam"], "unknown algorithm 'mam'"),
+        (["train", "maml", "--benchmark", "mnist"], "unknown benchmark 'mnist'"),
+        (["train", "maml", "--benchmark", "omniglot"], "--data-dir"),
+        (["train", "maml", "--benchmark", "omniglot", "--data-dir", "/nonexistent/omniglot"], "/nonexistent/omniglot"),
+        (["train", "protonet", "--benchmark", "sinusoid"], "classifier"),
+        (["train", "maml", "--steps", "0"], "steps must be a positive integer"),
+        (["train", "maml", "--steps", "ten"], "invalid int value"),
+        (["train", "protonet", "--inner-lr", "0.1", "--benchmark", "sinusoid"], "no hyper-parameter"),
+        (["eval", "/nonexistent/best.pt"], "does not exist"),
+        (["frobnicate"], "invalid choice"),
+    ],
+)
+def test_bad_input_exits_2_with_one_clear_line(args, message, tmp_path):
+    out = metalab(*args, "--out", str(tmp_path / "r")) if args[0] == "train" else metalab(*args)
+    assert out.returncode == 2
+    lines = out.stderr.strip().splitlines()
+    assert len(lines) == 1 and lines[0].startswith("metalab: error:") and message in lines[0], out.stderr
+    assert not (tmp_path / "r").exists()  # nothing half-written
+
+
+def test_too_many_ways_for_the_split_is_a_clear_error(omniglot_dir, omniglot_images, omniglot_cache, tmp_path):
+    out = metalab("train", "protonet", "--benchmark", "omniglot", "--data-dir", str(omniglot_dir),
+                  "--cache-dir", str(omniglot_cache), "--n-way", "5000", "--out", str(tmp_path / "r"))
+    assert out.returncode == 2 and "n_way=5000 is larger than" in out.stderr

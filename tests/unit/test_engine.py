@@ -1,0 +1,76 @@
+import json
+
+import pytest
+import torch
+
+from metalab import BenchmarkConfig, TrainConfig, build, evaluate, load_checkpoint, make_benchmark, train
+from metalab.utils import MetalabError
+
+
+@pytest.fixture
+def sinusoid():
+    return make_benchmark(BenchmarkConfig("sinusoid", k_shot=5))
+
+
+def _maml(spec, **kw):
+    torch.manual_seed(0)
+    return build("maml", spec, **kw)
+
+
+def test_evaluation_uses_fixed_episodes_and_reports_a_ci(sinusoid):
+    algo = _maml(sinusoid.spec)
+    a = evaluate(algo, sinusoid.test, 30, steps=1)
+    b = evaluate(algo, sinusoid.test, 30, steps=1)
+    assert a == b and a.metric == "mse" and a.episodes == 30 and a.ci95 > 0
+    other_run = make_benchmark(BenchmarkConfig("sinusoid", k_shot=5, seed=99))  # another training seed
+    assert evaluate(algo, other_run.test, 30, steps=1) == a
+
+
+def test_trainer_writes_metrics_and_checkpoints(sinusoid, tmp_path):
+    algo = _maml(sinusoid.spec)
+    cfg = TrainConfig(steps=40, meta_batch_size=4, val_every=20, val_episodes=10, log_every=10)
+    result = train(algo, sinusoid, cfg, tmp_path, progress=False, checkpoint_extra={"note": "x"})
+    lines = [json.loads(line) for line in (tmp_path / "metrics.jsonl").read_text().splitlines()]
+    assert [r["step"] for r in lines if "train_loss" in r] == [10, 20, 30, 40]
+    assert [r["step"] for r in lines if "val_mse" in r] == [20, 40]
+    best, record = load_checkpoint(tmp_path / "best.pt")
+    assert record["best"] == result.best and record["note"] == "x" and record["train"]["steps"] == 40
+    assert result.best["value"] == min(r["val_mse"] for r in lines if "val_mse" in r)
+    _, last = load_checkpoint(tmp_path / "last.pt")
+    assert last["step"] == 40 and "optimizer" in last
+    assert not list(tmp_path.glob(".*.tmp"))  # atomic writes leave nothing behind
+
+
+def test_same_seed_same_training(sinusoid, tmp_path):
+    cfg = TrainConfig(steps=15, meta_batch_size=3, val_every=15, val_episodes=5, log_every=5)
+    logs = []
+    for run in ("a", "b"):
+        train(_maml(sinusoid.spec), sinusoid, cfg, tmp_path / run, progress=False)
+        logs.append([{k: v for k, v in json.loads(line).items() if k != "seconds"}
+                     for line in (tmp_path / run / "metrics.jsonl").read_text().splitlines()])
+    assert logs[0] == logs[1]
+
+
+def test_non_finite_meta_loss_is_an_error(sinusoid):
+    algo = _maml(sinusoid.spec, inner_lr=1e30)
+    with pytest.raises(MetalabError, match="non-finite loss"):
+        algo.meta_loss(sinusoid.train.batch(0, 2))
+
+
+def test_bad_checkpoints_are_clear_errors(tmp_path):
+    with pytest.raises(MetalabError, match="does not exist"):
+        load_checkpoint(tmp_path / "missing.pt")
+    (tmp_path / "junk.pt").write_bytes(b"not a checkpoint")
+    with pytest.raises(MetalabError, match="not a metalab checkpoint"):
+        load_checkpoint(tmp_path / "junk.pt")
+
+
+def test_unknown_names_are_clear_errors():
+    with pytest.raises(MetalabError, match="unknown algorithm 'mam'"):
+        build("mam", make_benchmark(BenchmarkConfig("sinusoid")).spec)
+    with pytest.raises(MetalabError, match="has no hyper-parameter"):
+        build("protonet", make_benchmark(BenchmarkConfig("sinusoid")).spec, inner_lr=0.1)
+    with pytest.raises(MetalabError, match="unknown benchmark"):
+        make_benchmark(BenchmarkConfig("mnist"))
+    with pytest.raises(MetalabError, match="classifier"):
+        build("protonet", make_benchmark(BenchmarkConfig("sinusoid")).spec)
