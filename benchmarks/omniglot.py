@@ -13,6 +13,7 @@ results/omniglot.jsonl, with the training time and steps actually used.
 from __future__ import annotations
 
 import argparse
+import ast
 import sys
 from pathlib import Path
 
@@ -61,7 +62,7 @@ def main() -> None:
     args = p.parse_args()
     torch.set_num_threads(args.threads)
     out = Path(args.out or f"runs/bench-omniglot-{args.method}")
-    hparams = {k: eval(v, {}) for k, v in (kv.split("=") for kv in args.hparams.split(",") if kv)}  # literals only
+    hparams = {k: ast.literal_eval(v) for k, v in (kv.split("=") for kv in args.hparams.split(",") if kv)}
 
     def config(n_way: int, k_shot: int) -> BenchmarkConfig:
         return BenchmarkConfig("omniglot", data_dir=args.data_dir, cache_dir=args.cache_dir, n_way=n_way,
