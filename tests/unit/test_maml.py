@@ -97,3 +97,9 @@ def test_adapt_requires_every_class_in_the_support():
                         episode.query_y, episode.meta)
     with pytest.raises(ValueError, match="missing \\[1, 2\\]"):
         algo.adapt(bad)
+
+
+def test_episodes_must_match_the_output_head():
+    algo = _conv_maml(1)
+    with pytest.raises(ValueError, match="3-way output head but got 4-way"):
+        algo.meta_loss(image_batch(tasks=1, n_way=4))

@@ -80,6 +80,12 @@ class MAML(MetaAlgorithm):
         return inner_loop(support_loss, params, SGD(self.config.inner_lr), steps, first_order)
 
     def meta_loss(self, batch: EpisodeBatch) -> MetaOutput:
+        n_way = batch.metas[0].n_way
+        if batch.is_classification and n_way != self.spec.output_dim:
+            raise MetalabError(
+                f"{self.name} has a {self.spec.output_dim}-way output head but got {n_way}-way episodes; "
+                "train with --train-n-way equal to --n-way"
+            )
         params = params_of(self.model)
         cfg = self.config
 
