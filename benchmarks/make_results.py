@@ -60,7 +60,10 @@ def render(records: list[dict]) -> str:
             train = "–" if r.get("train_seconds") is None else f"{r['train_seconds'] / 60:.1f} min"
             lines.append(f"| {r['method']} | {r['setting']} | {r['metric']} | {_fmt(r['metric'], r['value'])}{ci} | "
                          f"{_fmt(r['metric'], r.get('paper'))} | {train} | {r.get('steps') or '–'} | {r['commit']} |")
-            commands.setdefault(r["command"], []).append(f"{r['method']} {r['setting']}")
+            what = commands.setdefault(r["command"], [])
+            what.append(f"{r['method']} {r['setting']}")
+            if r.get("train_episodes"):
+                what.append(f"training episodes: {r['train_episodes']}")
         lines += ["", "Commands (run from the repository root):", ""]
         machines = sorted({r["machine"] for r in rows})
         for command, what in commands.items():
