@@ -3,7 +3,7 @@
 from __future__ import annotations
 
 from dataclasses import dataclass, field, replace
-from typing import Any, Mapping, Sequence
+from typing import Mapping, Sequence
 
 import torch
 from torch import Tensor
@@ -138,17 +138,3 @@ class EpisodeBatch:
             raise ValueError(f"a batch of {n} tasks does not split into {parts} equal shares")
         s = slice(index * n // parts, (index + 1) * n // parts)
         return replace(_map_tensors(self, lambda t: t[s]), metas=self.metas[s])
-
-
-def describe(meta: EpisodeMeta) -> dict[str, Any]:
-    """A JSON-friendly view of an episode's metadata."""
-    return {
-        "task_id": meta.task_id,
-        "seed": meta.seed,
-        "n_way": meta.n_way,
-        "k_shot": meta.k_shot,
-        "n_query": meta.n_query,
-        "class_ids": list(meta.class_ids),
-        "class_names": list(meta.class_names),
-        "params": dict(meta.params),
-    }
