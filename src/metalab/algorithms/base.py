@@ -61,6 +61,10 @@ class MetaAlgorithm(nn.Module):
         with torch.no_grad():
             return task_metric(predictor(episode.query_x), episode.query_y).item()
 
+    def outer_optimizer(self, lr: float) -> torch.optim.Optimizer:
+        """The optimiser of the meta-parameters; Adam unless a method's paper says otherwise."""
+        return torch.optim.Adam(self.parameters(), lr=lr)
+
     def hparams(self) -> dict[str, Any]:
         return dataclasses.asdict(self.config)
 

@@ -26,9 +26,12 @@ class TrainConfig:
     Attributes:
         steps: meta-iterations (optimizer steps).
         meta_batch_size: tasks per meta-iteration.
-        outer_lr: Adam learning rate.
+        outer_lr: learning rate of the method's outer optimiser (Adam for most methods,
+            plain SGD = Reptile's outer step size epsilon).
         lr_decay_every: multiply the rate by ``lr_decay`` every this many steps (0: never).
         lr_decay: the factor.
+        lr_anneal: anneal the rate linearly to 0 over ``steps`` (Reptile); excludes
+            ``lr_decay_every``.
         val_every: validate every this many steps (0: only at the end).
         val_episodes: validation episodes (a fixed, seeded set).
         log_every: write averaged training metrics every this many steps.
@@ -41,6 +44,7 @@ class TrainConfig:
     outer_lr: float = 1e-3
     lr_decay_every: int = 0
     lr_decay: float = 0.5
+    lr_anneal: bool = False
     val_every: int = 500
     val_episodes: int = 100
     log_every: int = 50
@@ -51,6 +55,8 @@ class TrainConfig:
         require_positive(steps=self.steps, meta_batch_size=self.meta_batch_size, val_episodes=self.val_episodes, log_every=self.log_every)
         if not self.outer_lr > 0:
             raise MetalabError(f"outer_lr must be positive, got {self.outer_lr}")
+        if self.lr_anneal and self.lr_decay_every:
+            raise MetalabError("lr_anneal and lr_decay_every exclude each other; set one of them")
 
 
 @dataclass
@@ -108,12 +114,12 @@ def train(
     run_path = Path(run_dir) if run_dir is not None else None
     if run_path is not None:
         run_path.mkdir(parents=True, exist_ok=True)
-    optimizer = torch.optim.Adam(algorithm.parameters(), lr=config.outer_lr)
-    scheduler = (
-        torch.optim.lr_scheduler.StepLR(optimizer, config.lr_decay_every, config.lr_decay)
-        if config.lr_decay_every
-        else None
-    )
+    optimizer = algorithm.outer_optimizer(config.outer_lr)
+    scheduler: torch.optim.lr_scheduler.LRScheduler | None = None
+    if config.lr_decay_every:
+        scheduler = torch.optim.lr_scheduler.StepLR(optimizer, config.lr_decay_every, config.lr_decay)
+    elif config.lr_anneal:
+        scheduler = torch.optim.lr_scheduler.LinearLR(optimizer, 1.0, 0.0, total_iters=config.steps)
     log = _MetricLog(run_path / "metrics.jsonl" if run_path is not None else None)
     best: dict[str, Any] | None = None
     last_val: EvalResult | None = None

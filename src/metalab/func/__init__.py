@@ -4,11 +4,15 @@ from metalab.func.functional import forward, params_of
 from metalab.func.inner import inner_loop
 from metalab.func.losses import metric_name, task_loss, task_metric
 from metalab.func.prototypes import class_prototypes, one_hot, squared_euclidean
-from metalab.func.rules import SGD, UpdateRule
+from metalab.func.rules import SGD, Adam, Clipped, PerParameterSGD, UpdateRule, global_norm
 from metalab.func.tasks import TASK_MODES, map_tasks
 
 __all__ = [
     "SGD",
+    "Adam",
+    "Clipped",
+    "PerParameterSGD",
+    "global_norm",
     "TASK_MODES",
     "UpdateRule",
     "class_prototypes",

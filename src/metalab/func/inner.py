@@ -24,7 +24,9 @@ def inner_loop(
     graph-connected parameters, so the outer backward pass differentiates through every
     inner step (Hessian-vector products included). First order: gradients are taken at
     detached parameters and enter the update as constants, so d(adapted)/d(theta) is the
-    identity and the meta-gradient is the query gradient at the adapted parameters.
+    identity and the meta-gradient is the query gradient at the adapted parameters. The
+    gradients are detached too, so inputs that depend on other meta-parameters (ANIL's
+    features) do not carry a graph into them either.
 
     Works the same in a Python loop over tasks and under ``torch.func.vmap``.
 
@@ -38,8 +40,9 @@ def inner_loop(
     grad_fn = torch.func.grad(loss_fn)
     state = rule.init(params)
     for step in range(steps):
-        if first_order:
+        if first_order:  # constants: no graph to theta through params or through the inputs
             grads = grad_fn({name: p.detach() for name, p in params.items()})
+            grads = {name: g.detach() for name, g in grads.items()}
         else:
             grads = grad_fn(params)
         params, state = rule(params, grads, state, step)

@@ -10,6 +10,17 @@ from torch import Tensor, nn
 from metalab.nn.batchnorm import BatchNorm
 
 
+class ChannelsLast(nn.Module):
+    """Lays images out channels-last, the fast memory format of CPU convolutions (when ``enabled``)."""
+
+    def __init__(self, enabled: bool = True):
+        super().__init__()
+        self.enabled = enabled
+
+    def forward(self, x: Tensor) -> Tensor:
+        return x.contiguous(memory_format=torch.channels_last) if self.enabled else x
+
+
 def conv_block(in_channels: int, out_channels: int, track_running_stats: bool, vmap_safe: bool) -> nn.Sequential:
     """conv 3x3 (padding 1) -> batch norm -> ReLU -> 2x2 max-pool."""
     return nn.Sequential(
@@ -21,7 +32,7 @@ def conv_block(in_channels: int, out_channels: int, track_running_stats: bool, v
 
 
 class Conv4(nn.Module):
-    """Four conv blocks of ``hidden`` channels, flattened, then an optional linear head.
+    """Four conv blocks of ``hidden`` channels, flattened (``body``), then an optional linear ``head``.
 
     On 28x28 Omniglot the spatial size goes 28 -> 14 -> 7 -> 3 -> 1, so the embedding has
     ``hidden`` (64) features.
@@ -49,7 +60,8 @@ class Conv4(nn.Module):
     ):
         super().__init__()
         self.vmap_safe = vmap_safe
-        self.features = nn.Sequential(
+        self.body = nn.Sequential(
+            ChannelsLast(enabled=not vmap_safe),
             conv_block(in_channels, hidden, track_running_stats, vmap_safe),
             *(conv_block(hidden, hidden, track_running_stats, vmap_safe) for _ in range(3)),
             nn.Flatten(),
@@ -63,26 +75,27 @@ class Conv4(nn.Module):
         self.head = nn.Linear(self.embedding_dim, out_features) if out_features is not None else None
 
     def forward(self, x: Tensor) -> Tensor:
-        if not self.vmap_safe:  # channels-last convolutions are faster on CPU
-            x = x.contiguous(memory_format=torch.channels_last)
-        z = self.features(x)
+        z = self.body(x)
         return self.head(z) if self.head is not None else z
 
 
 class MLP(nn.Module):
     """Fully connected ReLU network; ``sizes=(1, 40, 40, 1)`` is MAML's sinusoid regressor.
 
+    ``body`` holds every layer but the last (with its ReLU), ``head`` the last linear layer.
+
     Shapes: ``(N, sizes[0]) -> (N, sizes[-1])``.
     """
 
     def __init__(self, sizes: Sequence[int] = (1, 40, 40, 1)):
         super().__init__()
+        if len(sizes) < 2:
+            raise ValueError(f"an MLP needs at least input and output sizes, got {tuple(sizes)}")
         layers: list[nn.Module] = []
-        for i, (a, b) in enumerate(zip(sizes[:-1], sizes[1:])):
-            layers.append(nn.Linear(a, b))
-            if i < len(sizes) - 2:
-                layers.append(nn.ReLU())
-        self.net = nn.Sequential(*layers)
+        for a, b in zip(sizes[:-2], sizes[1:-1]):
+            layers += [nn.Linear(a, b), nn.ReLU()]
+        self.body = nn.Sequential(*layers)
+        self.head = nn.Linear(sizes[-2], sizes[-1])
 
     def forward(self, x: Tensor) -> Tensor:
-        return self.net(x)
+        return self.head(self.body(x))
