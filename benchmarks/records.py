@@ -57,9 +57,9 @@ def record(benchmark: str, method: str, setting: str, metric: str, value: float,
     }
 
 
-def append(benchmark: str, records: list[dict]) -> Path:
-    """Append records to ``results/<benchmark>.jsonl`` (rewritten atomically)."""
-    path = RESULTS_DIR / f"{benchmark}.jsonl"
+def append(benchmark: str, records: list[dict], path: Path | None = None) -> Path:
+    """Append records to ``path`` (default ``results/<benchmark>.jsonl``), rewritten atomically."""
+    path = path if path is not None else RESULTS_DIR / f"{benchmark}.jsonl"
     old = path.read_text() if path.exists() else ""
     new = "".join(json.dumps(r) + "\n" for r in records)
     return atomic_write_text(path, old + new)

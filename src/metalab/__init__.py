@@ -3,9 +3,13 @@
 >>> import metalab
 >>> bench = metalab.make_benchmark(metalab.BenchmarkConfig("sinusoid", k_shot=5))
 >>> maml = metalab.build("maml", bench.spec, inner_lr=0.01)
+
+The method classes live in :mod:`metalab.algorithms`; ``metalab.MAML`` and
+``metalab.MetaSGD`` are the familiar clone/adapt wrappers around any ``nn.Module``
+(:mod:`metalab.learner`).
 """
 
-from metalab.algorithms import FOMAML, MAML, MetaAlgorithm, MetaOutput, ProtoNet, build, names, register
+from metalab.algorithms import MetaAlgorithm, MetaOutput, build, names, register
 from metalab.data import (
     Benchmark,
     BenchmarkConfig,
@@ -20,12 +24,12 @@ from metalab.data import (
     make_benchmark,
 )
 from metalab.engine import EvalResult, TrainConfig, evaluate, load_checkpoint, save_checkpoint, train
+from metalab.learner import MAML, Learner, MetaSGD
 from metalab.utils import MetalabError
 
 __version__ = "0.1.0"
 
 __all__ = [
-    "FOMAML",
     "MAML",
     "Benchmark",
     "BenchmarkConfig",
@@ -35,10 +39,11 @@ __all__ = [
     "EpisodeMeta",
     "EpisodeSampler",
     "EvalResult",
+    "Learner",
     "MetaAlgorithm",
     "MetaOutput",
+    "MetaSGD",
     "MetalabError",
-    "ProtoNet",
     "SinusoidTasks",
     "TaskSource",
     "TaskSpec",

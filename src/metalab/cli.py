@@ -7,6 +7,7 @@ argv is read here and nowhere else. Bad arguments and bad input exit with code 2
 from __future__ import annotations
 
 import argparse
+import ast
 import dataclasses
 import json
 import sys
@@ -35,6 +36,12 @@ PAPER_HPARAMS: dict[tuple[str, str], dict[str, Any]] = {
     ("fomaml", "sinusoid"): {"inner_lr": 0.01, "inner_steps": 1},
     ("maml", "omniglot"): {"inner_lr": 0.4, "inner_steps": 1, "test_inner_steps": 3},
     ("fomaml", "omniglot"): {"inner_lr": 0.4, "inner_steps": 1, "test_inner_steps": 3},
+    ("anil", "sinusoid"): {"inner_lr": 0.01, "inner_steps": 1},
+    ("anil", "omniglot"): {"inner_lr": 0.4, "inner_steps": 1, "test_inner_steps": 3},
+    ("meta_sgd", "sinusoid"): {"inner_steps": 1, "lr_init_range": (0.005, 0.1)},
+    ("meta_sgd", "omniglot"): {"inner_steps": 1, "lr_init_range": (0.005, 0.1)},
+    # Nichol et al. 2018, appendix: Adam(beta1=0) 1e-3, 5 steps of batch 10; 50 steps at test
+    ("reptile", "omniglot"): {"inner_lr": 1e-3, "inner_steps": 5, "inner_batch_size": 10, "test_inner_steps": 50},
 }
 HPARAM_FLAGS = ("inner_lr", "inner_steps", "test_inner_steps", "first_order", "task_mode")
 
@@ -52,6 +59,17 @@ def _int_list(text: str) -> list[int]:
     if not values or min(values) < 0:
         raise argparse.ArgumentTypeError(f"expected non-negative integers, got {text!r}")
     return values
+
+
+def _hparam(text: str) -> tuple[str, Any]:
+    key, sep, value = text.partition("=")
+    if not sep or not key.strip():
+        raise argparse.ArgumentTypeError(f"expected KEY=VALUE, got {text!r}")
+    try:
+        parsed = ast.literal_eval(value)
+    except (ValueError, SyntaxError):
+        parsed = value  # a plain string, e.g. inner_optimizer=sgd
+    return key.strip(), parsed
 
 
 def _build_parser() -> argparse.ArgumentParser:
@@ -75,10 +93,15 @@ def _build_parser() -> argparse.ArgumentParser:
     t.add_argument("--test-inner-steps", type=int, help="inner steps at evaluation")
     t.add_argument("--first-order", action="store_true", default=None, help="first-order meta-gradients")
     t.add_argument("--task-mode", choices=("auto", "loop", "vmap"), help="how tasks of a meta-batch are run")
+    t.add_argument("--hparam", action="append", default=[], type=_hparam, metavar="KEY=VALUE",
+                   help="any hyper-parameter of the method, e.g. --hparam inner_lr=0.1,0.05 "
+                        "(Python literal; repeatable)")
     t.add_argument("--steps", type=int, help="meta-iterations")
     t.add_argument("--meta-batch-size", type=int, help="tasks per meta-iteration")
-    t.add_argument("--outer-lr", type=float, default=1e-3, help="Adam learning rate (default 1e-3)")
+    t.add_argument("--outer-lr", type=float, default=1e-3,
+                   help="outer learning rate (Adam; Reptile: its step size epsilon) (default 1e-3)")
     t.add_argument("--lr-decay-every", type=int, default=0, help="halve the rate every N steps (0: never)")
+    t.add_argument("--lr-anneal", action="store_true", help="anneal the outer rate linearly to 0 (Reptile)")
     t.add_argument("--val-every", type=int, help="validate every N steps")
     t.add_argument("--val-episodes", type=int, default=100, help="validation episodes (default 100)")
     t.add_argument("--test-episodes", type=int, default=1000, help="test episodes (default 1000)")
@@ -136,12 +159,13 @@ def _train(args: argparse.Namespace) -> int:
         meta_batch_size=args.meta_batch_size if args.meta_batch_size is not None else defaults["meta_batch_size"],
         outer_lr=args.outer_lr,
         lr_decay_every=args.lr_decay_every,
+        lr_anneal=args.lr_anneal,
         val_every=args.val_every if args.val_every is not None else defaults["val_every"],
         val_episodes=args.val_episodes,
         seed=args.seed,
     )
     algorithms.get(args.algorithm)  # unknown names fail before any data is loaded
-    hparams = {**PAPER_HPARAMS.get((args.algorithm, args.benchmark), {}), **_given(args, HPARAM_FLAGS)}
+    hparams = {**PAPER_HPARAMS.get((args.algorithm, args.benchmark), {}), **_given(args, HPARAM_FLAGS), **dict(args.hparam)}
     config = algorithms.make_config(args.algorithm, **hparams)
     eval_steps = args.eval_steps or defaults["eval_steps"]
     if not hasattr(config, "inner_steps"):

@@ -24,18 +24,20 @@ def flat_grad(module: torch.nn.Module) -> torch.Tensor:
     return torch.cat([p.grad.flatten() for p in module.parameters()])
 
 
-def finite_difference_grad(loss_fn, module: torch.nn.Module, eps: float = 1e-6) -> torch.Tensor:
-    """Central differences of ``loss_fn()`` w.r.t. every parameter of ``module``."""
+def finite_difference_grad(loss_fn, module: torch.nn.Module, eps: float = 1e-6, coords=None) -> torch.Tensor:
+    """Central differences of ``loss_fn()`` w.r.t. every parameter of ``module``, or only at
+    ``coords``: a list of ``(parameter, flat index)``."""
+    if coords is None:
+        coords = [(p, i) for p in module.parameters() for i in range(p.numel())]
     grads = []
     with torch.no_grad():
-        for p in module.parameters():
+        for p, i in coords:
             flat = p.view(-1)
-            for i in range(flat.numel()):
-                old = flat[i].item()
-                flat[i] = old + eps
-                up = loss_fn().item()
-                flat[i] = old - eps
-                down = loss_fn().item()
-                flat[i] = old
-                grads.append((up - down) / (2 * eps))
+            old = flat[i].item()
+            flat[i] = old + eps
+            up = loss_fn().item()
+            flat[i] = old - eps
+            down = loss_fn().item()
+            flat[i] = old
+            grads.append((up - down) / (2 * eps))
     return torch.tensor(grads, dtype=torch.float64)

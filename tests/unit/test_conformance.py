@@ -62,3 +62,15 @@ def test_checkpoint_round_trip(name, batch, tmp_path):
     loaded.eval()
     episode = batch[1]
     torch.testing.assert_close(loaded.adapt(episode)(episode.query_x), algo.adapt(episode)(episode.query_x))
+
+
+@pytest.mark.parametrize("name", names())
+def test_meta_gradient_is_the_gradient_of_meta_loss(name, batch):
+    a, b = _build(name, seed=5).train(), _build(name, seed=5).train()
+    out = a.meta_loss(batch)
+    out.loss.backward()
+    got = b.meta_gradient(batch)
+    assert not got.loss.requires_grad and got.metrics.keys() == out.metrics.keys()
+    torch.testing.assert_close(got.loss, out.loss.detach(), rtol=1e-5, atol=1e-7)
+    for (pname, p), q in zip(a.named_parameters(), b.parameters()):
+        torch.testing.assert_close(q.grad, p.grad, rtol=1e-4, atol=1e-6, msg=f"meta-gradient of {pname}")

@@ -7,6 +7,7 @@ from metalab.algorithms.maml import FOMAML, MAML, MAMLConfig
 from metalab.algorithms.meta_sgd import MetaSGD, MetaSGDConfig
 from metalab.algorithms.protonet import ProtoNet, ProtoNetConfig
 from metalab.algorithms.registry import build, get, make_config, names, register
+from metalab.algorithms.reptile import Reptile, ReptileConfig
 
 __all__ = [
     "ANIL",
@@ -23,6 +24,8 @@ __all__ = [
     "Predictor",
     "ProtoNet",
     "ProtoNetConfig",
+    "Reptile",
+    "ReptileConfig",
     "build",
     "get",
     "make_config",

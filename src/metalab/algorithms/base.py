@@ -51,6 +51,17 @@ class MetaAlgorithm(nn.Module):
     def meta_loss(self, batch: EpisodeBatch) -> MetaOutput:
         raise NotImplementedError
 
+    def meta_gradient(self, batch: EpisodeBatch) -> MetaOutput:
+        """Add the gradient of the meta-loss to every meta-parameter's ``.grad``.
+
+        Returns the output with a detached loss. The trainer calls this rather than
+        ``meta_loss(batch).loss.backward()`` so that a method may back-propagate task by
+        task and free each task's graph early (same gradient, a fraction of the memory).
+        """
+        out = self.meta_loss(batch)
+        out.loss.backward()
+        return MetaOutput(out.loss.detach(), out.metrics)
+
     def adapt(self, episode: Episode, steps: int | None = None) -> Predictor:
         """Adapt to one episode's support set; ``steps`` overrides test-time inner steps."""
         raise NotImplementedError

@@ -11,6 +11,7 @@ from __future__ import annotations
 
 import math
 from dataclasses import dataclass
+from typing import Callable
 
 import torch
 from torch import Tensor, nn
@@ -66,8 +67,12 @@ class GradientConfig:
     def __post_init__(self) -> None:
         if self.task_mode not in TASK_MODES + ("auto",):
             raise MetalabError(f"task_mode must be auto or one of {TASK_MODES}, got {self.task_mode!r}")
-        if self.inner_steps < 0 or (self.test_inner_steps is not None and self.test_inner_steps < 0):
-            raise MetalabError("inner_steps and test_inner_steps must be >= 0")
+        for name in ("inner_steps", "test_inner_steps"):
+            value = getattr(self, name)
+            if value is None and name == "test_inner_steps":
+                continue
+            if isinstance(value, bool) or not isinstance(value, int) or value < 0:
+                raise MetalabError(f"{name} must be an integer >= 0, got {value!r}")
         rates = self.inner_lr if isinstance(self.inner_lr, (tuple, list)) else (self.inner_lr,)
         if not rates or not all(isinstance(r, (int, float)) and math.isfinite(r) for r in rates):
             raise MetalabError(f"inner_lr must be a finite number or a non-empty list of them, got {self.inner_lr!r}")
@@ -135,8 +140,7 @@ class GradientMethod(MetaAlgorithm):
                 "train with --train-n-way equal to --n-way"
             )
 
-    def meta_loss(self, batch: EpisodeBatch) -> MetaOutput:
-        self.check_head(batch.metas[0].n_way, batch.is_classification)
+    def _task_fn(self) -> Callable[[Tensor, Tensor, Tensor, Tensor], tuple[Tensor, Tensor]]:
         params = self.fast_params()
         cfg = self.config
 
@@ -145,10 +149,31 @@ class GradientMethod(MetaAlgorithm):
             pred = self.predict(adapted, self.embed(qx))
             return task_loss(pred, qy), task_metric(pred.detach(), qy)
 
+        return one_task
+
+    def _output(self, loss: Tensor, metrics: Tensor, classification: bool) -> MetaOutput:
+        return MetaOutput(loss, {"loss": loss.item(), metric_name(classification): metrics.mean().item()})
+
+    def meta_loss(self, batch: EpisodeBatch) -> MetaOutput:
+        self.check_head(batch.metas[0].n_way, batch.is_classification)
         tensors = (batch.support_x, batch.support_y, batch.query_x, batch.query_y)
-        losses, metrics = map_tasks(one_task, tensors, self.task_mode)
+        losses, metrics = map_tasks(self._task_fn(), tensors, self.task_mode)
         loss = finite(losses.mean(), f"{self.name}.meta_loss")
-        return MetaOutput(loss, {"loss": loss.item(), metric_name(batch.is_classification): metrics.mean().item()})
+        return self._output(loss, metrics, batch.is_classification)
+
+    def meta_gradient(self, batch: EpisodeBatch) -> MetaOutput:
+        """In the task loop, back-propagate each task's query loss at once (its graph is freed)."""
+        if self.task_mode != "loop":
+            return super().meta_gradient(batch)
+        self.check_head(batch.metas[0].n_way, batch.is_classification)
+        one_task, n = self._task_fn(), len(batch)
+        losses, metrics = [], []
+        for episode in batch.episodes():
+            loss, metric = one_task(episode.support_x, episode.support_y, episode.query_x, episode.query_y)
+            (finite(loss, f"{self.name}.meta_gradient") / n).backward()
+            losses.append(loss.detach())
+            metrics.append(metric)
+        return self._output(torch.stack(losses).mean(), torch.stack(metrics), batch.is_classification)
 
     def adapt(self, episode: Episode, steps: int | None = None) -> Predictor:
         if episode.is_classification:

@@ -17,6 +17,7 @@ rates (as MAML++ does per layer). ``alpha`` starts at ``inner_lr`` everywhere (o
 
 from __future__ import annotations
 
+import math
 from dataclasses import dataclass
 
 import torch
@@ -45,10 +46,12 @@ class MetaSGDConfig(GradientConfig):
     def __post_init__(self) -> None:
         super().__post_init__()
         if self.lr_init_range is not None:
-            lo, hi = self.lr_init_range
-            if not lo < hi:
-                raise MetalabError(f"lr_init_range must be (lo, hi) with lo < hi, got {self.lr_init_range}")
-            object.__setattr__(self, "lr_init_range", (float(lo), float(hi)))
+            bounds = self.lr_init_range
+            if (not isinstance(bounds, (tuple, list)) or len(bounds) != 2
+                    or not all(isinstance(b, (int, float)) and math.isfinite(b) for b in bounds)
+                    or not bounds[0] < bounds[1]):
+                raise MetalabError(f"lr_init_range must be two finite numbers (lo, hi) with lo < hi, got {bounds!r}")
+            object.__setattr__(self, "lr_init_range", (float(bounds[0]), float(bounds[1])))
 
 
 @register

@@ -38,7 +38,10 @@ def make_config(name: str, **hparams: Any):
     unknown = sorted(set(hparams) - fields)
     if unknown:
         raise MetalabError(f"{name} has no hyper-parameter {unknown}; it takes {sorted(fields)}")
-    return config_cls(**hparams)
+    try:
+        return config_cls(**hparams)
+    except TypeError as exc:  # e.g. a string where a number belongs
+        raise MetalabError(f"bad hyper-parameter for {name}: {exc}; given {hparams}") from None
 
 
 def build(name: str, spec: TaskSpec, **hparams: Any) -> MetaAlgorithm:

@@ -129,9 +129,8 @@ def train(
     bar = tqdm(range(config.steps), desc=f"train {algorithm.name}", disable=not progress, dynamic_ncols=True)
     for step in bar:
         batch = benchmark.train.batch(step, config.meta_batch_size)
-        out = algorithm.meta_loss(batch)
         optimizer.zero_grad(set_to_none=True)
-        out.loss.backward()
+        out = algorithm.meta_gradient(batch)
         if config.grad_clip is not None:
             torch.nn.utils.clip_grad_norm_(algorithm.parameters(), config.grad_clip)
         optimizer.step()

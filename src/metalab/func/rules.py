@@ -73,7 +73,10 @@ class PerParameterSGD:
 class Adam:
     """Adam (Kingma & Ba 2015) as a pure rule, with bias correction; Reptile's inner optimiser.
 
-    ``b1=0`` is the setting of Nichol et al. (2018) for Omniglot and Mini-ImageNet.
+    ``b1=0`` is the setting of Nichol et al. (2018) for Omniglot and Mini-ImageNet. The
+    bias correction is folded into the step size (the paper's section 2 formulation, also
+    TensorFlow's), so ``eps`` is the paper's "epsilon hat"; ``torch.optim.Adam`` adds eps
+    after the correction and differs by O(eps).
     """
 
     lr: float | Sequence[float] = 1e-3

@@ -1,0 +1,346 @@
+"""Seconds per MAML meta-iteration on conv4 Omniglot: a plain loop, `higher` and metalab side by side.
+
+    python benchmarks/throughput.py --cache-dir /tmp/mlcache
+
+What is measured: one meta-training step (forward, inner loop, query loss, backward to
+the meta-parameters; no outer optimiser step) of MAML on the conv4 of Finn et al. 2017
+(4 x [conv 3x3 64, batch norm with batch statistics, ReLU, max-pool 2], linear head),
+28x28 Omniglot training episodes (1 shot, 15 queries per class, from
+``metalab.make_benchmark``), inner SGD with step 0.4, for 8 rows: 5-way with meta-batch 32
+and 20-way with meta-batch 16, second and first order, 1 and 5 inner steps. Three
+implementations compute the same meta-gradient in one process:
+
+- ``reference`` (record method ``loop-reference``): the per-task loop a user writes with
+  ``torch.autograd.grad`` on a parameter dict and ``torch.func.functional_call``,
+  ``(query_loss / T).backward()`` per task, default memory format;
+- ``higher`` (record method ``higher``): ``higher.innerloop_ctx`` and ``diffopt.step``, the
+  library's documented MAML usage, per-task backward. With ``track_higher_grads=False``
+  (first order) `higher` detaches the fast weights, so the query gradient of the fast
+  weights is added to the model's gradients by hand (first-order MAML);
+- ``metalab`` (record method ``maml``): ``metalab.build("maml", ..., task_mode="loop")``
+  and ``algo.meta_gradient(batch)``.
+
+Per row, first for every selected row (before anything is timed): the three start from the
+same weights and compute the meta-gradient of the same batch in float64; the relative
+error ||g - g_ref|| / ||g_ref|| (all parameters flattened) of `higher` and metalab against
+the reference must be at most 1e-9, otherwise the script exits with code 1 and times
+nothing. The float32 runs' distances to that float64 result are printed and recorded
+(``grad_rel_err_float32``) but not checked: the reference's is about 1e-5, metalab's
+channels-last path about 1e-4 to 1e-3 on Omniglot, because the binary images make many
+max-pool windows exact or near ties, and a rounding difference of one ulp (another
+summation order in the channels-last kernels) sends that window's gradient to another
+pixel; both are valid subgradients. Then per row and implementation: one warm-up iteration and ``--reps`` timed
+iterations (zero the gradients, forward/backward of the whole meta-batch); the median is
+reported, with ``x reference`` = reference median / median, measured in the same run.
+FLOPs are counted once per row by ``torch.utils.flop_counter.FlopCounterMode`` on one
+reference iteration (forward, inner gradients, backward; convolutions and matrix products
+only) and divided by each implementation's median time (GFLOP/s; same count for all, as
+they compute the same thing).
+
+Peak memory: torch's CPU allocations are invisible to tracemalloc, so a background thread
+reads the resident set size from /proc/self/statm every 1 ms during the timed iterations;
+the peak minus the level just before them is reported in MiB. Before that level is read,
+``gc.collect()`` runs and glibc's ``malloc_trim(0)`` hands the memory freed by earlier
+iterations back to the system, so the baseline is the live memory, not the allocator's
+cache. Spikes shorter than 1 ms can be missed; the sampler costs the timed code about one
+file read per millisecond (the same for every implementation).
+
+Appends ``throughput`` records to results/throughput.jsonl (``--out``): per row, setting
+like ``2nd-order-1step-5w1s``, metrics ``seconds_per_iter``, ``gflops_per_s``, ``peak_mib``
+for the three methods and ``speedup`` (reference / metalab) for ``maml``. Quick checks with
+``--tasks`` are recorded under settings ending in ``-mb<tasks>``.
+This is a benchmark run by hand: nothing is timed in the test suite.
+"""
+
+from __future__ import annotations
+
+import argparse
+import copy
+import ctypes
+import gc
+import os
+import statistics
+import sys
+import threading
+import time
+from dataclasses import dataclass
+from pathlib import Path
+from typing import Callable
+
+import torch
+import torch.nn.functional as F
+from torch import Tensor, nn
+from torch.func import functional_call
+from torch.utils.flop_counter import FlopCounterMode
+
+sys.path.insert(0, str(Path(__file__).resolve().parent))
+import records  # noqa: E402
+
+import metalab  # noqa: E402
+from metalab import EpisodeBatch  # noqa: E402
+
+try:
+    import higher
+except ImportError:
+    higher = None
+
+INNER_LR = 0.4
+MAX_REL_ERR_F64 = 1e-9
+
+
+@dataclass(frozen=True)
+class Row:
+    n_way: int
+    meta_batch_size: int
+    first_order: bool
+    inner_steps: int
+
+    @property
+    def order(self) -> str:
+        return "1st" if self.first_order else "2nd"
+
+    @property
+    def name(self) -> str:  # --rows filter, e.g. 5w1s-2nd-1step
+        return f"{self.n_way}w1s-{self.order}-{self.inner_steps}step"
+
+    @property
+    def setting(self) -> str:  # record setting, e.g. 2nd-order-1step-5w1s
+        return f"{self.order}-order-{self.inner_steps}step-{self.n_way}w1s"
+
+
+ROWS = [Row(n_way, tasks, first_order, steps)
+        for n_way, tasks in ((5, 32), (20, 16)) for first_order in (False, True) for steps in (1, 5)]
+
+
+# 1. the reference: conv4 and MAML as a user writes them ---------------------------------
+def conv4(n_way: int) -> nn.Sequential:
+    layers: list[nn.Module] = []
+    for in_channels in (1, 64, 64, 64):
+        layers += [nn.Conv2d(in_channels, 64, kernel_size=3, padding=1),
+                   nn.BatchNorm2d(64, track_running_stats=False), nn.ReLU(), nn.MaxPool2d(2)]
+    return nn.Sequential(*layers, nn.Flatten(), nn.Linear(64, n_way))
+
+
+def reference_step(model: nn.Module, batch: EpisodeBatch, row: Row) -> None:
+    tasks = len(batch)
+    for t in range(tasks):
+        params = dict(model.named_parameters())
+        for _ in range(row.inner_steps):
+            support_loss = F.cross_entropy(functional_call(model, params, batch.support_x[t]), batch.support_y[t])
+            grads = torch.autograd.grad(support_loss, list(params.values()), create_graph=not row.first_order)
+            params = {name: p - INNER_LR * g for (name, p), g in zip(params.items(), grads)}
+        query_loss = F.cross_entropy(functional_call(model, params, batch.query_x[t]), batch.query_y[t])
+        (query_loss / tasks).backward()
+
+
+# 2. the same with higher -------------------------------------------------------------------
+def higher_step(model: nn.Module, batch: EpisodeBatch, row: Row) -> None:
+    tasks = len(batch)
+    inner_opt = torch.optim.SGD(model.parameters(), lr=INNER_LR)
+    for t in range(tasks):
+        with higher.innerloop_ctx(model, inner_opt, copy_initial_weights=False,
+                                  track_higher_grads=not row.first_order) as (fmodel, diffopt):
+            for _ in range(row.inner_steps):
+                diffopt.step(F.cross_entropy(fmodel(batch.support_x[t]), batch.support_y[t]))
+            query_loss = F.cross_entropy(fmodel(batch.query_x[t]), batch.query_y[t])
+            (query_loss / tasks).backward()
+            if row.first_order:  # the fast weights are detached leaves: carry their gradient over
+                for p, fast in zip(model.parameters(), fmodel.parameters()):
+                    p.grad = fast.grad if p.grad is None else p.grad + fast.grad
+
+
+# 3. metalab, and the three side by side from the same weights -------------------------------
+@dataclass
+class Implementation:
+    name: str  # as printed
+    method: str  # as recorded
+    step: Callable[[], None]  # forward/backward of the whole meta-batch
+    params: list[Tensor]  # whose .grad is the meta-gradient
+
+    def iteration(self) -> None:
+        for p in self.params:
+            p.grad = None
+        self.step()
+
+    def meta_gradient(self) -> Tensor:
+        self.iteration()
+        return torch.cat([(torch.zeros_like(p) if p.grad is None else p.grad).reshape(-1) for p in self.params]).double()
+
+
+def implementations(row: Row, batch: EpisodeBatch, dtype: torch.dtype = torch.float32) -> list[Implementation]:
+    torch.manual_seed(0)
+    model = conv4(row.n_way).to(dtype)
+    batch = EpisodeBatch(batch.support_x.to(dtype), batch.support_y, batch.query_x.to(dtype), batch.query_y,
+                         batch.metas)
+    twin = copy.deepcopy(model)
+    spec = metalab.TaskSpec((1, 28, 28), row.n_way, True)
+    algo = metalab.build("maml", spec, inner_lr=INNER_LR, inner_steps=row.inner_steps,
+                         first_order=row.first_order, task_mode="loop")
+    algo.to(dtype).train()
+    src, dst = list(model.parameters()), list(algo.parameters())
+    assert len(src) == len(dst), f"reference has {len(src)} parameter tensors, metalab {len(dst)}"
+    with torch.no_grad():
+        for a, b in zip(src, dst):
+            assert a.shape == b.shape, f"parameter shapes differ: reference {tuple(a.shape)}, metalab {tuple(b.shape)}"
+            b.copy_(a)
+    return [
+        Implementation("reference", "loop-reference", lambda: reference_step(model, batch, row), src),
+        Implementation("higher", "higher", lambda: higher_step(twin, batch, row), list(twin.parameters())),
+        Implementation("metalab", "maml", lambda: algo.meta_gradient(batch), dst),
+    ]
+
+
+def relative_errors(impls: list[Implementation], exact: Tensor) -> dict[str, float]:
+    """||g - g_exact|| / ||g_exact|| of every implementation's meta-gradient."""
+    return {impl.name: ((impl.meta_gradient() - exact).norm() / exact.norm()).item() for impl in impls}
+
+
+def check(row: Row, batch: EpisodeBatch) -> dict[str, float]:
+    """Same meta-gradient in float64 (exact check), then each float32 run's distance to it.
+
+    Returns the float32 errors (reported, not checked: see the module docstring).
+    """
+    impls64 = implementations(row, batch, torch.float64)
+    exact = impls64[0].meta_gradient()
+    errors64 = relative_errors(impls64[1:], exact)
+    bad = {name: err for name, err in errors64.items() if not err <= MAX_REL_ERR_F64}
+    if bad:
+        sys.exit(f"refusing to time {row.name}: in float64 the meta-gradient of {bad} differs from the reference "
+                 f"by more than {MAX_REL_ERR_F64:g}; the implementations do not compute the same thing")
+    errors32 = relative_errors(implementations(row, batch), exact)
+    print(f"{row.name} (meta-batch {row.meta_batch_size}): float64 relative error vs reference: "
+          + ", ".join(f"{k} {v:.1e}" for k, v in errors64.items()) + "; float32 vs the float64 result: "
+          + ", ".join(f"{k} {v:.1e}" for k, v in errors32.items()), flush=True)
+    return errors32
+
+
+# measurements --------------------------------------------------------------------------------
+def count_flops(impl: Implementation) -> int:
+    with FlopCounterMode(display=False) as counter:
+        impl.iteration()
+    return counter.get_total_flops()
+
+
+PAGE = os.sysconf("SC_PAGE_SIZE")
+try:
+    _malloc_trim = ctypes.CDLL("libc.so.6").malloc_trim
+except (OSError, AttributeError):  # not glibc: the baseline may include freed, cached memory
+    _malloc_trim = None
+
+
+def rss() -> int:
+    with open("/proc/self/statm") as f:
+        return int(f.read().split()[1]) * PAGE
+
+
+class PeakRSS:
+    """Peak resident memory above the level at entry, sampled every 1 ms by a background thread."""
+
+    def __enter__(self) -> "PeakRSS":
+        gc.collect()
+        if _malloc_trim is not None:
+            _malloc_trim(0)
+        self.base = self.peak = rss()
+        self._stop = threading.Event()
+        self._thread = threading.Thread(target=self._sample, daemon=True)
+        self._thread.start()
+        return self
+
+    def _sample(self) -> None:
+        while not self._stop.wait(0.001):
+            self.peak = max(self.peak, rss())
+
+    def __exit__(self, *exc) -> None:
+        self._stop.set()
+        self._thread.join()
+        self.peak = max(self.peak, rss())
+
+    @property
+    def mib(self) -> float:
+        return (self.peak - self.base) / 2**20
+
+
+def measure(impl: Implementation, reps: int) -> tuple[float, float]:
+    """Median seconds per iteration and peak MiB over ``reps`` timed iterations after one warm-up."""
+    impl.iteration()
+    times = []
+    with PeakRSS() as memory:
+        for _ in range(reps):
+            start = time.perf_counter()
+            impl.iteration()
+            times.append(time.perf_counter() - start)
+    return statistics.median(times), memory.mib
+
+
+def main() -> None:
+    p = argparse.ArgumentParser(description=__doc__.splitlines()[0])
+    p.add_argument("--rows", default=None, help="comma-separated rows, e.g. 5w1s-2nd-1step (default: all "
+                   f"{len(ROWS)}: {', '.join(r.name for r in ROWS)})")
+    p.add_argument("--reps", type=int, default=5, help="timed iterations per implementation")
+    p.add_argument("--tasks", type=int, default=None, help="override the meta-batch size (quick checks)")
+    p.add_argument("--data-dir", default="../shared/data/omniglot")
+    p.add_argument("--cache-dir", default=None)
+    p.add_argument("--threads", type=int, default=None, help="torch threads (default: torch's)")
+    p.add_argument("--out", default=str(records.RESULTS_DIR / "throughput.jsonl"), help="records file (.jsonl)")
+    p.add_argument("--no-record", action="store_true")
+    args = p.parse_args()
+    if higher is None:
+        print("benchmarks/throughput.py compares against the `higher` library, which is not installed: "
+              "pip install --no-deps higher==0.2.1", file=sys.stderr)
+        sys.exit(2)
+    if not args.out.endswith(".jsonl"):
+        p.error("--out must name a .jsonl file")
+    if args.threads is not None:
+        torch.set_num_threads(args.threads)
+    rows = ROWS
+    if args.rows is not None:
+        names = args.rows.split(",")
+        unknown = sorted(set(names) - {r.name for r in ROWS})
+        if unknown:
+            p.error(f"unknown rows {unknown}; choose from {[r.name for r in ROWS]}")
+        rows = [r for r in ROWS if r.name in names]
+    if args.tasks is not None:
+        rows = [Row(r.n_way, args.tasks, r.first_order, r.inner_steps) for r in rows]
+
+    def benchmark(n_way: int) -> metalab.Benchmark:
+        return metalab.make_benchmark(metalab.BenchmarkConfig(
+            "omniglot", data_dir=args.data_dir, cache_dir=args.cache_dir, n_way=n_way, k_shot=1, n_query=15,
+            train_n_way=n_way, train_k_shot=1, train_n_query=15))
+
+    benches = {n_way: benchmark(n_way) for n_way in sorted({r.n_way for r in rows})}
+    batches = {row: benches[row.n_way].train.batch(0, row.meta_batch_size) for row in rows}
+
+    # correctness of every row first: nothing is timed if one meta-gradient is wrong
+    errors = {row: check(row, batches[row]) for row in rows}
+
+    table = ["| row | implementation | s/iter | x reference | GFLOP/s | peak MiB | float32 grad error |",
+             "|---|---|---|---|---|---|---|"]
+    out = []
+    for row in rows:
+        impls = implementations(row, batches[row])
+        flops = count_flops(impls[0])
+        results = {impl.name: measure(impl, args.reps) for impl in impls}
+        ref_seconds = results["reference"][0]
+        setting = row.setting if args.tasks is None else f"{row.setting}-mb{row.meta_batch_size}"
+        for impl in impls:
+            seconds, mib = results[impl.name]
+            err = errors[row].get(impl.name, 0.0)
+            table.append(f"| {row.name} | {impl.name} | {seconds:.3f} | {ref_seconds / seconds:.2f} | "
+                         f"{flops / seconds / 1e9:.1f} | {mib:.0f} | {err:.1e} |")
+            print(table[-1], flush=True)
+            config = {"command": records.command(), "meta_batch_size": row.meta_batch_size, "n_way": row.n_way,
+                      "k_shot": 1, "n_query": 15, "inner_steps": row.inner_steps, "first_order": row.first_order,
+                      "inner_lr": INNER_LR, "reps": args.reps, "threads": torch.get_num_threads(),
+                      "gflop_per_iter": flops / 1e9, "grad_rel_err_float32": err, "max_rel_err_float64": MAX_REL_ERR_F64}
+            metrics = {"seconds_per_iter": seconds, "gflops_per_s": flops / seconds / 1e9, "peak_mib": mib}
+            if impl.method == "maml":
+                metrics["speedup"] = ref_seconds / seconds
+            out += [records.record("throughput", impl.method, setting, metric, value, None, None, None, None,
+                                   config=config) for metric, value in metrics.items()]
+    print("\n" + "\n".join(table))
+    if not args.no_record:
+        print(records.append("throughput", out, Path(args.out)))
+
+
+if __name__ == "__main__":
+    main()

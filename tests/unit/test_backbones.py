@@ -1,0 +1,84 @@
+"""The fast Conv4 is numerically the paper's plain ``nn.Sequential`` conv4."""
+
+import pytest
+import torch
+import torch.nn.functional as F
+from torch import nn
+
+from metalab.func import forward, params_of
+from metalab.nn import Conv4
+from metalab.nn.backbones import conv3x3_few_channels
+
+
+def _plain_conv4(in_channels: int, hidden: int, n_out: int) -> nn.Sequential:
+    layers = []
+    for i in range(4):
+        layers += [nn.Conv2d(in_channels if i == 0 else hidden, hidden, 3, padding=1),
+                   nn.BatchNorm2d(hidden, track_running_stats=False), nn.ReLU(), nn.MaxPool2d(2)]
+    return nn.Sequential(*layers, nn.Flatten(), nn.Linear(hidden, n_out))
+
+
+def _pair(in_channels=1, hidden=8, n_out=5):
+    torch.manual_seed(0)
+    plain = _plain_conv4(in_channels, hidden, n_out).double()
+    fast = Conv4(in_channels, image_size=28, hidden=hidden, out_features=n_out).double()
+    assert [p.shape for p in plain.parameters()] == [p.shape for p in fast.parameters()]
+    with torch.no_grad():
+        for p, q in zip(plain.parameters(), fast.parameters()):
+            q.copy_(p)
+    return plain, fast
+
+
+def _images(n=6, in_channels=1):
+    """Omniglot-like: a constant background (ties in every pooling window) with random strokes."""
+    g = torch.Generator().manual_seed(1)
+    x = torch.ones(n, in_channels, 28, 28, dtype=torch.float64)
+    strokes = torch.rand(n, in_channels, 28, 28, generator=g, dtype=torch.float64) < 0.2
+    return torch.where(strokes, torch.rand(x.shape, generator=g, dtype=torch.float64), x)
+
+
+@pytest.mark.parametrize("in_channels", [1, 3])
+def test_fast_conv4_equals_the_plain_sequential_conv4(in_channels):
+    plain, fast = _pair(in_channels)
+    x, y = _images(in_channels=in_channels), torch.arange(6) % 5
+    out_plain, out_fast = plain(x), fast(x)
+    torch.testing.assert_close(out_fast, out_plain, rtol=1e-10, atol=1e-12)
+    g_plain = torch.autograd.grad(F.cross_entropy(out_plain, y), list(plain.parameters()))
+    g_fast = torch.autograd.grad(F.cross_entropy(out_fast, y), list(fast.parameters()))
+    for a, b in zip(g_fast, g_plain):
+        torch.testing.assert_close(a, b, rtol=1e-9, atol=1e-12)
+
+
+def test_fast_conv4_second_order_equals_the_plain_conv4():
+    """MAML's meta-gradient through one inner step: Hessian-vector products included."""
+    plain, fast = _pair()
+    sx, qx, y = _images(5), _images(10), torch.arange(10) % 5
+
+    def meta_grad(model):
+        params = params_of(model)
+        inner = torch.autograd.grad(F.cross_entropy(forward(model, params, sx), y[:5]), list(params.values()),
+                                    create_graph=True)
+        adapted = {k: p - 0.4 * g for (k, p), g in zip(params.items(), inner)}
+        return torch.autograd.grad(F.cross_entropy(forward(model, adapted, qx), y), list(params.values()))
+
+    for a, b in zip(meta_grad(fast), meta_grad(plain)):
+        torch.testing.assert_close(a, b, rtol=1e-9, atol=1e-12)
+
+
+def test_few_channel_convolution_is_conv2d_and_channels_last():
+    g = torch.Generator().manual_seed(2)
+    x = torch.randn(4, 2, 9, 7, generator=g, dtype=torch.float64)
+    w, b = torch.randn(5, 2, 3, 3, generator=g, dtype=torch.float64), torch.randn(5, generator=g, dtype=torch.float64)
+    out = conv3x3_few_channels(x, w, b)
+    torch.testing.assert_close(out, F.conv2d(x, w, b, padding=1), rtol=1e-12, atol=1e-12)
+    assert out.is_contiguous(memory_format=torch.channels_last)
+
+
+def test_every_block_output_is_channels_last():
+    _, fast = _pair()
+    h = _images().float()
+    fast = fast.float()
+    for block in list(fast.body)[:-1]:  # the last module flattens
+        h = block(h)
+        if h.dim() == 4 and h.shape[-1] > 1:
+            assert h.is_contiguous(memory_format=torch.channels_last), type(block).__name__
