@@ -29,6 +29,9 @@ PAPER = {  # accuracy, Omniglot, as published
     "protonet": {"5w1s": 0.988, "5w5s": 0.997, "20w1s": 0.960, "20w5s": 0.989},  # Snell et al. 2017, Table 1
     "maml": {"5w1s": 0.987, "5w5s": 0.999, "20w1s": 0.958, "20w5s": 0.989},  # Finn et al. 2017, Table 1
     "fomaml": {"5w1s": 0.983, "5w5s": 0.992, "20w1s": 0.892, "20w5s": 0.967},  # Finn et al. 2017, Table 1
+    "meta_sgd": {"5w1s": 0.9953, "5w5s": 0.9993, "20w1s": 0.9593, "20w5s": 0.9897},  # Li et al. 2017, Table 1
+    # Nichol et al. 2018, Table 1, transductive (batch norm on the query set, as metalab does)
+    "reptile": {"5w1s": 0.9768, "5w5s": 0.9948, "20w1s": 0.8943, "20w5s": 0.9712},
 }
 
 
@@ -51,6 +54,8 @@ def main() -> None:
     p.add_argument("--meta-batch-size", type=int, default=1)
     p.add_argument("--outer-lr", type=float, default=1e-3)
     p.add_argument("--lr-decay-every", type=int, default=2000)
+    p.add_argument("--lr-anneal", action="store_true", help="anneal the outer rate linearly to 0 (Reptile)")
+    p.add_argument("--max-minutes", type=float, default=None, help="training-time budget (stops early)")
     p.add_argument("--val-every", type=int, default=500)
     p.add_argument("--val-episodes", type=int, default=200)
     p.add_argument("--settings", default="5w1s,5w5s,20w1s,20w5s")
@@ -74,8 +79,10 @@ def main() -> None:
         torch.manual_seed(derive_seed(args.seed, 0))
         algo = build(args.method, bench.spec, **hparams)
     cfg = TrainConfig(steps=args.steps, meta_batch_size=args.meta_batch_size, outer_lr=args.outer_lr,
-                      lr_decay_every=args.lr_decay_every, val_every=args.val_every,
-                      val_episodes=args.val_episodes, log_every=50, seed=args.seed)
+                      lr_decay_every=0 if args.lr_anneal else args.lr_decay_every, lr_anneal=args.lr_anneal,
+                      val_every=args.val_every,
+                      val_episodes=args.val_episodes, log_every=50, seed=args.seed,
+                      max_seconds=None if args.max_minutes is None else 60 * args.max_minutes)
     result = train(algo, bench, cfg, out, progress=sys.stderr.isatty())
     print(f"trained {args.method}: {result.steps} steps, {result.seconds:.0f} s, best {result.best}", flush=True)
     best, _ = load_checkpoint(out / "best.pt")

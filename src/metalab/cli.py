@@ -102,6 +102,7 @@ def _build_parser() -> argparse.ArgumentParser:
                    help="outer learning rate (Adam; Reptile: its step size epsilon) (default 1e-3)")
     t.add_argument("--lr-decay-every", type=int, default=0, help="halve the rate every N steps (0: never)")
     t.add_argument("--lr-anneal", action="store_true", help="anneal the outer rate linearly to 0 (Reptile)")
+    t.add_argument("--max-minutes", type=float, help="training-time budget: stop after the step that exceeds it")
     t.add_argument("--val-every", type=int, help="validate every N steps")
     t.add_argument("--val-episodes", type=int, default=100, help="validation episodes (default 100)")
     t.add_argument("--test-episodes", type=int, default=1000, help="test episodes (default 1000)")
@@ -160,6 +161,7 @@ def _train(args: argparse.Namespace) -> int:
         outer_lr=args.outer_lr,
         lr_decay_every=args.lr_decay_every,
         lr_anneal=args.lr_anneal,
+        max_seconds=None if args.max_minutes is None else 60 * args.max_minutes,
         val_every=args.val_every if args.val_every is not None else defaults["val_every"],
         val_episodes=args.val_episodes,
         seed=args.seed,

@@ -6,7 +6,7 @@ import torch.nn.functional as F
 from torch import nn
 
 from metalab.func import forward, params_of
-from metalab.nn import Conv4
+from metalab.nn import MLP, Conv4
 from metalab.nn.backbones import conv3x3_few_channels
 
 
@@ -18,10 +18,10 @@ def _plain_conv4(in_channels: int, hidden: int, n_out: int) -> nn.Sequential:
     return nn.Sequential(*layers, nn.Flatten(), nn.Linear(hidden, n_out))
 
 
-def _pair(in_channels=1, hidden=8, n_out=5):
+def _pair(in_channels=1, hidden=8, n_out=5, channels_last=False):
     torch.manual_seed(0)
     plain = _plain_conv4(in_channels, hidden, n_out).double()
-    fast = Conv4(in_channels, image_size=28, hidden=hidden, out_features=n_out).double()
+    fast = Conv4(in_channels, image_size=28, hidden=hidden, out_features=n_out, channels_last=channels_last).double()
     assert [p.shape for p in plain.parameters()] == [p.shape for p in fast.parameters()]
     with torch.no_grad():
         for p, q in zip(plain.parameters(), fast.parameters()):
@@ -37,9 +37,10 @@ def _images(n=6, in_channels=1):
     return torch.where(strokes, torch.rand(x.shape, generator=g, dtype=torch.float64), x)
 
 
+@pytest.mark.parametrize("channels_last", [False, True])
 @pytest.mark.parametrize("in_channels", [1, 3])
-def test_fast_conv4_equals_the_plain_sequential_conv4(in_channels):
-    plain, fast = _pair(in_channels)
+def test_fast_conv4_equals_the_plain_sequential_conv4(in_channels, channels_last):
+    plain, fast = _pair(in_channels, channels_last=channels_last)
     x, y = _images(in_channels=in_channels), torch.arange(6) % 5
     out_plain, out_fast = plain(x), fast(x)
     torch.testing.assert_close(out_fast, out_plain, rtol=1e-10, atol=1e-12)
@@ -49,9 +50,10 @@ def test_fast_conv4_equals_the_plain_sequential_conv4(in_channels):
         torch.testing.assert_close(a, b, rtol=1e-9, atol=1e-12)
 
 
-def test_fast_conv4_second_order_equals_the_plain_conv4():
+@pytest.mark.parametrize("channels_last", [False, True])
+def test_fast_conv4_second_order_equals_the_plain_conv4(channels_last):
     """MAML's meta-gradient through one inner step: Hessian-vector products included."""
-    plain, fast = _pair()
+    plain, fast = _pair(channels_last=channels_last)
     sx, qx, y = _images(5), _images(10), torch.arange(10) % 5
 
     def meta_grad(model):
@@ -74,8 +76,20 @@ def test_few_channel_convolution_is_conv2d_and_channels_last():
     assert out.is_contiguous(memory_format=torch.channels_last)
 
 
-def test_every_block_output_is_channels_last():
+def test_pure_functional_forward_equals_functional_call():
     _, fast = _pair()
+    x = _images()
+    params = {k: v * 1.5 for k, v in params_of(fast).items()}  # other values than the module's own
+    torch.testing.assert_close(fast.functional(params, x), torch.func.functional_call(fast, params, (x,)),
+                               rtol=0, atol=0)
+    mlp = MLP((3, 7, 5, 2)).double()
+    params = {k: v * 1.5 for k, v in params_of(mlp).items()}
+    z = torch.randn(4, 3, dtype=torch.float64)
+    torch.testing.assert_close(forward(mlp, params, z), torch.func.functional_call(mlp, params, (z,)), rtol=0, atol=0)
+
+
+def test_every_block_output_is_channels_last_when_asked():
+    _, fast = _pair(channels_last=True)
     h = _images().float()
     fast = fast.float()
     for block in list(fast.body)[:-1]:  # the last module flattens

@@ -74,3 +74,4 @@ def test_meta_gradient_is_the_gradient_of_meta_loss(name, batch):
     torch.testing.assert_close(got.loss, out.loss.detach(), rtol=1e-5, atol=1e-7)
     for (pname, p), q in zip(a.named_parameters(), b.parameters()):
         torch.testing.assert_close(q.grad, p.grad, rtol=1e-4, atol=1e-6, msg=f"meta-gradient of {pname}")
+

@@ -41,6 +41,28 @@ def test_trainer_writes_metrics_and_checkpoints(sinusoid, tmp_path):
     assert not list(tmp_path.glob(".*.tmp"))  # atomic writes leave nothing behind
 
 
+def test_time_budget_stops_training_and_still_validates_and_checkpoints(sinusoid, tmp_path):
+    algo = _maml(sinusoid.spec)
+    cfg = TrainConfig(steps=10_000, meta_batch_size=2, val_every=5000, val_episodes=5, max_seconds=1e-9)
+    result = train(algo, sinusoid, cfg, tmp_path, progress=False)
+    assert result.steps == 1 and result.last_val is not None
+    _, last = load_checkpoint(tmp_path / "last.pt")
+    assert last["step"] == 1
+    with pytest.raises(MetalabError, match="max_seconds"):
+        TrainConfig(max_seconds=0)
+
+
+def test_reptile_outer_step_is_sgd_with_linear_annealing(sinusoid):
+    torch.manual_seed(0)
+    algo = build("reptile", sinusoid.spec, inner_optimizer="sgd", inner_lr=0.01, inner_steps=2)
+    cfg = TrainConfig(steps=4, meta_batch_size=2, outer_lr=1.0, lr_anneal=True, val_every=0, val_episodes=2)
+    optimizer = algo.outer_optimizer(cfg.outer_lr)
+    assert isinstance(optimizer, torch.optim.SGD)
+    train(algo, sinusoid, cfg, progress=False)
+    with pytest.raises(MetalabError, match="lr_anneal"):
+        TrainConfig(lr_anneal=True, lr_decay_every=10)
+
+
 def test_same_seed_same_training(sinusoid, tmp_path):
     cfg = TrainConfig(steps=15, meta_batch_size=3, val_every=15, val_episodes=5, log_every=5)
     logs = []

@@ -36,6 +36,8 @@ class TrainConfig:
         val_episodes: validation episodes (a fixed, seeded set).
         log_every: write averaged training metrics every this many steps.
         grad_clip: clip the meta-gradient norm to this value (``None``: no clipping).
+        max_seconds: training-time budget; training stops after the step that exceeds it
+            (then validates and checkpoints as at the last step). ``None``: no budget.
         seed: seed of parameter initialisation and of the training episode stream.
     """
 
@@ -49,12 +51,15 @@ class TrainConfig:
     val_episodes: int = 100
     log_every: int = 50
     grad_clip: float | None = None
+    max_seconds: float | None = None
     seed: int = 0
 
     def __post_init__(self) -> None:
         require_positive(steps=self.steps, meta_batch_size=self.meta_batch_size, val_episodes=self.val_episodes, log_every=self.log_every)
         if not self.outer_lr > 0:
             raise MetalabError(f"outer_lr must be positive, got {self.outer_lr}")
+        if self.max_seconds is not None and not self.max_seconds > 0:
+            raise MetalabError(f"max_seconds must be positive or None, got {self.max_seconds}")
         if self.lr_anneal and self.lr_decay_every:
             raise MetalabError("lr_anneal and lr_decay_every exclude each other; set one of them")
 
@@ -138,9 +143,11 @@ def train(
             scheduler.step()
         log.add(out.metrics)
         done = step + 1
-        if done % config.log_every == 0 or done == config.steps:
+        out_of_time = config.max_seconds is not None and time.perf_counter() - start >= config.max_seconds
+        last = done == config.steps or out_of_time
+        if done % config.log_every == 0 or last:
             bar.set_postfix(log.flush(done, time.perf_counter() - start))
-        if (config.val_every and done % config.val_every == 0) or done == config.steps:
+        if (config.val_every and done % config.val_every == 0) or last:
             last_val = evaluate(algorithm, benchmark.val, config.val_episodes)
             log.write({"step": done, "seconds": round(time.perf_counter() - start, 3),
                        f"val_{last_val.metric}": last_val.mean, f"val_{last_val.metric}_ci95": last_val.ci95})
@@ -155,5 +162,7 @@ def train(
                     save_checkpoint(run_path / "best.pt", algorithm, **state)
             if not math.isfinite(last_val.mean):
                 raise MetalabError(f"validation {last_val.metric} is not finite at step {done}; lower the learning rates")
+        if last:
+            break
     bar.close()
-    return TrainResult(config.steps, time.perf_counter() - start, best, last_val)
+    return TrainResult(done, time.perf_counter() - start, best, last_val)

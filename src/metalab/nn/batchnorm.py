@@ -42,10 +42,14 @@ class BatchNorm(nn.Module):
             self.register_buffer("running_var", torch.ones(num_features))
 
     def forward(self, x: Tensor) -> Tensor:
+        return self.functional(x, self.weight, self.bias)
+
+    def functional(self, x: Tensor, weight: Tensor, bias: Tensor) -> Tensor:
+        """Batch norm with the given affine parameters (running statistics are this module's)."""
         if not self.vmap_safe:
             use_batch = self.training or not self.track_running_stats
             running = (self.running_mean, self.running_var) if self.track_running_stats else (None, None)
-            return F.batch_norm(x, *running, self.weight, self.bias, use_batch, self.momentum, self.eps)
+            return F.batch_norm(x, *running, weight, bias, use_batch, self.momentum, self.eps)
         shape = (1, -1) + (1,) * (x.dim() - 2)
         dims = [0] + list(range(2, x.dim()))
         if self.training or not self.track_running_stats:
@@ -57,8 +61,8 @@ class BatchNorm(nn.Module):
                     self.running_var.lerp_(var.detach() * n / max(n - 1, 1), self.momentum)
         else:
             var, mean = self.running_var, self.running_mean
-        scale = torch.rsqrt(var + self.eps) * self.weight
-        return (x - mean.view(shape)) * scale.view(shape) + self.bias.view(shape)
+        scale = torch.rsqrt(var + self.eps) * weight
+        return (x - mean.view(shape)) * scale.view(shape) + bias.view(shape)
 
     def extra_repr(self) -> str:
         return (f"{self.num_features}, eps={self.eps}, track_running_stats={self.track_running_stats}, "
