@@ -4,7 +4,7 @@
         --out docs/omniglot_5w1s_curves.png --title "Omniglot 5-way 1-shot"
 
 Reads each run folder's ``metrics.jsonl`` (written by the trainer) and labels the curve
-with the folder name. Needs matplotlib (``pip install matplotlib``).
+with the folder name. Needs matplotlib (``pip install -e ".[plot]"``).
 """
 
 from __future__ import annotations
@@ -12,7 +12,6 @@ from __future__ import annotations
 import argparse
 import io
 import json
-import sys
 from pathlib import Path
 
 from metalab.utils.io import atomic_write_bytes
@@ -51,7 +50,7 @@ def main() -> None:
         metric, minutes, means, cis = validation_curve(run)
         ax.plot(minutes, means, marker="o", markersize=3, label=run.name)
         ax.fill_between(minutes, [m - c for m, c in zip(means, cis)], [m + c for m, c in zip(means, cis)], alpha=0.2)
-    ax.set_xlabel("training time (minutes, 2-core CPU)")
+    ax.set_xlabel("training time (minutes)")
     ax.set_ylabel(f"validation {metric} (± 95% CI)")
     ax.set_title(args.title)
     ax.grid(alpha=0.3)

@@ -105,26 +105,6 @@ def test_first_trainer_step_of_the_annealed_schedule_moves_to_the_mean_adapted_w
     torch.testing.assert_close(_flat(algo.parameters()), mean_w, rtol=1e-5, atol=1e-6)  # epsilon = 1: theta <- mean W
 
 
-@pytest.mark.parametrize("b1", [0.0, 0.9])
-def test_adam_rule_equals_torch_adam_step_by_step(b1):
-    g = torch.Generator().manual_seed(0)
-    theta = {"w": torch.randn(3, 4, generator=g, dtype=torch.float64),
-             "b": torch.randn(4, generator=g, dtype=torch.float64)}
-    rule = Adam(0.01, b1=b1)
-    params, state = dict(theta), rule.init(theta)
-    leaves = {k: v.clone().requires_grad_() for k, v in theta.items()}
-    optimizer = torch.optim.Adam(leaves.values(), lr=0.01, betas=(b1, B2))
-    for t in range(1, 7):
-        grads = {k: torch.randn(v.shape, generator=g, dtype=torch.float64) * 10.0**-t for k, v in theta.items()}
-        params, state = rule(params, grads, state, t - 1)
-        for k, leaf in leaves.items():
-            leaf.grad = grads[k].clone()
-        _tf_eps(optimizer, t)
-        optimizer.step()
-        for k, leaf in leaves.items():
-            torch.testing.assert_close(params[k], leaf.detach(), rtol=1e-12, atol=1e-15)
-
-
 def test_rule_follows_the_config():
     assert _mlp_reptile().rule() == Adam(1e-3, b1=0.0)
     assert _mlp_reptile(adam_b1=0.5, inner_lr=0.1).rule() == Adam(0.1, b1=0.5)
