@@ -69,6 +69,12 @@ def render(records: list[dict]) -> str:
         for command, what in commands.items():
             lines.append(f"- `{command}` → {', '.join(sorted(set(what)))}")
         lines += ["", "Machine: " + "; ".join(machines)]
+    plots = sorted(OUT.parent.glob("*.png"))
+    if plots:
+        lines += ["", "## Learning curves", "",
+                  "Validation accuracy (± 95% CI) against training time, drawn from the runs' `metrics.jsonl` by",
+                  "`python benchmarks/plot_curves.py <run folders> --out docs/<name>.png`:", ""]
+        lines += [f"![{p.stem}]({p.name})" for p in plots]
     return "\n".join(lines) + "\n"
 
 
