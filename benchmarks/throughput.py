@@ -7,7 +7,7 @@ the meta-parameters; no outer optimiser step) of MAML on the conv4 of Finn et al
 (4 x [conv 3x3 64, batch norm with batch statistics, ReLU, max-pool 2], linear head),
 28x28 Omniglot training episodes (1 shot, 15 queries per class, from
 ``metalab.make_benchmark``), inner SGD with step 0.4, for 8 rows: 5-way with meta-batch 32
-and 20-way with meta-batch 16, second and first order, 1 and 5 inner steps. Three
+and 20-way with meta-batch 16, second and first order, 1 and 5 inner steps. Four
 implementations compute the same meta-gradient in one process:
 
 - ``reference`` (record method ``loop-reference``): the per-task loop a user writes with
@@ -22,7 +22,7 @@ implementations compute the same meta-gradient in one process:
 - ``metalab channels-last`` (record method ``maml-channels-last``): the same with
   ``Conv4(channels_last=True)``, faster but with the float32 batch-norm caveat below.
 
-Per row, first for every selected row (before anything is timed): the three start from the
+Per row, first for every selected row (before anything is timed): the four start from the
 same weights and compute the meta-gradient of the same batch in float64; the relative
 error ||g - g_ref|| / ||g_ref|| (all parameters flattened) of `higher` and metalab against
 the reference must be at most 1e-9, otherwise the script exits with code 1 and times
@@ -49,7 +49,7 @@ file read per millisecond (the same for every implementation).
 
 Appends ``throughput`` records to results/throughput.jsonl (``--out``): per row, setting
 like ``2nd-order-1step-5w1s``, metrics ``seconds_per_iter``, ``gflops_per_s``, ``peak_mib``
-for the three methods and ``speedup`` (reference / metalab) for ``maml``. Quick checks with
+for the four methods and ``speedup`` (reference / metalab) for ``maml`` and ``maml-channels-last``. Quick checks with
 ``--tasks`` are recorded under settings ending in ``-mb<tasks>``.
 This is a benchmark run by hand: nothing is timed in the test suite.
 """
@@ -153,7 +153,7 @@ def higher_step(model: nn.Module, batch: EpisodeBatch, row: Row) -> None:
                     p.grad = fast.grad if p.grad is None else p.grad + fast.grad
 
 
-# 3. metalab, and the three side by side from the same weights -------------------------------
+# 3. metalab, and the four side by side from the same weights -------------------------------
 @dataclass
 class Implementation:
     name: str  # as printed
