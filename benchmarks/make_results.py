@@ -64,6 +64,14 @@ def render(records: list[dict]) -> str:
             what.append(f"{r['method']} {r['setting']}")
             if r.get("train_episodes"):
                 what.append(f"training episodes: {r['train_episodes']}")
+        projected = sorted({(r["method"], r["train_episodes_seen"], r["train_seconds"], r["paper_train_episodes"])
+                            for r in rows if r.get("paper_train_episodes") and r.get("train_episodes_seen")})
+        if projected:
+            lines += ["", "Projected training time at the published run's length (measured seconds per training "
+                      "episode × the paper's training episodes):", ""]
+            lines += [f"- {method}: {seconds / seen * paper / 3600:.0f} h for {paper:,} episodes "
+                      f"({seen:,} episodes took {seconds / 60:.1f} min here)"
+                      for method, seen, seconds, paper in projected]
         lines += ["", "Commands (run from the repository root):", ""]
         machines = sorted({r["machine"] for r in rows})
         for command, what in commands.items():

@@ -32,7 +32,21 @@ PAPER = {  # accuracy, Omniglot, as published
     "meta_sgd": {"5w1s": 0.9953, "5w5s": 0.9993, "20w1s": 0.9593, "20w5s": 0.9897},  # Li et al. 2017, Table 1
     # Nichol et al. 2018, Table 1, transductive (batch norm on the query set, as metalab does)
     "reptile": {"5w1s": 0.9768, "5w5s": 0.9948, "20w1s": 0.8943, "20w5s": 0.9712},
+    "matching_net": {"5w1s": 0.981, "5w5s": 0.989, "20w1s": 0.938, "20w5s": 0.985},  # Vinyals et al. 2016, Table 1
+    # Koch et al. 2015's network in the N-way protocol, as reported by Vinyals et al. 2016, Table 1
+    "siamese": {"5w1s": 0.973, "5w5s": 0.984, "20w1s": 0.882, "20w5s": 0.970},
+    "relation_net": {"5w1s": 0.996, "5w5s": 0.998, "20w1s": 0.976, "20w5s": 0.991},  # Sung et al. 2018, Table 1
 }
+
+
+# training episodes of the published runs, where the authors state them: the projected time of a run that
+# long on this machine is its measured seconds per episode times this
+PAPER_EPISODES = {
+    "relation_net": 1_000_000,  # Sung et al.'s code release: --episode 1000000, one episode per step
+    "maml": 60_000 * 32,  # Finn et al.'s README, Omniglot 5-way: 60000 iterations of 32 tasks
+    "fomaml": 60_000 * 32,
+}
+ANY_WAY = {"protonet", "matching_net", "siamese", "relation_net"}  # no n_way-sized head: any setting from one model
 
 
 def parse_setting(text: str) -> tuple[int, int]:
@@ -89,7 +103,7 @@ def main() -> None:
     rows = []
     for setting in args.settings.split(","):
         n_way, k_shot = parse_setting(setting)
-        if n_way != bench.spec.output_dim and args.method not in ("protonet",):
+        if n_way != bench.spec.output_dim and args.method not in ANY_WAY:
             print(f"skip {setting}: {args.method} has a {bench.spec.output_dim}-way head", flush=True)
             continue
         ev = evaluate(best, make_benchmark(config(n_way, k_shot)).test, args.test_episodes)
@@ -98,7 +112,8 @@ def main() -> None:
             "omniglot", args.method, setting, "accuracy", ev.mean, ev.ci95, PAPER.get(args.method, {}).get(setting),
             result.seconds, result.steps, test_episodes=args.test_episodes,
             train_episodes=f"{args.train_n_way}-way {args.train_k_shot}-shot {args.train_n_query}-query "
-                           f"x {args.meta_batch_size} per step", best_val_step=result.best and result.best["step"]))
+                           f"x {args.meta_batch_size} per step", best_val_step=result.best and result.best["step"],
+            train_episodes_seen=result.steps * args.meta_batch_size, paper_train_episodes=PAPER_EPISODES.get(args.method)))
     print(records.append("omniglot", rows))
 
 

@@ -4,10 +4,13 @@ from metalab.algorithms.anil import ANIL, ANILConfig
 from metalab.algorithms.base import MetaAlgorithm, MetaOutput, Predictor
 from metalab.algorithms.gradient import GradientConfig, GradientMethod
 from metalab.algorithms.maml import FOMAML, MAML, MAMLConfig
+from metalab.algorithms.matching_net import MatchingNet, MatchingNetConfig
 from metalab.algorithms.meta_sgd import MetaSGD, MetaSGDConfig
 from metalab.algorithms.protonet import ProtoNet, ProtoNetConfig
 from metalab.algorithms.registry import build, get, make_config, names, register
+from metalab.algorithms.relation_net import RelationNet, RelationNetConfig
 from metalab.algorithms.reptile import Reptile, ReptileConfig
+from metalab.algorithms.siamese import Siamese, SiameseConfig
 
 __all__ = [
     "ANIL",
@@ -19,13 +22,19 @@ __all__ = [
     "FOMAML",
     "MAML",
     "MAMLConfig",
+    "MatchingNet",
+    "MatchingNetConfig",
     "MetaAlgorithm",
     "MetaOutput",
     "Predictor",
     "ProtoNet",
     "ProtoNetConfig",
+    "RelationNet",
+    "RelationNetConfig",
     "Reptile",
     "ReptileConfig",
+    "Siamese",
+    "SiameseConfig",
     "build",
     "get",
     "make_config",

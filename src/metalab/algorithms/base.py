@@ -90,12 +90,27 @@ def finite(loss: Tensor, where: str) -> Tensor:
     return loss
 
 
-def check_support(episode: Episode, n_way: int) -> None:
-    """Every class ``0..n_way-1`` must occur in the support set of a classification episode."""
-    counts = torch.bincount(episode.support_y.flatten(), minlength=n_way)
-    if counts.numel() > n_way or (counts == 0).any():
-        missing = (counts[:n_way] == 0).nonzero().flatten().tolist()
-        raise MetalabError(
-            f"the support set must hold every label 0..{n_way - 1}; missing {missing}, "
-            f"found labels up to {counts.numel() - 1}"
-        )
+def check_support(episode: Episode | EpisodeBatch, n_way: int, k_shot: int | None = None) -> None:
+    """Every class ``0..n_way-1`` must occur in the support set of a classification episode.
+
+    With ``k_shot``, every class must occur exactly ``k_shot`` times (methods that sum or
+    compare per-class features need balanced support sets). Works on one episode or on
+    every episode of a batch.
+    """
+    labels = episode.support_y.reshape(-1, episode.support_y.shape[-1])  # (tasks, n_support)
+    if labels.is_floating_point():
+        raise MetalabError("this method classifies: the support labels must be integer class ids, got floats")
+    for task, row in enumerate(labels):
+        counts = torch.bincount(row, minlength=n_way)
+        where = f" (episode {task} of the batch)" if labels.shape[0] > 1 else ""
+        if counts.numel() > n_way or (counts == 0).any():
+            missing = (counts[:n_way] == 0).nonzero().flatten().tolist()
+            raise MetalabError(
+                f"the support set must hold every label 0..{n_way - 1}{where}; missing {missing}, "
+                f"found labels up to {counts.numel() - 1}"
+            )
+        if k_shot is not None and (counts != k_shot).any():
+            raise MetalabError(
+                f"every class needs exactly k_shot={k_shot} support examples{where}, got counts "
+                f"{counts.tolist()} per label; sample balanced episodes (EpisodeSampler does)"
+            )

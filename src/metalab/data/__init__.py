@@ -3,6 +3,7 @@
 from metalab.data.benchmarks import BENCHMARKS, Benchmark, BenchmarkConfig, TaskSpec, make_benchmark
 from metalab.data.dataset import ClassDataset
 from metalab.data.episode import Episode, EpisodeBatch, EpisodeMeta
+from metalab.data.pairs import balanced_pairs
 from metalab.data.sampler import EpisodeSampler, TaskSource
 from metalab.data.sinusoid import SinusoidTasks
 
@@ -18,5 +19,6 @@ __all__ = [
     "SinusoidTasks",
     "TaskSource",
     "TaskSpec",
+    "balanced_pairs",
     "make_benchmark",
 ]

@@ -3,7 +3,14 @@
 from metalab.func.functional import forward, params_of
 from metalab.func.inner import inner_loop
 from metalab.func.losses import metric_name, task_loss, task_metric
-from metalab.func.prototypes import class_prototypes, one_hot, squared_euclidean
+from metalab.func.prototypes import (
+    class_prototypes,
+    class_sums,
+    cosine_similarity,
+    one_hot,
+    reduce_by_class,
+    squared_euclidean,
+)
 from metalab.func.rules import SGD, Adam, Clipped, PerParameterSGD, UpdateRule, global_norm
 from metalab.func.tasks import TASK_MODES, map_tasks
 
@@ -16,12 +23,15 @@ __all__ = [
     "TASK_MODES",
     "UpdateRule",
     "class_prototypes",
+    "class_sums",
+    "cosine_similarity",
     "forward",
     "inner_loop",
     "map_tasks",
     "metric_name",
     "one_hot",
     "params_of",
+    "reduce_by_class",
     "squared_euclidean",
     "task_loss",
     "task_metric",

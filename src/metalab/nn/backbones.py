@@ -45,7 +45,7 @@ def sub_params(params: Params, prefix: str) -> Params:
 
 
 class ConvBlock(nn.Module):
-    """conv 3x3 (padding 1) -> batch norm -> 2x2 max-pool -> ReLU.
+    """conv 3x3 (padding 1) -> batch norm -> 2x2 max-pool (if ``pool``) -> ReLU.
 
     The paper's order is conv -> BN -> ReLU -> pool; ReLU and max-pool commute (both are
     monotone, element-wise vs. window max, and ties break the same way), so pooling first
@@ -55,8 +55,9 @@ class ConvBlock(nn.Module):
     """
 
     def __init__(self, in_channels: int, out_channels: int, track_running_stats: bool, vmap_safe: bool,
-                 channels_last: bool = False):
+                 channels_last: bool = False, pool: bool = True):
         super().__init__()
+        self.pool = pool
         self.conv = nn.Conv2d(in_channels, out_channels, kernel_size=3, padding=1)
         self.norm = BatchNorm(out_channels, track_running_stats=track_running_stats, vmap_safe=vmap_safe)
         self.channels_last = channels_last and not vmap_safe
@@ -68,7 +69,8 @@ class ConvBlock(nn.Module):
             x = conv3x3_few_channels(x, weight, bias)
         else:
             x = F.conv2d(x, weight, bias, padding=1)
-        return F.relu(F.max_pool2d(self.norm.functional(x, params["norm.weight"], params["norm.bias"]), 2))
+        x = self.norm.functional(x, params["norm.weight"], params["norm.bias"])
+        return F.relu(F.max_pool2d(x, 2) if self.pool else x)
 
     def forward(self, x: Tensor) -> Tensor:
         return self.functional(dict(self.named_parameters()), x)
@@ -78,7 +80,8 @@ class Conv4(nn.Module):
     """Four conv blocks of ``hidden`` channels, flattened (``body``), then an optional linear ``head``.
 
     On 28x28 Omniglot the spatial size goes 28 -> 14 -> 7 -> 3 -> 1, so the embedding has
-    ``hidden`` (64) features.
+    ``hidden`` (64) features. With ``pool_blocks=2`` only the first two blocks pool (the
+    embedding module of Relation Networks): 28 -> 14 -> 7, ``feature_shape`` (64, 7, 7).
 
     Args:
         in_channels: image channels (1 for Omniglot).
@@ -86,6 +89,7 @@ class Conv4(nn.Module):
         hidden: channels of every block.
         out_features: size of the linear head; ``None`` returns the embedding.
         track_running_stats, vmap_safe: see :class:`metalab.nn.BatchNorm`.
+        pool_blocks: how many blocks (from the first) end with a 2x2 max-pool, 0 to 4.
         channels_last: lay activations out channels-last and compute the first convolution
             as im2col + matmul. 0.75-1.45x the speed of the plain loop on a 2-core CPU
             (``benchmarks/throughput.py``), but PyTorch's channels-last batch-norm kernel
@@ -111,21 +115,26 @@ class Conv4(nn.Module):
         track_running_stats: bool = False,
         vmap_safe: bool = False,
         channels_last: bool = False,
+        pool_blocks: int = 4,
     ):
         super().__init__()
+        if not 0 <= pool_blocks <= 4:
+            raise ValueError(f"pool_blocks must be between 0 and 4, got {pool_blocks}")
         self.vmap_safe = vmap_safe
         fast = channels_last and not vmap_safe
         self.body = nn.Sequential(
             ChannelsLast(enabled=fast),
-            ConvBlock(in_channels, hidden, track_running_stats, vmap_safe, fast),
-            *(ConvBlock(hidden, hidden, track_running_stats, vmap_safe, fast) for _ in range(3)),
+            *(ConvBlock(in_channels if i == 0 else hidden, hidden, track_running_stats, vmap_safe, fast,
+                        pool=i < pool_blocks) for i in range(4)),
             nn.Flatten(),
         )
         side = image_size
-        for _ in range(4):
+        for _ in range(pool_blocks):
             side //= 2
         if side < 1:
-            raise ValueError(f"Conv4 needs images of at least 16x16, got {image_size}x{image_size}")
+            raise ValueError(f"Conv4 with {pool_blocks} pooling blocks needs images of at least "
+                             f"{2 ** pool_blocks}x{2 ** pool_blocks}, got {image_size}x{image_size}")
+        self.feature_shape = (hidden, side, side)
         self.embedding_dim = hidden * side * side
         self.head = nn.Linear(self.embedding_dim, out_features) if out_features is not None else None
 
