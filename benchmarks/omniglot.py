@@ -14,6 +14,7 @@ from __future__ import annotations
 
 import argparse
 import ast
+import json
 import sys
 from pathlib import Path
 
@@ -23,6 +24,7 @@ sys.path.insert(0, str(Path(__file__).resolve().parent))
 import records  # noqa: E402
 
 from metalab import BenchmarkConfig, TrainConfig, build, evaluate, load_checkpoint, make_benchmark, train  # noqa: E402
+from metalab.engine.trainer import TrainResult  # noqa: E402
 from metalab.utils import derive_seed  # noqa: E402
 
 PAPER = {  # accuracy, Omniglot, as published
@@ -47,11 +49,26 @@ PAPER_EPISODES = {
     "fomaml": 60_000 * 32,
 }
 ANY_WAY = {"protonet", "matching_net", "siamese", "relation_net"}  # no n_way-sized head: any setting from one model
+# class features summed over the shots (Sung et al. 2018): a model is trained and evaluated with the same k_shot
+SAME_SHOTS = {"relation_net"}
 
 
 def parse_setting(text: str) -> tuple[int, int]:
     way, shot = text.rstrip("s").split("w")
     return int(way), int(shot)
+
+
+def logged_result(out: Path) -> TrainResult:
+    """The steps, training seconds and best validation of a run, as its metrics log recorded them."""
+    rows = [json.loads(line) for line in (out / "metrics.jsonl").read_text().splitlines() if line.strip()]
+    train_rows = [r for r in rows if "train_loss" in r]
+    val_rows = [r for r in rows if "val_accuracy" in r]
+    if not train_rows or not (out / "best.pt").exists():
+        raise SystemExit(f"{out}: no training logged or no best.pt; train it first (drop --eval-only)")
+    top = max(val_rows, key=lambda r: r["val_accuracy"], default=None)
+    best = top and {"metric": "accuracy", "value": top["val_accuracy"], "ci95": top["val_accuracy_ci95"],
+                    "step": top["step"]}
+    return TrainResult(train_rows[-1]["step"], train_rows[-1]["seconds"], best, None)
 
 
 def main() -> None:
@@ -78,6 +95,9 @@ def main() -> None:
     p.add_argument("--seed", type=int, default=0)
     p.add_argument("--threads", type=int, default=2)
     p.add_argument("--out", default=None)
+    p.add_argument("--eval-only", action="store_true",
+                   help="skip training: evaluate --out/best.pt of a finished or stopped run; the training steps and "
+                        "time recorded are read from its metrics.jsonl")
     args = p.parse_args()
     torch.set_num_threads(args.threads)
     out = Path(args.out or f"runs/bench-omniglot-{args.method}")
@@ -97,7 +117,7 @@ def main() -> None:
                       val_every=args.val_every,
                       val_episodes=args.val_episodes, log_every=50, seed=args.seed,
                       max_seconds=None if args.max_minutes is None else 60 * args.max_minutes)
-    result = train(algo, bench, cfg, out, progress=sys.stderr.isatty())
+    result = logged_result(out) if args.eval_only else train(algo, bench, cfg, out, progress=sys.stderr.isatty())
     print(f"trained {args.method}: {result.steps} steps, {result.seconds:.0f} s, best {result.best}", flush=True)
     best, _ = load_checkpoint(out / "best.pt")
     rows = []
@@ -105,6 +125,10 @@ def main() -> None:
         n_way, k_shot = parse_setting(setting)
         if n_way != bench.spec.output_dim and args.method not in ANY_WAY:
             print(f"skip {setting}: {args.method} has a {bench.spec.output_dim}-way head", flush=True)
+            continue
+        if k_shot != args.train_k_shot and args.method in SAME_SHOTS:
+            print(f"skip {setting}: {args.method} is evaluated with the shots it was trained with "
+                  f"({args.train_k_shot})", flush=True)
             continue
         ev = evaluate(best, make_benchmark(config(n_way, k_shot)).test, args.test_episodes)
         print(f"{setting}: {ev}", flush=True)

@@ -169,7 +169,8 @@ class Learner:
                 for name, g in zip(names, grads)
             }
             fast = {name: self.params[name] for name in names}
-            new, self._state = self.rule(fast, grad_dict, self._state, self.step)
+            new, self._state = self.rule(fast, grad_dict, self._state, self.step,
+                                         value=loss.detach() if first_order else loss)
             # parameters that do not require grad (allow_nograd) keep their value and object
             self.params = {name: new.get(name, p) for name, p in self.params.items()}
         self.step += 1

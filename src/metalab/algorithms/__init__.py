@@ -5,6 +5,7 @@ from metalab.algorithms.base import MetaAlgorithm, MetaOutput, Predictor
 from metalab.algorithms.gradient import GradientConfig, GradientMethod
 from metalab.algorithms.maml import FOMAML, MAML, MAMLConfig
 from metalab.algorithms.matching_net import MatchingNet, MatchingNetConfig
+from metalab.algorithms.meta_lstm import MetaLSTMConfig, MetaLSTMLearner
 from metalab.algorithms.meta_sgd import MetaSGD, MetaSGDConfig
 from metalab.algorithms.protonet import ProtoNet, ProtoNetConfig
 from metalab.algorithms.registry import build, get, make_config, names, register
@@ -17,6 +18,8 @@ __all__ = [
     "ANILConfig",
     "GradientConfig",
     "GradientMethod",
+    "MetaLSTMConfig",
+    "MetaLSTMLearner",
     "MetaSGD",
     "MetaSGDConfig",
     "FOMAML",

@@ -3,6 +3,7 @@
 from metalab.func.functional import forward, params_of
 from metalab.func.inner import inner_loop
 from metalab.func.losses import metric_name, task_loss, task_metric
+from metalab.func.meta_lstm import MetaLSTM, MetaLSTMState, preprocess
 from metalab.func.prototypes import (
     class_prototypes,
     class_sums,
@@ -18,6 +19,8 @@ __all__ = [
     "SGD",
     "Adam",
     "Clipped",
+    "MetaLSTM",
+    "MetaLSTMState",
     "PerParameterSGD",
     "global_norm",
     "TASK_MODES",
@@ -31,6 +34,7 @@ __all__ = [
     "metric_name",
     "one_hot",
     "params_of",
+    "preprocess",
     "reduce_by_class",
     "squared_euclidean",
     "task_loss",

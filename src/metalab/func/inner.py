@@ -33,17 +33,18 @@ def inner_loop(
     Args:
         loss_fn: support loss of one task as a function of the parameters.
         params: initial (meta-)parameters.
-        rule: the update rule, e.g. :class:`metalab.func.SGD`.
+        rule: the update rule, e.g. :class:`metalab.func.SGD`; it also receives the support
+            loss as ``value`` (rules that read it, like :class:`metalab.func.MetaLSTM`).
         steps: number of inner steps (0 returns ``params``).
         first_order: drop second-order terms.
     """
-    grad_fn = torch.func.grad(loss_fn)
+    grad_fn = torch.func.grad_and_value(loss_fn)
     state = rule.init(params)
     for step in range(steps):
         if first_order:  # constants: no graph to theta through params or through the inputs
-            grads = grad_fn({name: p.detach() for name, p in params.items()})
-            grads = {name: g.detach() for name, g in grads.items()}
+            grads, value = grad_fn({name: p.detach() for name, p in params.items()})
+            grads, value = {name: g.detach() for name, g in grads.items()}, value.detach()
         else:
-            grads = grad_fn(params)
-        params, state = rule(params, grads, state, step)
+            grads, value = grad_fn(params)
+        params, state = rule(params, grads, state, step, value=value)
     return params

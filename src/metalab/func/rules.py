@@ -1,8 +1,9 @@
 """Inner-loop update rules, in the style of optax: pure functions of (params, grads, state).
 
-A rule has ``init(params) -> state`` and ``__call__(params, grads, state, step) ->
-(params, state)``; ``step`` is the inner step index, so per-step hyper-parameters (as in
-MAML++) are a property of the rule, not of the loop. Rules never modify tensors in place,
+A rule has ``init(params) -> state`` and ``__call__(params, grads, state, step, value=None)
+-> (params, state)``; ``step`` is the inner step index, so per-step hyper-parameters (as in
+MAML++) are a property of the rule, not of the loop, and ``value`` is the loss the gradients
+are of (optional, as optax's extra arguments: a learned rule such as the Meta-LSTM reads it). Rules never modify tensors in place,
 so every one of them is differentiable (second-order meta-gradients) and works under
 ``torch.func.vmap``. Compose with :class:`Clipped` for gradient clipping.
 """
@@ -21,7 +22,8 @@ from metalab._types import Params
 class UpdateRule(Protocol):
     def init(self, params: Params) -> Any: ...
 
-    def __call__(self, params: Params, grads: Params, state: Any, step: int) -> tuple[Params, Any]: ...
+    def __call__(self, params: Params, grads: Params, state: Any, step: int,
+                 value: Tensor | None = None) -> tuple[Params, Any]: ...
 
 
 def per_step(value: float | Sequence[float], step: int) -> float:
@@ -40,7 +42,8 @@ class SGD:
     def init(self, params: Params) -> None:
         return None
 
-    def __call__(self, params: Params, grads: Params, state: None, step: int) -> tuple[Params, None]:
+    def __call__(self, params: Params, grads: Params, state: None, step: int,
+                 value: Tensor | None = None) -> tuple[Params, None]:
         lr = per_step(self.lr, step)
         return {name: p - lr * grads[name] for name, p in params.items()}, state
 
@@ -61,7 +64,8 @@ class PerParameterSGD:
     def init(self, params: Params) -> None:
         return None
 
-    def __call__(self, params: Params, grads: Params, state: None, step: int) -> tuple[Params, None]:
+    def __call__(self, params: Params, grads: Params, state: None, step: int,
+                 value: Tensor | None = None) -> tuple[Params, None]:
         def rate(name: str) -> Tensor:
             lr = self.lrs[name]
             return lr[min(step, lr.shape[0] - 1)] if self.stepwise else lr
@@ -88,7 +92,8 @@ class Adam:
         zeros = {name: torch.zeros_like(p) for name, p in params.items()}
         return zeros, dict(zeros)
 
-    def __call__(self, params: Params, grads: Params, state: tuple[Params, Params], step: int):
+    def __call__(self, params: Params, grads: Params, state: tuple[Params, Params], step: int,
+                 value: Tensor | None = None):
         m, v = state
         m = {k: self.b1 * m[k] + (1 - self.b1) * g for k, g in grads.items()}
         v = {k: self.b2 * v[k] + (1 - self.b2) * g * g for k, g in grads.items()}
@@ -116,6 +121,7 @@ class Clipped:
     def init(self, params: Params) -> Any:
         return self.rule.init(params)
 
-    def __call__(self, params: Params, grads: Params, state: Any, step: int) -> tuple[Params, Any]:
+    def __call__(self, params: Params, grads: Params, state: Any, step: int,
+                 value: Tensor | None = None) -> tuple[Params, Any]:
         scale = torch.clamp(self.max_norm / (global_norm(grads) + 1e-6), max=1.0)
-        return self.rule(params, {k: g * scale for k, g in grads.items()}, state, step)
+        return self.rule(params, {k: g * scale for k, g in grads.items()}, state, step, value=value)
