@@ -85,6 +85,7 @@ def main() -> None:
     p.add_argument("--meta-batch-size", type=int, default=1)
     p.add_argument("--outer-lr", type=float, default=1e-3)
     p.add_argument("--lr-decay-every", type=int, default=2000)
+    p.add_argument("--grad-clip", type=float, default=None, help="clip the meta-gradient norm (Meta-LSTM: 0.25)")
     p.add_argument("--lr-anneal", action="store_true", help="anneal the outer rate linearly to 0 (Reptile)")
     p.add_argument("--max-minutes", type=float, default=None, help="training-time budget (stops early)")
     p.add_argument("--val-every", type=int, default=500)
@@ -114,7 +115,7 @@ def main() -> None:
         algo = build(args.method, bench.spec, **hparams)
     cfg = TrainConfig(steps=args.steps, meta_batch_size=args.meta_batch_size, outer_lr=args.outer_lr,
                       lr_decay_every=0 if args.lr_anneal else args.lr_decay_every, lr_anneal=args.lr_anneal,
-                      val_every=args.val_every,
+                      val_every=args.val_every, grad_clip=args.grad_clip,
                       val_episodes=args.val_episodes, log_every=50, seed=args.seed,
                       max_seconds=None if args.max_minutes is None else 60 * args.max_minutes)
     result = logged_result(out) if args.eval_only else train(algo, bench, cfg, out, progress=sys.stderr.isatty())

@@ -29,6 +29,8 @@ from metalab.utils.seeding import derive_seed
 BENCHMARK_DEFAULTS: dict[str, dict[str, Any]] = {
     "sinusoid": {"k_shot": 5, "steps": 5000, "meta_batch_size": 25, "val_every": 1000, "eval_steps": [1, 5, 10]},
     "omniglot": {"k_shot": 1, "steps": 2000, "meta_batch_size": 16, "val_every": 500, "eval_steps": [None]},
+    # sequence episodes (Santoro et al. 2016): --n-way classes x --n-query instances; k_shot is unused
+    "omniglot-online": {"k_shot": 1, "steps": 2000, "meta_batch_size": 16, "val_every": 500, "eval_steps": [None]},
 }
 # Hyper-parameters of the papers that depend on the benchmark (used unless given).
 PAPER_HPARAMS: dict[tuple[str, str], dict[str, Any]] = {

@@ -3,6 +3,7 @@
 from metalab.algorithms.anil import ANIL, ANILConfig
 from metalab.algorithms.base import MetaAlgorithm, MetaOutput, Predictor
 from metalab.algorithms.gradient import GradientConfig, GradientMethod
+from metalab.algorithms.mann import MANN, LSTMBaseline, LSTMConfig, MANNConfig
 from metalab.algorithms.maml import FOMAML, MAML, MAMLConfig
 from metalab.algorithms.matching_net import MatchingNet, MatchingNetConfig
 from metalab.algorithms.meta_lstm import MetaLSTMConfig, MetaLSTMLearner
@@ -23,8 +24,12 @@ __all__ = [
     "MetaSGD",
     "MetaSGDConfig",
     "FOMAML",
+    "LSTMBaseline",
+    "LSTMConfig",
     "MAML",
     "MAMLConfig",
+    "MANN",
+    "MANNConfig",
     "MatchingNet",
     "MatchingNetConfig",
     "MetaAlgorithm",

@@ -5,6 +5,7 @@ from metalab.data.dataset import ClassDataset
 from metalab.data.episode import Episode, EpisodeBatch, EpisodeMeta
 from metalab.data.pairs import balanced_pairs
 from metalab.data.sampler import EpisodeSampler, TaskSource
+from metalab.data.sequences import SequenceSampler, presentation_numbers
 from metalab.data.sinusoid import SinusoidTasks
 
 __all__ = [
@@ -16,9 +17,11 @@ __all__ = [
     "EpisodeBatch",
     "EpisodeMeta",
     "EpisodeSampler",
+    "SequenceSampler",
     "SinusoidTasks",
     "TaskSource",
     "TaskSpec",
     "balanced_pairs",
     "make_benchmark",
+    "presentation_numbers",
 ]

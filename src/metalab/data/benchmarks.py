@@ -9,7 +9,9 @@ from __future__ import annotations
 from dataclasses import dataclass
 from pathlib import Path
 
+from metalab.data.dataset import ClassDataset
 from metalab.data.sampler import EpisodeSampler, TaskSource
+from metalab.data.sequences import SequenceSampler
 from metalab.data.sinusoid import SinusoidTasks
 from metalab.utils.errors import MetalabError
 
@@ -32,7 +34,13 @@ class BenchmarkConfig:
     """Which benchmark and which episodes.
 
     Attributes:
-        name: ``sinusoid`` or ``omniglot``.
+        name: ``sinusoid``, ``omniglot`` (N-way K-shot episodes) or ``omniglot-online``
+            (the sequence protocol of Santoro et al., 2016, "One-shot Learning with
+            Memory-Augmented Neural Networks", ICML: each episode presents ``n_way``
+            classes, ``n_query`` (default 10) instances of each, in random order, and the
+            label of a step is shown at the next step; see
+            :class:`~metalab.data.sequences.SequenceSampler`. Same splits as ``omniglot``,
+            20x20 images as in the paper; ``k_shot`` is not used).
         data_dir: folder holding the Omniglot archives (Omniglot only).
         cache_dir: where decoded images are cached (default ``~/.cache/metalab``).
         split: Omniglot split: ``vinyals`` (train 1028 / val 172 / test 423 characters,
@@ -42,10 +50,12 @@ class BenchmarkConfig:
         n_way: classes per test (and validation) episode.
         k_shot: support examples per class at test time (per task for regression).
         n_query: query examples per class at test time; ``None``: 15 for Omniglot, 100
-            for sinusoid.
+            for sinusoid; ``omniglot-online``: instances per class in a sequence, ``None``: 10.
         train_n_way, train_k_shot, train_n_query: the same for training episodes;
             ``None`` means as at test time (sinusoid: 10 training query points).
         seed: seed of the training stream.
+        image_size: side of the (square) Omniglot images; ``None``: 28 for ``omniglot``,
+            20 for ``omniglot-online``.
     """
 
     name: str = "sinusoid"
@@ -59,6 +69,7 @@ class BenchmarkConfig:
     train_k_shot: int | None = None
     train_n_query: int | None = None
     seed: int = 0
+    image_size: int | None = None
 
 
 @dataclass(frozen=True)
@@ -87,17 +98,18 @@ def _sinusoid(cfg: BenchmarkConfig, progress: bool) -> Benchmark:
     )
 
 
-def _omniglot(cfg: BenchmarkConfig, progress: bool) -> Benchmark:
+def _omniglot_splits(cfg: BenchmarkConfig, image_size: int, progress: bool) -> tuple[ClassDataset, ...]:
+    """The train, validation and test classes of ``cfg.split`` at ``image_size`` pixels."""
     from metalab.data.omniglot import load_omniglot, omniglot_split
 
     if cfg.data_dir is None:
         raise MetalabError(
-            "the omniglot benchmark needs the folder with images_background.zip and "
+            f"the {cfg.name} benchmark needs the folder with images_background.zip and "
             "images_evaluation.zip: pass --data-dir (here: ../shared/data/omniglot)"
         )
     if cfg.split not in OMNIGLOT_SPLITS:
         raise MetalabError(f"unknown omniglot split {cfg.split!r}; choose one of {OMNIGLOT_SPLITS}")
-    images = load_omniglot(Path(cfg.data_dir), cache_dir=cfg.cache_dir, progress=progress)
+    images = load_omniglot(Path(cfg.data_dir), cache_dir=cfg.cache_dir, image_size=image_size, progress=progress)
     if cfg.split == "lake":
         val_names = {n.rsplit("/", 1)[0] for n in omniglot_split(images, "vinyals-val").class_names}
         background = omniglot_split(images, "background")
@@ -109,6 +121,11 @@ def _omniglot(cfg: BenchmarkConfig, progress: bool) -> Benchmark:
         train = omniglot_split(images, "vinyals-train" if cfg.split == "vinyals" else "vinyals-trainval")
         val = omniglot_split(images, "vinyals-val")
         test = omniglot_split(images, "vinyals-test")
+    return train, val, test
+
+
+def _omniglot(cfg: BenchmarkConfig, progress: bool) -> Benchmark:
+    train, val, test = _omniglot_splits(cfg, 28 if cfg.image_size is None else cfg.image_size, progress)
     q_test = cfg.n_query or 15
     n_train = cfg.train_n_way or cfg.n_way
     k_train = cfg.train_k_shot or cfg.k_shot
@@ -122,7 +139,21 @@ def _omniglot(cfg: BenchmarkConfig, progress: bool) -> Benchmark:
     )
 
 
-BENCHMARKS = {"sinusoid": _sinusoid, "omniglot": _omniglot}
+def _omniglot_online(cfg: BenchmarkConfig, progress: bool) -> Benchmark:
+    # Santoro et al. downscale the 105x105 characters to 20x20
+    train, val, test = _omniglot_splits(cfg, 20 if cfg.image_size is None else cfg.image_size, progress)
+    m_test = cfg.n_query or 10
+    return Benchmark(
+        name="omniglot-online",
+        spec=TaskSpec(input_shape=train.sample_shape, output_dim=cfg.n_way, classification=True),
+        metric="accuracy",
+        train=SequenceSampler(train, cfg.train_n_way or cfg.n_way, cfg.train_n_query or m_test, seed=cfg.seed),
+        val=SequenceSampler(val, cfg.n_way, m_test, seed=VAL_STREAM),
+        test=SequenceSampler(test, cfg.n_way, m_test, seed=TEST_STREAM),
+    )
+
+
+BENCHMARKS = {"sinusoid": _sinusoid, "omniglot": _omniglot, "omniglot-online": _omniglot_online}
 
 
 def make_benchmark(cfg: BenchmarkConfig, progress: bool = False) -> Benchmark:

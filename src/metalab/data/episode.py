@@ -23,6 +23,10 @@ class EpisodeMeta:
         class_ids: global class ids in label order: label ``j`` is class ``class_ids[j]``.
         class_names: human-readable names in label order, e.g. ``Greek/character07/rot90``.
         params: task parameters of generated families, e.g. ``{"amplitude": 2.1, "phase": 0.3}``.
+        online: an online (sequence) episode (Santoro et al., 2016, "One-shot Learning with
+            Memory-Augmented Neural Networks", ICML): its support set is empty and its query
+            set is one sequence in presentation order, whose label at step ``t`` is shown to
+            the learner only at step ``t + 1``, after its prediction for step ``t``.
     """
 
     task_id: int
@@ -33,6 +37,7 @@ class EpisodeMeta:
     class_ids: tuple[int, ...] = ()
     class_names: tuple[str, ...] = ()
     params: Mapping[str, float] = field(default_factory=dict)
+    online: bool = False
 
 
 def _check_pair(name: str, x: Tensor, y: Tensor) -> None:
@@ -78,6 +83,11 @@ class Episode:
     def is_classification(self) -> bool:
         return not self.support_y.is_floating_point()
 
+    @property
+    def is_online(self) -> bool:
+        """A sequence episode (see :attr:`EpisodeMeta.online`)."""
+        return self.meta.online
+
     def to(self, device: torch.device | str) -> "Episode":
         return _map_tensors(self, lambda t: t.to(device))
 
@@ -119,6 +129,11 @@ class EpisodeBatch:
     @property
     def is_classification(self) -> bool:
         return not self.support_y.is_floating_point()
+
+    @property
+    def is_online(self) -> bool:
+        """A batch of sequence episodes (see :attr:`EpisodeMeta.online`)."""
+        return self.metas[0].online
 
     def __getitem__(self, i: int) -> Episode:
         return Episode(

@@ -10,6 +10,7 @@ from __future__ import annotations
 from typing import Iterator
 
 import torch
+from torch import Tensor
 
 from metalab.data.dataset import ClassDataset
 from metalab.data.episode import Episode, EpisodeBatch, EpisodeMeta
@@ -38,6 +39,39 @@ class TaskSource:
             step += 1
 
 
+def check_drawable(dataset: ClassDataset, n_classes: int, per_class: int, n_name: str, per_name: str) -> None:
+    """Raise unless ``n_classes`` classes with ``per_class`` distinct samples each can be drawn."""
+    if n_classes > dataset.num_classes:
+        raise MetalabError(
+            f"{n_name}={n_classes} is larger than the {dataset.num_classes} classes available; "
+            f"lower {n_name} or use a split with more classes"
+        )
+    sizes = dataset.class_sizes()
+    small = (sizes < per_class).nonzero().flatten()
+    if small.numel():
+        c = small[0].item()
+        raise MetalabError(
+            f"{per_name} = {per_class} exceeds the {sizes[c].item()} samples of class "
+            f"{dataset.class_names[c]!r}; lower {per_name}"
+        )
+
+
+def draw_classes(dataset: ClassDataset, n_classes: int, per_class: int, g: torch.Generator) -> tuple[Tensor, Tensor]:
+    """``n_classes`` random classes and ``per_class`` distinct samples of each.
+
+    Returns the class indices ``(n_classes,)`` in draw order (the samplers' label order) and
+    the samples ``(n_classes * per_class, *sample_shape)``, class-major; classes of a ragged
+    dataset draw among their real samples only.
+    """
+    classes = torch.randperm(dataset.num_classes, generator=g)[:n_classes]
+    if dataset.counts is None:
+        samples = torch.rand(n_classes, dataset.data.shape[1], generator=g).argsort(dim=1)[:, :per_class]
+    else:
+        counts = dataset.class_sizes()[classes].tolist()
+        samples = torch.stack([torch.randperm(c, generator=g)[:per_class] for c in counts])
+    return classes, dataset.gather(classes, samples)
+
+
 class EpisodeSampler(TaskSource):
     """Samples N-way K-shot episodes with disjoint support and query sets.
 
@@ -54,35 +88,16 @@ class EpisodeSampler(TaskSource):
 
     def __init__(self, dataset: ClassDataset, n_way: int, k_shot: int, n_query: int, seed: int = 0):
         require_positive(n_way=n_way, k_shot=k_shot, n_query=n_query)
-        if n_way > dataset.num_classes:
-            raise MetalabError(
-                f"n_way={n_way} is larger than the {dataset.num_classes} classes available; "
-                "lower n_way or use a split with more classes"
-            )
-        sizes = dataset.class_sizes()
-        need = k_shot + n_query
-        small = (sizes < need).nonzero().flatten()
-        if small.numel():
-            c = small[0].item()
-            raise MetalabError(
-                f"k_shot + n_query = {need} exceeds the {sizes[c].item()} samples of class "
-                f"{dataset.class_names[c]!r}; lower k_shot or n_query"
-            )
+        check_drawable(dataset, n_way, k_shot + n_query, "n_way", "k_shot + n_query")
         self.dataset = dataset
         self.n_way, self.k_shot, self.n_query, self.seed = n_way, k_shot, n_query, seed
-        self._full = dataset.counts is None
 
     def episode(self, index: int) -> Episode:
         seed = derive_seed(self.seed, index)
         g = torch.Generator().manual_seed(seed)
         ds, n, k, q = self.dataset, self.n_way, self.k_shot, self.n_query
-        classes = torch.randperm(ds.num_classes, generator=g)[:n]
-        if self._full:
-            samples = torch.rand(n, ds.data.shape[1], generator=g).argsort(dim=1)[:, : k + q]
-        else:
-            counts = ds.class_sizes()[classes].tolist()
-            samples = torch.stack([torch.randperm(c, generator=g)[: k + q] for c in counts])
-        x = ds.gather(classes, samples).unflatten(0, (n, k + q))
+        classes, x = draw_classes(ds, n, k + q, g)
+        x = x.unflatten(0, (n, k + q))
         labels = torch.arange(n)
         ids = classes.tolist()
         return Episode(

@@ -1,0 +1,124 @@
+"""Santoro et al.'s instance accuracy on Omniglot: accuracy at the k-th presentation of a class.
+
+    python benchmarks/mann_instance.py --method mann --classes 5 --data-dir ../shared/data/omniglot
+    python benchmarks/mann_instance.py --method lstm --classes 5 --data-dir ../shared/data/omniglot
+
+The protocol of Santoro et al. (2016, "One-shot Learning with Memory-Augmented Neural
+Networks", ICML, Table 1 and Fig. 2): meta-trains the method (``mann`` or its ``lstm``
+baseline) on ``omniglot-online`` (Vinyals split, 20x20 images; an episode presents
+--classes classes x --instances drawings each in random order, with labels shown one step
+late) with RMSprop (lr 1e-4, meta-batches of 16 episodes), selecting the checkpoint by
+validation accuracy over all steps of the fixed validation episodes (172 validation
+characters). Then evaluates the best checkpoint on 1000 fixed test episodes of the 423 test
+characters (with rotations): the accuracy at the 1st, 2nd, 3rd, 4th, 5th and 10th
+presentation of a class, mean ± 95% CI over episodes. Appends one record per presentation to
+<--results-dir>/mann-instance.jsonl with the training time and steps actually used.
+"""
+
+from __future__ import annotations
+
+import argparse
+import ast
+import sys
+from pathlib import Path
+
+import torch
+
+sys.path.insert(0, str(Path(__file__).resolve().parent))
+import records  # noqa: E402
+from omniglot import logged_result  # noqa: E402
+
+from metalab import BenchmarkConfig, EpisodeBatch, TrainConfig, build, load_checkpoint, make_benchmark, train  # noqa: E402
+from metalab.data.sampler import TaskSource  # noqa: E402
+from metalab.data.sequences import presentation_numbers  # noqa: E402
+from metalab.utils import derive_seed  # noqa: E402
+from metalab.utils.stats import mean_ci95  # noqa: E402
+
+INSTANCES = (1, 2, 3, 4, 5, 10)
+ORDINAL = {1: "1st", 2: "2nd", 3: "3rd"}
+# Santoro et al. 2016, Table 1: one-hot labels, 5 classes per episode, accuracy at instances 1, 2, 3, 4, 5, 10.
+# Their 15-class results use five-character string labels (not the one-hot labels here), so no paper value.
+PAPER = {
+    ("mann", 5): (0.364, 0.828, 0.910, 0.926, 0.949, 0.981),
+    ("lstm", 5): (0.244, 0.495, 0.553, 0.610, 0.636, 0.625),
+}
+
+
+def instance_accuracy(algorithm, source: TaskSource, episodes: int, instances: tuple[int, ...],
+                      batch_size: int = 50) -> dict[int, tuple[float, float]]:
+    """Mean ± 95% CI over episodes ``0..episodes-1`` of the accuracy at each presentation number."""
+    algorithm.eval()
+    per_episode: dict[int, list[float]] = {k: [] for k in instances}
+    with torch.no_grad():
+        for start in range(0, episodes, batch_size):
+            batch = EpisodeBatch.stack([source.episode(i) for i in range(start, min(start + batch_size, episodes))])
+            correct = (algorithm.sequence_logits(batch).argmax(-1) == batch.query_y).float()  # (B, T)
+            shown = presentation_numbers(batch.query_y)
+            for k in instances:
+                at_k = (shown == k).float()  # every class once per episode
+                per_episode[k] += ((correct * at_k).sum(1) / at_k.sum(1)).tolist()
+    return {k: mean_ci95(v) for k, v in per_episode.items()}
+
+
+def main() -> None:
+    p = argparse.ArgumentParser(description=__doc__.splitlines()[0])
+    p.add_argument("--method", default="mann", choices=("mann", "lstm"))
+    p.add_argument("--data-dir", default="../shared/data/omniglot")
+    p.add_argument("--cache-dir", default=None)
+    p.add_argument("--split", default="vinyals")
+    p.add_argument("--classes", type=int, default=5, help="classes per episode (the paper: 5 or 15)")
+    p.add_argument("--instances", type=int, default=10, help="presentations of each class per episode")
+    p.add_argument("--steps", type=int, default=100000)
+    p.add_argument("--meta-batch-size", type=int, default=16)
+    p.add_argument("--outer-lr", type=float, default=1e-4, help="RMSprop learning rate (the paper: 1e-4)")
+    p.add_argument("--grad-clip", type=float, default=None, help="clip the meta-gradient norm (default: no clipping)")
+    p.add_argument("--max-minutes", type=float, default=None, help="training-time budget (stops early)")
+    p.add_argument("--val-every", type=int, default=1000)
+    p.add_argument("--val-episodes", type=int, default=100)
+    p.add_argument("--test-episodes", type=int, default=1000)
+    p.add_argument("--hparams", default="", help="method hyper-parameters, e.g. controller_size=200,read_heads=4")
+    p.add_argument("--seed", type=int, default=0)
+    p.add_argument("--threads", type=int, default=2)
+    p.add_argument("--out", default=None, help="run folder (default runs/bench-mann-<method>-<classes>class)")
+    p.add_argument("--results-dir", default=str(records.RESULTS_DIR), help="where mann-instance.jsonl is appended")
+    p.add_argument("--eval-only", action="store_true",
+                   help="skip training: evaluate --out/best.pt of a finished or stopped run; the training steps and "
+                        "time recorded are read from its metrics.jsonl")
+    args = p.parse_args()
+    torch.set_num_threads(args.threads)
+    out = Path(args.out or f"runs/bench-mann-{args.method}-{args.classes}class")
+    hparams = {k: ast.literal_eval(v) for k, v in (kv.split("=") for kv in args.hparams.split(",") if kv)}
+    instances = tuple(k for k in INSTANCES if k <= args.instances)
+
+    bench = make_benchmark(BenchmarkConfig("omniglot-online", data_dir=args.data_dir, cache_dir=args.cache_dir,
+                                           split=args.split, n_way=args.classes, n_query=args.instances,
+                                           seed=derive_seed(args.seed, 1)))
+    with torch.random.fork_rng(devices=[]):
+        torch.manual_seed(derive_seed(args.seed, 0))
+        algo = build(args.method, bench.spec, **hparams)
+    cfg = TrainConfig(steps=args.steps, meta_batch_size=args.meta_batch_size, outer_lr=args.outer_lr,
+                      val_every=args.val_every, val_episodes=args.val_episodes, log_every=50,
+                      grad_clip=args.grad_clip, seed=args.seed,
+                      max_seconds=None if args.max_minutes is None else 60 * args.max_minutes)
+    result = logged_result(out) if args.eval_only else train(algo, bench, cfg, out, progress=sys.stderr.isatty())
+    print(f"trained {args.method}: {result.steps} steps, {result.seconds:.0f} s, best {result.best}", flush=True)
+    best, _ = load_checkpoint(out / "best.pt")
+    accuracy = instance_accuracy(best, bench.test, args.test_episodes, instances)
+
+    paper = PAPER.get((args.method, args.classes))
+    print(f"{args.method}, {args.classes} classes, {args.test_episodes} test episodes: accuracy (%) by presentation")
+    print("instance " + " ".join(f"{ORDINAL.get(k, f'{k}th'):>13}" for k in instances))
+    print("measured " + " ".join(f"{100 * m:6.1f} ± {100 * c:4.1f}" for m, c in accuracy.values()))
+    if paper:
+        print("paper    " + " ".join(f"{100 * paper[INSTANCES.index(k)]:13.1f}" for k in instances))
+    rows = [records.record(
+        "mann-instance", args.method, f"{args.classes}class-instance{k}", "accuracy", mean, ci,
+        paper and paper[INSTANCES.index(k)], result.seconds, result.steps, test_episodes=args.test_episodes,
+        train_episodes=f"{args.classes} classes x {args.instances} instances x {args.meta_batch_size} per step",
+        train_episodes_seen=result.steps * args.meta_batch_size, best_val_step=result.best and result.best["step"])
+        for k, (mean, ci) in accuracy.items()]
+    print(records.append("mann-instance", rows, Path(args.results_dir) / "mann-instance.jsonl"))
+
+
+if __name__ == "__main__":
+    main()

@@ -1,0 +1,167 @@
+"""Online (sequence) episodes: SequenceSampler, presentation_numbers and the omniglot-online benchmark."""
+
+from collections import Counter
+
+import pytest
+import torch
+
+from metalab import BenchmarkConfig, EpisodeBatch, make_benchmark
+from metalab.data import ClassDataset
+from metalab.data.benchmarks import TEST_STREAM, VAL_STREAM
+from metalab.data.omniglot import omniglot_split
+from metalab.data.sequences import SequenceSampler, presentation_numbers
+from metalab.utils import MetalabError
+
+
+def _dataset(classes=12, per_class=8):
+    # sample value encodes (class, index) so provenance can be checked exactly
+    data = torch.arange(classes * per_class, dtype=torch.float32).view(classes, per_class, 1)
+    return ClassDataset(data, tuple(range(100, 100 + classes)), tuple(f"c{i}" for i in range(classes)))
+
+
+def _check_episode(ep, n_classes, n_instances, index):
+    t = n_classes * n_instances
+    assert ep.is_online and ep.meta.online
+    assert ep.support_x.shape == (0, *ep.query_x.shape[1:]) and ep.support_y.shape == (0,)
+    assert ep.support_y.dtype == torch.int64 and ep.query_y.dtype == torch.int64
+    assert ep.query_x.shape[0] == t and ep.query_y.shape == (t,)
+    assert torch.bincount(ep.query_y, minlength=n_classes).tolist() == [n_instances] * n_classes
+    m = ep.meta
+    assert (m.task_id, m.n_way, m.k_shot, m.n_query) == (index, n_classes, 0, n_instances)
+    assert len(m.class_ids) == len(m.class_names) == len(set(m.class_ids)) == n_classes
+
+
+def test_sequence_holds_every_class_n_instances_times_with_distinct_samples_of_the_labelled_class():
+    sampler = SequenceSampler(_dataset(), n_classes=5, n_instances=3, seed=7)
+    for index in range(10):
+        ep = sampler.episode(index)
+        _check_episode(ep, 5, 3, index)
+        values = ep.query_x.flatten().tolist()
+        assert len(set(values)) == 15  # distinct samples
+        for x, y in zip(values, ep.query_y.tolist()):
+            cls = int(x) // 8
+            assert ep.meta.class_ids[y] == 100 + cls and ep.meta.class_names[y] == f"c{cls}"
+
+
+def test_same_index_same_episode_other_index_other_episode():
+    a, b = SequenceSampler(_dataset(), 4, 2, seed=1), SequenceSampler(_dataset(), 4, 2, seed=1)
+    for i in (0, 5):
+        ea, eb = a.episode(i), b.episode(i)
+        assert torch.equal(ea.query_x, eb.query_x) and torch.equal(ea.query_y, eb.query_y) and ea.meta == eb.meta
+    assert any(not torch.equal(a.episode(0).query_x, a.episode(i).query_x) for i in range(1, 4))
+    c = SequenceSampler(_dataset(), 4, 2, seed=2)
+    assert any(not torch.equal(a.episode(i).query_x, c.episode(i).query_x) for i in range(4))
+
+
+def test_presentation_order_and_label_assignment_are_shuffled():
+    sampler = SequenceSampler(_dataset(), n_classes=3, n_instances=4, seed=0)
+    episodes = [sampler.episode(i) for i in range(12)]
+    # the class of label j is not always the j-th smallest id drawn (a fixed mapping keeps ids sorted)
+    assert any(list(ep.meta.class_ids) != sorted(ep.meta.class_ids) for ep in episodes)
+    # not class-major, and not the same order in every episode
+    class_major = torch.arange(3).repeat_interleave(4)
+    assert all(not torch.equal(ep.query_y, class_major) for ep in episodes)
+    assert len({tuple(ep.query_y.tolist()) for ep in episodes}) > 6
+
+
+def test_ragged_classes_use_only_real_samples():
+    data = torch.zeros(4, 6, 1)
+    counts = torch.tensor([6, 3, 4, 5])
+    for c in range(4):
+        data[c, : counts[c]] = torch.arange(1, counts[c] + 1).float()[:, None]
+    ds = ClassDataset(data, (0, 1, 2, 3), ("a", "b", "c", "d"), counts=counts)
+    sampler = SequenceSampler(ds, n_classes=4, n_instances=3, seed=0)
+    for i in range(10):
+        assert (sampler.episode(i).query_x > 0).all()
+
+
+def test_online_episodes_stack_into_an_online_batch():
+    batch = SequenceSampler(_dataset(), 3, 2, seed=0).batch(1, 4)
+    assert isinstance(batch, EpisodeBatch) and batch.is_online and len(batch) == 4
+    assert batch.query_x.shape == (4, 6, 1) and batch.support_x.shape == (4, 0, 1)
+    assert [m.task_id for m in batch.metas] == [4, 5, 6, 7]
+    assert batch[0].is_online
+
+
+@pytest.mark.parametrize(
+    "kwargs, message",
+    [
+        (dict(n_classes=13, n_instances=1), "larger than the 12 classes"),
+        (dict(n_classes=5, n_instances=9), "exceeds the 8 samples"),
+        (dict(n_classes=0, n_instances=2), "n_classes must be a positive integer"),
+        (dict(n_classes=2, n_instances=-1), "n_instances must be a positive integer"),
+        (dict(n_classes=2.0, n_instances=2), "n_classes must be a positive integer"),
+    ],
+)
+def test_bad_arguments_are_explained(kwargs, message):
+    with pytest.raises(MetalabError, match=message):
+        SequenceSampler(_dataset(), **kwargs)
+
+
+def _presentation_reference(labels):
+    seen, out = Counter(), []
+    for y in labels:
+        seen[y] += 1
+        out.append(seen[y])
+    return out
+
+
+def test_presentation_numbers_match_a_python_loop():
+    g = torch.Generator().manual_seed(0)
+    labels = torch.randint(0, 4, (3, 2, 17), generator=g)
+    got = presentation_numbers(labels)
+    assert got.shape == labels.shape and got.dtype == torch.int64
+    for row, out in zip(labels.view(-1, 17).tolist(), got.view(-1, 17).tolist()):
+        assert out == _presentation_reference(row)
+    assert presentation_numbers(torch.tensor([2, 0, 2, 2, 0])).tolist() == [1, 1, 2, 3, 2]
+
+
+def test_presentation_numbers_reject_float_labels():
+    with pytest.raises(MetalabError, match="integer labels"):
+        presentation_numbers(torch.zeros(5))
+
+
+# ---------------------------------------------------------------------------- real Omniglot
+
+
+def test_sequences_of_real_omniglot_characters(omniglot_images):
+    split = omniglot_split(omniglot_images, "vinyals-test")
+    sampler = SequenceSampler(split, n_classes=5, n_instances=10, seed=3)
+    ep = sampler.episode(2)
+    _check_episode(ep, 5, 10, 2)
+    assert ep.query_x.shape == (50, 1, 28, 28) and ep.query_x.dtype == torch.float32
+    for j, name in enumerate(ep.meta.class_names):
+        assert split.class_names[split.class_ids.index(ep.meta.class_ids[j])] == name
+        images = ep.query_x[ep.query_y == j]
+        # ten different drawings of one character
+        assert len({tuple(im.flatten().tolist()) for im in images}) == 10
+
+
+def test_omniglot_online_benchmark_has_20x20_sequences_of_50_steps(omniglot_dir, omniglot_cache):
+    bench = make_benchmark(BenchmarkConfig("omniglot-online", data_dir=str(omniglot_dir),
+                                           cache_dir=str(omniglot_cache)))
+    assert bench.name == "omniglot-online" and bench.metric == "accuracy"
+    assert bench.spec.input_shape == (1, 20, 20) and bench.spec.output_dim == 5 and bench.spec.classification
+    for source in (bench.train, bench.val, bench.test):
+        assert isinstance(source, SequenceSampler)
+        ep = source.episode(0)
+        _check_episode(ep, 5, 10, 0)
+        assert ep.query_x.shape == (50, 1, 20, 20)
+    assert (bench.train.seed, bench.val.seed, bench.test.seed) == (0, VAL_STREAM, TEST_STREAM)
+    assert bench.train.dataset.num_classes == 4 * 1028 and bench.test.dataset.num_classes == 4 * 423
+    batch = bench.train.batch(0, 2)
+    assert batch.is_online and batch.query_x.shape == (2, 50, 1, 20, 20)
+
+
+def test_omniglot_online_sizes_follow_the_config(omniglot_dir, omniglot_cache, omniglot_images):
+    # image_size=28: the size the omniglot_images fixture already decoded into this cache
+    bench = make_benchmark(BenchmarkConfig("omniglot-online", data_dir=str(omniglot_dir), cache_dir=str(omniglot_cache),
+                                           n_way=15, n_query=4, train_n_way=3, train_n_query=2, image_size=28))
+    assert bench.spec.input_shape == (1, 28, 28) and bench.spec.output_dim == 15
+    assert (bench.train.n_classes, bench.train.n_instances) == (3, 2)
+    assert (bench.test.n_classes, bench.test.n_instances) == (15, 4)
+
+
+def test_omniglot_online_needs_the_data_folder():
+    with pytest.raises(MetalabError, match="omniglot-online benchmark needs the folder"):
+        make_benchmark(BenchmarkConfig("omniglot-online"))
