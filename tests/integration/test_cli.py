@@ -91,3 +91,17 @@ def test_too_many_ways_for_the_split_is_a_clear_error(omniglot_dir, omniglot_ima
     out = metalab("train", "protonet", "--benchmark", "omniglot", "--data-dir", str(omniglot_dir),
                   "--cache-dir", str(omniglot_cache), "--n-way", "5000", "--out", str(tmp_path / "r"))
     assert out.returncode == 2 and "n_way=5000 is larger than" in out.stderr
+
+
+def test_mann_on_real_omniglot_sequences_end_to_end(tmp_path, omniglot_dir, omniglot_cache):
+    run = tmp_path / "mann"
+    out = metalab("train", "mann", "--benchmark", "omniglot-online", "--data-dir", str(omniglot_dir),
+                  "--cache-dir", str(omniglot_cache), "--n-way", "5", "--n-query", "4", "--meta-batch-size", "4",
+                  "--steps", "20", "--val-every", "20", "--val-episodes", "10", "--test-episodes", "30",
+                  "--out", str(run), "--quiet")
+    assert out.returncode == 0, out.stderr
+    test = json.loads((run / "results.json").read_text())["test"][0]
+    assert test["metric"] == "accuracy" and 0.0 <= test["mean"] <= 1.0 and test["episodes"] == 30
+    again = metalab("eval", str(run / "best.pt"), "--episodes", "30", "--out", str(tmp_path / "eval.json"))
+    assert again.returncode == 0, again.stderr
+    assert json.loads((tmp_path / "eval.json").read_text())["test"][0]["mean"] == pytest.approx(test["mean"], rel=1e-6)
