@@ -96,6 +96,9 @@ def main() -> None:
     p.add_argument("--seed", type=int, default=0)
     p.add_argument("--threads", type=int, default=2)
     p.add_argument("--out", default=None)
+    p.add_argument("--budget-label", default=None,
+                   help="label the records as a same-budget comparison run (e.g. '20 min') so they do not replace "
+                        "the method's main result")
     p.add_argument("--eval-only", action="store_true",
                    help="skip training: evaluate --out/best.pt of a finished or stopped run; the training steps and "
                         "time recorded are read from its metrics.jsonl")
@@ -138,7 +141,8 @@ def main() -> None:
             result.seconds, result.steps, test_episodes=args.test_episodes,
             train_episodes=f"{args.train_n_way}-way {args.train_k_shot}-shot {args.train_n_query}-query "
                            f"x {args.meta_batch_size} per step", best_val_step=result.best and result.best["step"],
-            train_episodes_seen=result.steps * args.meta_batch_size, paper_train_episodes=PAPER_EPISODES.get(args.method)))
+            train_episodes_seen=result.steps * args.meta_batch_size, paper_train_episodes=PAPER_EPISODES.get(args.method),
+            **({"budget": args.budget_label} if args.budget_label else {})))
     print(records.append("omniglot", rows))
 
 
