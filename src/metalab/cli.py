@@ -79,7 +79,7 @@ def _build_parser() -> argparse.ArgumentParser:
     sub = parser.add_subparsers(dest="command", required=True, parser_class=_Parser)
 
     t = sub.add_parser("train", help="meta-train a method on a benchmark, then evaluate it")
-    t.add_argument("algorithm", help="registry name (see `metalab list`)")
+    t.add_argument("algorithm", nargs="?", help="registry name (see `metalab list`); optional with --resume")
     t.add_argument("--benchmark", default="sinusoid", help=f"one of {sorted(BENCHMARKS)} (default sinusoid)")
     t.add_argument("--data-dir", help="folder with Omniglot's images_background.zip and images_evaluation.zip")
     t.add_argument("--cache-dir", help="where decoded images are cached (default ~/.cache/metalab)")
@@ -110,7 +110,16 @@ def _build_parser() -> argparse.ArgumentParser:
     t.add_argument("--test-episodes", type=int, default=1000, help="test episodes (default 1000)")
     t.add_argument("--eval-steps", type=_int_list, help="test-time inner steps to report, e.g. 1,5,10")
     t.add_argument("--seed", type=int, default=0, help="run seed (initialisation and training episodes)")
+    t.add_argument("--grad-clip", type=float, help="clip the meta-gradient norm to this value")
+    t.add_argument("--log-every", type=int, default=50, help="average training metrics over N steps (default 50)")
+    t.add_argument("--checkpoint-every", type=int, default=100,
+                   help="write last.pt every N steps besides validation, what --resume continues from (default 100)")
+    t.add_argument("--skip-nonfinite", action="store_true",
+                   help="skip a meta-batch with a non-finite loss or gradient instead of stopping")
     t.add_argument("--out", help="run folder (default runs/<algorithm>-<benchmark>-<time>)")
+    t.add_argument("--resume", metavar="RUN_DIR",
+                   help="continue the killed or finished run in RUN_DIR exactly where its last checkpoint left off "
+                        "(with its own settings; --steps and --max-minutes may extend it)")
     t.add_argument("--quiet", action="store_true", help="no progress bar")
 
     e = sub.add_parser("eval", help="evaluate a checkpoint on the fixed test episodes")
@@ -140,7 +149,10 @@ def _evaluate_all(algorithm, benchmark, episodes: int, eval_steps, progress: boo
     return results
 
 
-def _train(args: argparse.Namespace) -> int:
+def _run_config(args: argparse.Namespace) -> dict[str, Any]:
+    """The resolved settings of a run, as plain data (what config.json holds)."""
+    if args.algorithm is None:
+        raise MetalabError("name the algorithm to train (see `metalab list`), or continue a run with --resume RUN_DIR")
     defaults = BENCHMARK_DEFAULTS.get(args.benchmark)
     if defaults is None:
         raise MetalabError(f"unknown benchmark {args.benchmark!r}; choose one of {sorted(BENCHMARKS)}")
@@ -166,6 +178,10 @@ def _train(args: argparse.Namespace) -> int:
         max_seconds=None if args.max_minutes is None else 60 * args.max_minutes,
         val_every=args.val_every if args.val_every is not None else defaults["val_every"],
         val_episodes=args.val_episodes,
+        log_every=args.log_every,
+        grad_clip=args.grad_clip,
+        checkpoint_every=args.checkpoint_every,
+        skip_nonfinite=args.skip_nonfinite,
         seed=args.seed,
     )
     algorithms.get(args.algorithm)  # unknown names fail before any data is loaded
@@ -174,26 +190,82 @@ def _train(args: argparse.Namespace) -> int:
     eval_steps = args.eval_steps or defaults["eval_steps"]
     if not hasattr(config, "inner_steps"):
         eval_steps = [None]
+    return _plain({"algorithm": args.algorithm, "hparams": dataclasses.asdict(config),
+                   "benchmark": dataclasses.asdict(bench_cfg), "train": dataclasses.asdict(train_cfg),
+                   "eval_steps": eval_steps, "test_episodes": args.test_episodes})
+
+
+def _plain(data: Any) -> Any:
+    """``data`` as JSON would give it back (tuples become lists), so stored and fresh configs compare equal."""
+    return json.loads(json.dumps(data))
+
+
+# settings that may differ when a run is resumed: where the data is, and how long to go on
+_RESUME_FREE = {("benchmark", "data_dir"), ("benchmark", "cache_dir"), ("train", "steps"), ("train", "max_seconds")}
+
+
+def _resumed_config(args: argparse.Namespace, run_dir: Path) -> dict[str, Any]:
+    """The stored config of ``run_dir``, checked against the command line when that names the run's settings."""
+    path = run_dir / "config.json"
+    try:
+        stored = json.loads(path.read_text(encoding="utf-8"))
+        stored = {key: stored[key] for key in ("algorithm", "hparams", "benchmark", "train", "eval_steps", "test_episodes")}
+    except FileNotFoundError:
+        raise MetalabError(f"{run_dir} is not a run folder (no config.json); pass the --out folder of a "
+                           "`metalab train` run") from None
+    except (ValueError, KeyError, TypeError):
+        raise MetalabError(f"{path} is damaged or from another program; start a new run") from None
+    if args.algorithm is not None:
+        fresh = _run_config(args)
+        changed = sorted(f"{group}.{key}" for group in ("benchmark", "train", "hparams")
+                         for key in set(stored[group]) | set(fresh[group])
+                         if (group, key) not in _RESUME_FREE and stored[group].get(key) != fresh[group].get(key))
+        if fresh["algorithm"] != stored["algorithm"]:
+            changed.insert(0, "algorithm")
+        if changed:
+            raise MetalabError(f"{run_dir} belongs to another configuration ({', '.join(changed)} differ); "
+                               "resume with `metalab train --resume RUN_DIR` alone or start a new --out folder")
+    for name in ("data_dir", "cache_dir"):
+        if getattr(args, name) is not None:
+            stored["benchmark"][name] = getattr(args, name)
+    if args.steps is not None:
+        stored["train"]["steps"] = args.steps
+    if args.max_minutes is not None:
+        stored["train"]["max_seconds"] = 60 * args.max_minutes
+    return stored
+
+
+def _train(args: argparse.Namespace) -> int:
+    if args.resume is not None:
+        run_dir = Path(args.resume)
+        if args.out is not None and Path(args.out) != run_dir:
+            raise MetalabError("--resume continues the run in its own folder; drop --out")
+        cfg = _resumed_config(args, run_dir)
+    else:
+        cfg = _run_config(args)
+        run_dir = Path(args.out or f"runs/{cfg['algorithm']}-{cfg['benchmark']['name']}-{time.strftime('%Y%m%d-%H%M%S')}")
+        if (run_dir / "last.pt").exists():
+            raise MetalabError(f"{run_dir} already holds a run; continue it with --resume {run_dir} or choose another --out")
+    bench_cfg = BenchmarkConfig(**cfg["benchmark"])
+    train_cfg = TrainConfig(**cfg["train"])
+    config = algorithms.make_config(cfg["algorithm"], **cfg["hparams"])
     progress = not args.quiet and sys.stderr.isatty()
     benchmark = make_benchmark(bench_cfg, progress)
     with torch.random.fork_rng(devices=[]):
-        torch.manual_seed(derive_seed(args.seed, 0))
-        algorithm = algorithms.get(args.algorithm)(benchmark.spec, config)
-    run_dir = Path(args.out or f"runs/{args.algorithm}-{args.benchmark}-{time.strftime('%Y%m%d-%H%M%S')}")
+        torch.manual_seed(derive_seed(train_cfg.seed, 0))
+        algorithm = algorithms.get(cfg["algorithm"])(benchmark.spec, config)
     run_dir.mkdir(parents=True, exist_ok=True)
-    extra = {"benchmark": dataclasses.asdict(bench_cfg)}
-    atomic_write_text(run_dir / "config.json", json.dumps(
-        {"algorithm": args.algorithm, "hparams": dataclasses.asdict(config), **extra,
-         "train": dataclasses.asdict(train_cfg), "argv": sys.argv[1:]}, indent=2))
-    result = train(algorithm, benchmark, train_cfg, run_dir, progress=progress, checkpoint_extra=extra)
-    print(f"trained {args.algorithm} on {args.benchmark}: {result.steps} steps in {result.seconds:.1f} s; "
+    extra = {"benchmark": cfg["benchmark"]}
+    atomic_write_text(run_dir / "config.json", json.dumps({**cfg, "argv": sys.argv[1:]}, indent=2))
+    result = train(algorithm, benchmark, train_cfg, run_dir, progress=progress, checkpoint_extra=extra,
+                   resume=args.resume is not None)
+    print(f"trained {cfg['algorithm']} on {bench_cfg.name}: {result.steps} steps in {result.seconds:.1f} s; "
           f"best validation {result.best}", flush=True)
     best, _ = load_checkpoint(run_dir / "best.pt")
-    tests = _evaluate_all(best, benchmark, args.test_episodes, eval_steps, progress)
-    summary = {"algorithm": args.algorithm, "benchmark": dataclasses.asdict(bench_cfg),
-               "hparams": dataclasses.asdict(config), "train": dataclasses.asdict(train_cfg),
-               "train_seconds": round(result.seconds, 2), "best_val": result.best, "test": tests,
-               "checkpoint": str(run_dir / "best.pt")}
+    tests = _evaluate_all(best, benchmark, cfg["test_episodes"], cfg["eval_steps"], progress)
+    summary = {"algorithm": cfg["algorithm"], "benchmark": cfg["benchmark"], "hparams": cfg["hparams"],
+               "train": cfg["train"], "train_seconds": round(result.seconds, 2), "best_val": result.best,
+               "test": tests, "checkpoint": str(run_dir / "best.pt")}
     atomic_write_text(run_dir / "results.json", json.dumps(summary, indent=2))
     print(f"results: {run_dir / 'results.json'}")
     return 0

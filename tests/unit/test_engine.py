@@ -1,4 +1,6 @@
 import json
+import subprocess
+import sys
 
 import pytest
 import torch
@@ -96,3 +98,76 @@ def test_unknown_names_are_clear_errors():
         make_benchmark(BenchmarkConfig("mnist"))
     with pytest.raises(MetalabError, match="classifier"):
         build("protonet", make_benchmark(BenchmarkConfig("sinusoid")).spec)
+
+
+def test_non_finite_loss_stops_training_with_the_last_good_checkpoint_named(sinusoid, tmp_path):
+    algo = _maml(sinusoid.spec, inner_lr=1e30)
+    cfg = TrainConfig(steps=5, meta_batch_size=2, val_episodes=2)
+    with pytest.raises(MetalabError, match=r"training stopped at step 0: non-finite loss.*last\.pt.*skip_nonfinite"):
+        train(algo, sinusoid, cfg, tmp_path, progress=False)
+
+
+def test_skip_nonfinite_skips_and_counts_the_batches(sinusoid, tmp_path):
+    algo = _maml(sinusoid.spec, inner_lr=1e30)
+    before = {k: v.clone() for k, v in algo.state_dict().items()}
+    cfg = TrainConfig(steps=4, meta_batch_size=2, val_every=0, val_episodes=2, log_every=2, skip_nonfinite=True)
+    with pytest.raises(MetalabError, match="validation mse is not finite"):
+        train(algo, sinusoid, cfg, tmp_path, progress=False)
+    rows = [json.loads(line) for line in (tmp_path / "metrics.jsonl").read_text().splitlines()]
+    assert [r.get("skipped") for r in rows if "skipped" in r] == [2, 4]
+    assert all(torch.equal(before[k], v) for k, v in algo.state_dict().items())  # no step was taken
+
+
+def test_resume_drops_log_lines_after_the_checkpoint_and_a_line_cut_by_the_kill(sinusoid, tmp_path):
+    cfg = TrainConfig(steps=20, meta_batch_size=2, val_every=10, val_episodes=3, log_every=5)
+    train(_maml(sinusoid.spec), sinusoid, cfg, tmp_path / "full", progress=False)
+    short = TrainConfig(**{**cfg.__dict__, "steps": 10})
+    train(_maml(sinusoid.spec), sinusoid, short, tmp_path / "cut", progress=False)
+    with (tmp_path / "cut" / "metrics.jsonl").open("a") as handle:  # written after the checkpoint, then killed
+        handle.write(json.dumps({"step": 15, "seconds": 1.0, "train_loss": 9.0}) + "\n" + '{"step": 2')
+    train(_maml(sinusoid.spec), sinusoid, cfg, tmp_path / "cut", progress=False, resume=True)
+
+    def rows(run):
+        return [{k: v for k, v in json.loads(line).items() if k != "seconds"}
+                for line in (tmp_path / run / "metrics.jsonl").read_text().splitlines()]
+
+    assert rows("cut") == rows("full")
+
+
+def test_resume_with_other_settings_or_without_a_checkpoint_is_an_error(sinusoid, tmp_path):
+    cfg = TrainConfig(steps=4, meta_batch_size=2, val_episodes=2)
+    with pytest.raises(MetalabError, match="no last.pt"):
+        train(_maml(sinusoid.spec), sinusoid, cfg, tmp_path, progress=False, resume=True)
+    train(_maml(sinusoid.spec), sinusoid, cfg, tmp_path, progress=False)
+    with pytest.raises(MetalabError, match="outer_lr differ"):
+        train(_maml(sinusoid.spec), sinusoid, TrainConfig(steps=4, meta_batch_size=2, val_episodes=2, outer_lr=0.1),
+              tmp_path, progress=False, resume=True)
+    with pytest.raises(MetalabError, match="other hyper-parameters"):
+        train(_maml(sinusoid.spec, inner_lr=0.5), sinusoid, cfg, tmp_path, progress=False, resume=True)
+
+
+FULL_DISK = """
+import resource, signal, sys
+from metalab import BenchmarkConfig, TrainConfig, build, make_benchmark, train
+from metalab.utils.errors import MetalabError
+bench = make_benchmark(BenchmarkConfig("sinusoid"))
+cfg = TrainConfig(steps=20, meta_batch_size=2, val_every=10, val_episodes=2, log_every=5)
+run = sys.argv[1]
+train(build("maml", bench.spec), bench, TrainConfig(**{**cfg.__dict__, "steps": 10}), run, progress=False)
+signal.signal(signal.SIGXFSZ, signal.SIG_IGN)  # exceeding the limit is then an OSError, as on a full disk
+resource.setrlimit(resource.RLIMIT_FSIZE, (2000, resource.RLIM_INFINITY))
+try:
+    train(build("maml", bench.spec), bench, cfg, run, progress=False, resume=True)
+except MetalabError as exc:
+    print(exc)
+    sys.exit(2)
+"""
+
+
+def test_a_full_disk_while_saving_is_a_clear_error_and_keeps_the_previous_checkpoint(tmp_path):
+    out = subprocess.run([sys.executable, "-c", FULL_DISK, str(tmp_path)], capture_output=True, text=True, timeout=300)
+    assert out.returncode == 2, out.stderr
+    assert "could not write" in out.stdout and "File too large" in out.stdout and "--resume" in out.stdout
+    _, record = load_checkpoint(tmp_path / "last.pt")
+    assert record["step"] == 10
+    assert not [p for p in tmp_path.iterdir() if p.name.endswith(".tmp")]

@@ -12,7 +12,7 @@ from torch import Tensor, nn
 from metalab.data.benchmarks import TaskSpec
 from metalab.data.episode import Episode, EpisodeBatch
 from metalab.func.losses import task_metric
-from metalab.utils.errors import MetalabError
+from metalab.utils.errors import MetalabError, NonFiniteError
 
 Predictor = Callable[[Tensor], Tensor]
 """An adapted learner: inputs ``(n, *input_shape)`` -> logits ``(n, n_way)`` or predictions."""
@@ -83,7 +83,7 @@ class MetaAlgorithm(nn.Module):
 def finite(loss: Tensor, where: str) -> Tensor:
     """Raise when a meta-loss is not finite instead of silently training on NaN."""
     if not torch.isfinite(loss.detach()).all():
-        raise MetalabError(
+        raise NonFiniteError(
             f"non-finite loss ({loss.detach().item()}) in {where}; lower the learning rates "
             "or check the input data"
         )

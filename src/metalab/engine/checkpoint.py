@@ -34,8 +34,8 @@ def save_checkpoint(path: str | Path, algorithm: MetaAlgorithm, **extra: Any) ->
     return atomic_torch_save(record, path)
 
 
-def load_checkpoint(path: str | Path) -> tuple[MetaAlgorithm, dict[str, Any]]:
-    """Rebuild the algorithm saved at ``path``; returns it and the whole record."""
+def read_checkpoint(path: str | Path) -> dict[str, Any]:
+    """The record saved at ``path`` (plain data and tensors), checked to be a metalab checkpoint."""
     path = Path(path)
     if not path.is_file():
         raise MetalabError(f"checkpoint {path} does not exist; pass a file written by `metalab train`")
@@ -45,6 +45,12 @@ def load_checkpoint(path: str | Path) -> tuple[MetaAlgorithm, dict[str, Any]]:
         raise MetalabError(f"checkpoint {path} cannot be read ({exc}); it is not a metalab checkpoint") from None
     if not isinstance(record, dict) or record.get("format") != FORMAT:
         raise MetalabError(f"{path} is not a metalab checkpoint of format {FORMAT}")
+    return record
+
+
+def load_checkpoint(path: str | Path) -> tuple[MetaAlgorithm, dict[str, Any]]:
+    """Rebuild the algorithm saved at ``path``; returns it and the whole record."""
+    record = read_checkpoint(path)
     spec_fields = record["spec"]
     spec = TaskSpec(tuple(spec_fields["input_shape"]), spec_fields["output_dim"], spec_fields["classification"])
     algorithm = registry.build(record["algorithm"], spec, **record["hparams"])

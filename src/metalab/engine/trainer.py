@@ -14,9 +14,10 @@ from tqdm.auto import tqdm
 
 from metalab.algorithms.base import MetaAlgorithm
 from metalab.data.benchmarks import Benchmark
-from metalab.engine.checkpoint import save_checkpoint
+from metalab.engine.checkpoint import read_checkpoint, save_checkpoint
 from metalab.engine.evaluator import EvalResult, evaluate
-from metalab.utils.errors import MetalabError, require_positive
+from metalab.utils.errors import MetalabError, NonFiniteError, require_positive
+from metalab.utils.io import atomic_write_text
 
 
 @dataclass(frozen=True)
@@ -36,6 +37,10 @@ class TrainConfig:
         val_episodes: validation episodes (a fixed, seeded set).
         log_every: write averaged training metrics every this many steps.
         grad_clip: clip the meta-gradient norm to this value (``None``: no clipping).
+        checkpoint_every: also write ``last.pt`` every this many steps (0: only when
+            validating); what a killed run resumes from.
+        skip_nonfinite: skip a meta-batch whose loss or gradient is not finite (counted as
+            ``skipped`` in the log) instead of stopping with an error.
         max_seconds: training-time budget; training stops after the step that exceeds it
             (then validates and checkpoints as at the last step). ``None``: no budget.
         seed: seed of parameter initialisation and of the training episode stream.
@@ -51,13 +56,22 @@ class TrainConfig:
     val_episodes: int = 100
     log_every: int = 50
     grad_clip: float | None = None
+    checkpoint_every: int = 0
+    skip_nonfinite: bool = False
     max_seconds: float | None = None
     seed: int = 0
 
     def __post_init__(self) -> None:
-        require_positive(steps=self.steps, meta_batch_size=self.meta_batch_size, val_episodes=self.val_episodes, log_every=self.log_every)
-        if not self.outer_lr > 0:
-            raise MetalabError(f"outer_lr must be positive, got {self.outer_lr}")
+        require_positive(steps=self.steps, meta_batch_size=self.meta_batch_size, val_episodes=self.val_episodes,
+                         log_every=self.log_every)
+        for name in ("val_every", "checkpoint_every", "lr_decay_every"):
+            value = getattr(self, name)
+            if isinstance(value, bool) or not isinstance(value, int) or value < 0:
+                raise MetalabError(f"{name} must be an integer >= 0 (0: never), got {value!r}")
+        if not (isinstance(self.outer_lr, (int, float)) and 0 < self.outer_lr < math.inf):
+            raise MetalabError(f"outer_lr must be a positive finite number, got {self.outer_lr!r}")
+        if self.grad_clip is not None and not 0 < self.grad_clip < math.inf:
+            raise MetalabError(f"grad_clip must be a positive finite number or None, got {self.grad_clip!r}")
         if self.max_seconds is not None and not self.max_seconds > 0:
             raise MetalabError(f"max_seconds must be positive or None, got {self.max_seconds}")
         if self.lr_anneal and self.lr_decay_every:
@@ -91,14 +105,62 @@ class _MetricLog:
 
     def write(self, record: dict[str, Any]) -> None:
         if self.path is not None:
-            with self.path.open("a", encoding="utf-8") as handle:
-                handle.write(json.dumps(record) + "\n")
+            try:
+                with self.path.open("a", encoding="utf-8") as handle:
+                    handle.write(json.dumps(record) + "\n")
+            except OSError as exc:
+                raise _write_error(self.path, exc) from None
 
-    def flush(self, step: int, seconds: float) -> dict[str, float]:
-        means = {f"train_{k}": v / self.count for k, v in self.sums.items()}
-        self.write({"step": step, "seconds": round(seconds, 3), **means})
+    def flush(self, step: int, seconds: float, skipped: int = 0) -> dict[str, float]:
+        means = {f"train_{k}": v / self.count for k, v in self.sums.items()} if self.count else {}
+        self.write({"step": step, "seconds": round(seconds, 3), **means, **({"skipped": skipped} if skipped else {})})
         self.sums, self.count = {}, 0
         return means
+
+    def truncate_after(self, step: int) -> None:
+        """Drop the lines of steps after ``step`` (written after the checkpoint a run resumes from)."""
+        if self.path is None or not self.path.exists():
+            return
+        lines = [line for line in self.path.read_text(encoding="utf-8").splitlines() if line.strip()]
+        kept = []
+        for line in lines:
+            try:
+                row = json.loads(line)
+            except json.JSONDecodeError:  # a line cut by the kill
+                break
+            if row.get("step", 0) > step:
+                break
+            kept.append(line)
+        atomic_write_text(self.path, "".join(line + "\n" for line in kept))
+
+
+RESUMABLE = ("steps", "max_seconds")  # a resumed run may be given more steps or more time
+
+
+def _restore(run_path: Path, algorithm: MetaAlgorithm, optimizer, scheduler, log: _MetricLog,
+             config: TrainConfig) -> dict[str, Any]:
+    """Load ``run_path/last.pt`` into the live objects; drop log lines written after it; return its record."""
+    path = run_path / "last.pt"
+    if not path.is_file():
+        raise MetalabError(f"nothing to resume in {run_path}: it has no last.pt (the run stopped before its first "
+                           "checkpoint); start it again without --resume")
+    record = read_checkpoint(path)
+    saved = record.get("train") or {}
+    changed = sorted(k for k, v in asdict(config).items() if k not in RESUMABLE and saved.get(k, v) != v)
+    if changed:
+        raise MetalabError(f"{run_path} belongs to a run with other training settings ({', '.join(changed)} differ); "
+                           "resume with the run's own settings or start a new run folder")
+    if record["algorithm"] != algorithm.name or record["hparams"] != algorithm.hparams():
+        raise MetalabError(f"{run_path} holds a {record['algorithm']} run with other hyper-parameters; resume it with "
+                           "its own configuration or start a new run folder")
+    algorithm.load_state_dict(record["state_dict"])
+    optimizer.load_state_dict(record["optimizer"])
+    if scheduler is not None:
+        scheduler.load_state_dict(record["scheduler"])
+    torch.set_rng_state(record["rng_state"])
+    log.sums, log.count = dict(record["log_window"][0]), record["log_window"][1]
+    log.truncate_after(record["step"])
+    return record
 
 
 def train(
@@ -108,15 +170,30 @@ def train(
     run_dir: str | Path | None = None,
     progress: bool = True,
     checkpoint_extra: dict[str, Any] | None = None,
+    resume: bool = False,
 ) -> TrainResult:
     """Meta-train ``algorithm`` on ``benchmark.train`` for ``config.steps`` meta-iterations.
 
     Meta-batch ``t`` holds episodes ``t*B .. t*B+B-1`` of the training stream. Every
     ``val_every`` steps (and at the end) the method is evaluated on the fixed validation
-    episodes; ``run_dir/last.pt`` and ``run_dir/best.pt`` are written atomically and
-    ``run_dir/metrics.jsonl`` receives training and validation metrics.
+    episodes; ``run_dir/last.pt`` (also every ``checkpoint_every`` steps) and
+    ``run_dir/best.pt`` are written atomically and ``run_dir/metrics.jsonl`` receives
+    training and validation metrics.
+
+    With ``resume``, training continues from ``run_dir/last.pt``: weights, optimiser and
+    scheduler states, step, best validation, the partly averaged log window, the torch RNG
+    state and the elapsed time are restored and log lines written after that checkpoint are
+    dropped, so the continued run logs exactly what an uninterrupted one would have (the
+    episode stream is addressed by step, so it needs no state of its own).
+
+    Raises:
+        MetalabError: a non-finite loss or gradient (unless ``config.skip_nonfinite``: then
+            the batch is skipped and counted in the log as ``skipped``), a resume without a
+            checkpoint or with other settings.
     """
     run_path = Path(run_dir) if run_dir is not None else None
+    if resume and run_path is None:
+        raise MetalabError("resume needs the run folder of the run to continue")
     if run_path is not None:
         run_path.mkdir(parents=True, exist_ok=True)
     optimizer = algorithm.outer_optimizer(config.outer_lr)
@@ -129,40 +206,82 @@ def train(
     best: dict[str, Any] | None = None
     last_val: EvalResult | None = None
     extra = dict(checkpoint_extra or {}, train=asdict(config))
-    start = time.perf_counter()
+    first, elapsed, skipped = 0, 0.0, 0
+    if resume:
+        record = _restore(run_path, algorithm, optimizer, scheduler, log, config)
+        first, elapsed, best, skipped = record["step"], record["seconds"], record["best"], record.get("skipped", 0)
+    start = time.perf_counter() - elapsed
+
+    def checkpoint(step: int, improved: bool) -> None:
+        if run_path is None:
+            return
+        state = dict(extra, step=step, best=best, optimizer=optimizer.state_dict(),
+                     scheduler=scheduler.state_dict() if scheduler is not None else None,
+                     rng_state=torch.get_rng_state(), log_window=(dict(log.sums), log.count),
+                     seconds=time.perf_counter() - start, skipped=skipped)
+        for name in ("last.pt", "best.pt") if improved else ("last.pt",):
+            try:
+                save_checkpoint(run_path / name, algorithm, **state)
+            except OSError as exc:  # the atomic write left the previous file as it was
+                raise _write_error(run_path / name, exc) from None
+
     algorithm.train()
-    bar = tqdm(range(config.steps), desc=f"train {algorithm.name}", disable=not progress, dynamic_ncols=True)
+    bar = tqdm(range(first, config.steps), desc=f"train {algorithm.name}", disable=not progress, dynamic_ncols=True,
+               initial=first, total=config.steps)
+    done = first
     for step in bar:
         batch = benchmark.train.batch(step, config.meta_batch_size)
         optimizer.zero_grad(set_to_none=True)
-        out = algorithm.meta_gradient(batch)
-        if config.grad_clip is not None:
-            torch.nn.utils.clip_grad_norm_(algorithm.parameters(), config.grad_clip)
-        optimizer.step()
+        try:
+            out = algorithm.meta_gradient(batch)
+            _check_gradients(algorithm, step)
+        except NonFiniteError as exc:
+            if not config.skip_nonfinite:
+                kept = f"; the last good checkpoint is {run_path / 'last.pt'}" if run_path is not None else ""
+                raise MetalabError(f"training stopped at step {step}: {exc}{kept}; or skip such batches "
+                                   "(skip_nonfinite, --skip-nonfinite)") from None
+            optimizer.zero_grad(set_to_none=True)
+            skipped += 1
+            out = None
+        if out is not None:
+            if config.grad_clip is not None:
+                torch.nn.utils.clip_grad_norm_(algorithm.parameters(), config.grad_clip)
+            optimizer.step()
+            log.add(out.metrics)
         if scheduler is not None:
             scheduler.step()
-        log.add(out.metrics)
         done = step + 1
         out_of_time = config.max_seconds is not None and time.perf_counter() - start >= config.max_seconds
         last = done == config.steps or out_of_time
         if done % config.log_every == 0 or last:
-            bar.set_postfix(log.flush(done, time.perf_counter() - start))
-        if (config.val_every and done % config.val_every == 0) or last:
+            bar.set_postfix(log.flush(done, time.perf_counter() - start, skipped))
+        validate = (config.val_every and done % config.val_every == 0) or last
+        if validate:
             last_val = evaluate(algorithm, benchmark.val, config.val_episodes)
             log.write({"step": done, "seconds": round(time.perf_counter() - start, 3),
                        f"val_{last_val.metric}": last_val.mean, f"val_{last_val.metric}_ci95": last_val.ci95})
+            if not math.isfinite(last_val.mean):
+                raise MetalabError(f"validation {last_val.metric} is not finite at step {done}; lower the learning "
+                                   "rates" + (f" (last good checkpoint: {run_path / 'last.pt'})" if run_path else ""))
             improved = _better(last_val.metric, last_val.mean, best and best["value"])
             if improved:
                 best = {"metric": last_val.metric, "value": last_val.mean, "ci95": last_val.ci95, "step": done}
-            if run_path is not None:
-                state = dict(extra, step=done, best=best, optimizer=optimizer.state_dict(),
-                             scheduler=scheduler.state_dict() if scheduler is not None else None)
-                save_checkpoint(run_path / "last.pt", algorithm, **state)
-                if improved:
-                    save_checkpoint(run_path / "best.pt", algorithm, **state)
-            if not math.isfinite(last_val.mean):
-                raise MetalabError(f"validation {last_val.metric} is not finite at step {done}; lower the learning rates")
+            checkpoint(done, improved)
+        elif config.checkpoint_every and done % config.checkpoint_every == 0:
+            checkpoint(done, False)
         if last:
             break
     bar.close()
     return TrainResult(done, time.perf_counter() - start, best, last_val)
+
+
+def _write_error(path: Path, exc: OSError) -> MetalabError:
+    return MetalabError(f"could not write {path} ({exc.strerror or exc}); free disk space or use another run folder, "
+                        f"then continue with --resume {path.parent}: its checkpoints are the last complete ones")
+
+
+def _check_gradients(algorithm: MetaAlgorithm, step: int) -> None:
+    grads = [p.grad for p in algorithm.parameters() if p.grad is not None]
+    if grads and not torch.isfinite(torch.stack([torch.linalg.vector_norm(g) for g in grads])).all():
+        raise NonFiniteError(f"non-finite meta-gradient at step {step}; lower the learning rates or clip "
+                             "(grad_clip, --grad-clip)")

@@ -13,3 +13,7 @@ def require_positive(**values: int) -> None:
     for name, value in values.items():
         if isinstance(value, bool) or not isinstance(value, int) or value < 1:
             raise MetalabError(f"{name} must be a positive integer, got {value!r}")
+
+
+class NonFiniteError(MetalabError):
+    """A loss or gradient became NaN or infinite (the trainer may skip the batch instead of stopping)."""
