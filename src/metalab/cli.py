@@ -17,8 +17,8 @@ from typing import Any, Sequence
 
 import torch
 
-from metalab import algorithms
-from metalab.data.benchmarks import BENCHMARKS, OMNIGLOT_SPLITS, BenchmarkConfig, make_benchmark
+from metalab import algorithms, config
+from metalab.data.benchmarks import BENCHMARKS, BenchmarkConfig, make_benchmark
 from metalab.engine import TrainConfig, evaluate, load_checkpoint, train
 from metalab.utils.errors import MetalabError
 from metalab.utils.io import atomic_write_text
@@ -74,22 +74,40 @@ def _hparam(text: str) -> tuple[str, Any]:
     return key.strip(), parsed
 
 
+def _dataclass_flags(parser: argparse.ArgumentParser, section: str, cls: type, skip: Sequence[str]) -> None:
+    """One flag per field of ``cls`` (``--field-name``), typed and documented from the dataclass itself."""
+    docs = config.field_docs(cls)
+    for f in dataclasses.fields(cls):
+        if f.name in skip:
+            continue
+        kind, optional = config.field_type(cls, f.name)
+        flag = "--" + f.name.replace("_", "-")
+        default = "depends on the benchmark" if f.name in BENCHMARK_DEFAULTS["sinusoid"] else f.default
+        default = RUN_DEFAULTS.get(section, {}).get(f.name, default)
+        help_text = docs.get(f.name, "") + ("" if default is None else f" (default: {default})")
+        if kind is bool:
+            parser.add_argument(flag, dest=f"{section}.{f.name}", action="store_true", default=argparse.SUPPRESS,
+                                help=help_text)
+        else:
+            parser.add_argument(flag, dest=f"{section}.{f.name}", type=kind, default=argparse.SUPPRESS,
+                                metavar=f.name.upper(), help=help_text.replace("%", "%%"))
+
+
 def _build_parser() -> argparse.ArgumentParser:
     parser = _Parser(prog="metalab", description="Meta-train and evaluate few-shot learners.")
     sub = parser.add_subparsers(dest="command", required=True, parser_class=_Parser)
 
-    t = sub.add_parser("train", help="meta-train a method on a benchmark, then evaluate it")
-    t.add_argument("algorithm", nargs="?", help="registry name (see `metalab list`); optional with --resume")
-    t.add_argument("--benchmark", default="sinusoid", help=f"one of {sorted(BENCHMARKS)} (default sinusoid)")
-    t.add_argument("--data-dir", help="folder with Omniglot's images_background.zip and images_evaluation.zip")
-    t.add_argument("--cache-dir", help="where decoded images are cached (default ~/.cache/metalab)")
-    t.add_argument("--split", default="vinyals", choices=OMNIGLOT_SPLITS, help="Omniglot split")
-    t.add_argument("--n-way", type=int, default=5, help="classes per test episode")
-    t.add_argument("--k-shot", type=int, help="support examples per class (default 5 sinusoid, 1 omniglot)")
-    t.add_argument("--n-query", type=int, help="query examples per class at test time")
-    t.add_argument("--train-n-way", type=int, help="classes per training episode (default: --n-way)")
-    t.add_argument("--train-k-shot", type=int, help="support examples per class in training")
-    t.add_argument("--train-n-query", type=int, help="query examples per class in training")
+    t = sub.add_parser("train", help="meta-train a method on a benchmark, then evaluate it",
+                       description="Meta-train a method, then evaluate its best checkpoint on the fixed test episodes. "
+                                   "Settings come from the defaults, then --preset, then the flags given.")
+    t.add_argument("algorithm", nargs="?", help="registry name (see `metalab list`); optional with --preset or --resume")
+    t.add_argument("--preset", help="a named paper setting (see `metalab list --presets`); flags override its fields")
+    t.add_argument("--benchmark", dest="benchmark.name", default=argparse.SUPPRESS, metavar="NAME",
+                   help=f"one of {sorted(BENCHMARKS)} (default sinusoid)")
+    _dataclass_flags(t, "benchmark", BenchmarkConfig, skip=("name", "seed"))
+    _dataclass_flags(t, "train", TrainConfig, skip=())
+    t.add_argument("--max-minutes", type=float, default=argparse.SUPPRESS,
+                   help="training-time budget in minutes (sets --max-seconds)")
     t.add_argument("--inner-lr", type=float, help="inner-loop step size (gradient-based methods)")
     t.add_argument("--inner-steps", type=int, help="inner steps in meta-training")
     t.add_argument("--test-inner-steps", type=int, help="inner steps at evaluation")
@@ -98,24 +116,8 @@ def _build_parser() -> argparse.ArgumentParser:
     t.add_argument("--hparam", action="append", default=[], type=_hparam, metavar="KEY=VALUE",
                    help="any hyper-parameter of the method, e.g. --hparam inner_lr=0.1,0.05 "
                         "(Python literal; repeatable)")
-    t.add_argument("--steps", type=int, help="meta-iterations")
-    t.add_argument("--meta-batch-size", type=int, help="tasks per meta-iteration")
-    t.add_argument("--outer-lr", type=float, default=1e-3,
-                   help="outer learning rate (Adam; Reptile: its step size epsilon) (default 1e-3)")
-    t.add_argument("--lr-decay-every", type=int, default=0, help="halve the rate every N steps (0: never)")
-    t.add_argument("--lr-anneal", action="store_true", help="anneal the outer rate linearly to 0 (Reptile)")
-    t.add_argument("--max-minutes", type=float, help="training-time budget: stop after the step that exceeds it")
-    t.add_argument("--val-every", type=int, help="validate every N steps")
-    t.add_argument("--val-episodes", type=int, default=100, help="validation episodes (default 100)")
-    t.add_argument("--test-episodes", type=int, default=1000, help="test episodes (default 1000)")
+    t.add_argument("--test-episodes", type=int, help="test episodes (default 1000)")
     t.add_argument("--eval-steps", type=_int_list, help="test-time inner steps to report, e.g. 1,5,10")
-    t.add_argument("--seed", type=int, default=0, help="run seed (initialisation and training episodes)")
-    t.add_argument("--grad-clip", type=float, help="clip the meta-gradient norm to this value")
-    t.add_argument("--log-every", type=int, default=50, help="average training metrics over N steps (default 50)")
-    t.add_argument("--checkpoint-every", type=int, default=100,
-                   help="write last.pt every N steps besides validation, what --resume continues from (default 100)")
-    t.add_argument("--skip-nonfinite", action="store_true",
-                   help="skip a meta-batch with a non-finite loss or gradient instead of stopping")
     t.add_argument("--out", help="run folder (default runs/<algorithm>-<benchmark>-<time>)")
     t.add_argument("--resume", metavar="RUN_DIR",
                    help="continue the killed or finished run in RUN_DIR exactly where its last checkpoint left off "
@@ -133,6 +135,7 @@ def _build_parser() -> argparse.ArgumentParser:
 
     ls = sub.add_parser("list", help="list algorithms and benchmarks")
     ls.add_argument("--json", action="store_true", help="machine-readable output")
+    ls.add_argument("--presets", action="store_true", help="list the named paper settings for --preset")
     return parser
 
 
@@ -149,50 +152,46 @@ def _evaluate_all(algorithm, benchmark, episodes: int, eval_steps, progress: boo
     return results
 
 
+# what a run uses unless the preset or the command line says otherwise
+RUN_DEFAULTS = {"train": {"checkpoint_every": 100}, "test_episodes": 1000}
+
+
 def _run_config(args: argparse.Namespace) -> dict[str, Any]:
-    """The resolved settings of a run, as plain data (what config.json holds)."""
-    if args.algorithm is None:
-        raise MetalabError("name the algorithm to train (see `metalab list`), or continue a run with --resume RUN_DIR")
-    defaults = BENCHMARK_DEFAULTS.get(args.benchmark)
+    """The resolved settings of a run, as plain data (what config.json holds): defaults < preset < flags."""
+    preset = config.load_preset(args.preset) if args.preset else {}
+    algorithm = args.algorithm or preset.get("algorithm")
+    if algorithm is None:
+        raise MetalabError("name the algorithm to train (see `metalab list`), pick a --preset, or continue a run "
+                           "with --resume RUN_DIR")
+    if args.algorithm and preset and args.algorithm != preset["algorithm"]:
+        raise MetalabError(f"preset {args.preset} trains {preset['algorithm']}, not {args.algorithm}; drop one of them")
+    given = {key: value for key, value in vars(args).items() if "." in key}
+    flags = {section: {k.split(".", 1)[1]: v for k, v in given.items() if k.startswith(section + ".")}
+             for section in config.SECTIONS}
+    if "max_minutes" in vars(args):
+        flags["train"]["max_seconds"] = 60 * args.max_minutes
+    bench = {**preset.get("benchmark", {}), **flags["benchmark"]}
+    name = bench.setdefault("name", "sinusoid")
+    defaults = BENCHMARK_DEFAULTS.get(name)
     if defaults is None:
-        raise MetalabError(f"unknown benchmark {args.benchmark!r}; choose one of {sorted(BENCHMARKS)}")
-    bench_cfg = BenchmarkConfig(
-        name=args.benchmark,
-        data_dir=args.data_dir,
-        cache_dir=args.cache_dir,
-        split=args.split,
-        n_way=args.n_way,
-        k_shot=args.k_shot if args.k_shot is not None else defaults["k_shot"],
-        n_query=args.n_query,
-        train_n_way=args.train_n_way,
-        train_k_shot=args.train_k_shot,
-        train_n_query=args.train_n_query,
-        seed=derive_seed(args.seed, 1),
-    )
-    train_cfg = TrainConfig(
-        steps=args.steps if args.steps is not None else defaults["steps"],
-        meta_batch_size=args.meta_batch_size if args.meta_batch_size is not None else defaults["meta_batch_size"],
-        outer_lr=args.outer_lr,
-        lr_decay_every=args.lr_decay_every,
-        lr_anneal=args.lr_anneal,
-        max_seconds=None if args.max_minutes is None else 60 * args.max_minutes,
-        val_every=args.val_every if args.val_every is not None else defaults["val_every"],
-        val_episodes=args.val_episodes,
-        log_every=args.log_every,
-        grad_clip=args.grad_clip,
-        checkpoint_every=args.checkpoint_every,
-        skip_nonfinite=args.skip_nonfinite,
-        seed=args.seed,
-    )
-    algorithms.get(args.algorithm)  # unknown names fail before any data is loaded
-    hparams = {**PAPER_HPARAMS.get((args.algorithm, args.benchmark), {}), **_given(args, HPARAM_FLAGS), **dict(args.hparam)}
-    config = algorithms.make_config(args.algorithm, **hparams)
-    eval_steps = args.eval_steps or defaults["eval_steps"]
-    if not hasattr(config, "inner_steps"):
+        raise MetalabError(f"unknown benchmark {name!r}; choose one of {sorted(BENCHMARKS)}")
+    bench.setdefault("k_shot", defaults["k_shot"])
+    train = {"steps": defaults["steps"], "meta_batch_size": defaults["meta_batch_size"],
+             "val_every": defaults["val_every"], **RUN_DEFAULTS["train"], **preset.get("train", {}), **flags["train"]}
+    bench["seed"] = derive_seed(train.get("seed", 0), 1)
+    bench_cfg = BenchmarkConfig(**bench)
+    train_cfg = TrainConfig(**train)
+    algorithms.get(algorithm)  # unknown names fail before any data is loaded
+    hparams = {**PAPER_HPARAMS.get((algorithm, name), {}), **preset.get("hparams", {}),
+               **_given(args, HPARAM_FLAGS), **dict(args.hparam)}
+    method_config = algorithms.make_config(algorithm, **hparams)
+    eval_steps = args.eval_steps or preset.get("eval_steps") or defaults["eval_steps"]
+    if not hasattr(method_config, "inner_steps"):
         eval_steps = [None]
-    return _plain({"algorithm": args.algorithm, "hparams": dataclasses.asdict(config),
+    test_episodes = args.test_episodes or preset.get("test_episodes") or RUN_DEFAULTS["test_episodes"]
+    return _plain({"algorithm": algorithm, "hparams": dataclasses.asdict(method_config),
                    "benchmark": dataclasses.asdict(bench_cfg), "train": dataclasses.asdict(train_cfg),
-                   "eval_steps": eval_steps, "test_episodes": args.test_episodes})
+                   "eval_steps": eval_steps, "test_episodes": test_episodes})
 
 
 def _plain(data: Any) -> Any:
@@ -215,7 +214,7 @@ def _resumed_config(args: argparse.Namespace, run_dir: Path) -> dict[str, Any]:
                            "`metalab train` run") from None
     except (ValueError, KeyError, TypeError):
         raise MetalabError(f"{path} is damaged or from another program; start a new run") from None
-    if args.algorithm is not None:
+    if args.algorithm is not None or args.preset is not None:
         fresh = _run_config(args)
         changed = sorted(f"{group}.{key}" for group in ("benchmark", "train", "hparams")
                          for key in set(stored[group]) | set(fresh[group])
@@ -225,12 +224,11 @@ def _resumed_config(args: argparse.Namespace, run_dir: Path) -> dict[str, Any]:
         if changed:
             raise MetalabError(f"{run_dir} belongs to another configuration ({', '.join(changed)} differ); "
                                "resume with `metalab train --resume RUN_DIR` alone or start a new --out folder")
-    for name in ("data_dir", "cache_dir"):
-        if getattr(args, name) is not None:
-            stored["benchmark"][name] = getattr(args, name)
-    if args.steps is not None:
-        stored["train"]["steps"] = args.steps
-    if args.max_minutes is not None:
+    for key, value in vars(args).items():  # the settings a resumed run may change
+        if key in ("benchmark.data_dir", "benchmark.cache_dir", "train.steps", "train.max_seconds"):
+            section, name = key.split(".")
+            stored[section][name] = value
+    if "max_minutes" in vars(args):
         stored["train"]["max_seconds"] = 60 * args.max_minutes
     return stored
 
@@ -248,12 +246,12 @@ def _train(args: argparse.Namespace) -> int:
             raise MetalabError(f"{run_dir} already holds a run; continue it with --resume {run_dir} or choose another --out")
     bench_cfg = BenchmarkConfig(**cfg["benchmark"])
     train_cfg = TrainConfig(**cfg["train"])
-    config = algorithms.make_config(cfg["algorithm"], **cfg["hparams"])
+    method_config = algorithms.make_config(cfg["algorithm"], **cfg["hparams"])
     progress = not args.quiet and sys.stderr.isatty()
     benchmark = make_benchmark(bench_cfg, progress)
     with torch.random.fork_rng(devices=[]):
         torch.manual_seed(derive_seed(train_cfg.seed, 0))
-        algorithm = algorithms.get(cfg["algorithm"])(benchmark.spec, config)
+        algorithm = algorithms.get(cfg["algorithm"])(benchmark.spec, method_config)
     run_dir.mkdir(parents=True, exist_ok=True)
     extra = {"benchmark": cfg["benchmark"]}
     atomic_write_text(run_dir / "config.json", json.dumps({**cfg, "argv": sys.argv[1:]}, indent=2))
@@ -287,7 +285,15 @@ def _eval(args: argparse.Namespace) -> int:
 
 
 def _list(args: argparse.Namespace) -> int:
-    listing = {"algorithms": algorithms.names(), "benchmarks": sorted(BENCHMARKS)}
+    if args.presets:
+        presets = {name: config.load_preset(name)["description"] for name in config.preset_names()}
+        if args.json:
+            print(json.dumps(presets))
+        else:
+            for name, description in presets.items():
+                print(f"{name}: {description}")
+        return 0
+    listing = {"algorithms": algorithms.names(), "benchmarks": sorted(BENCHMARKS), "presets": config.preset_names()}
     if args.json:
         print(json.dumps(listing))
     else:

@@ -105,3 +105,21 @@ def test_mann_on_real_omniglot_sequences_end_to_end(tmp_path, omniglot_dir, omni
     again = metalab("eval", str(run / "best.pt"), "--episodes", "30", "--out", str(tmp_path / "eval.json"))
     assert again.returncode == 0, again.stderr
     assert json.loads((tmp_path / "eval.json").read_text())["test"][0]["mean"] == pytest.approx(test["mean"], rel=1e-6)
+
+
+def test_a_preset_with_overrides_and_the_preset_list(tmp_path):
+    listed = metalab("list", "--presets", "--json")
+    assert listed.returncode == 0 and "maml-sinusoid" in json.loads(listed.stdout)
+    run = tmp_path / "preset"
+    out = metalab("train", "--preset", "maml-sinusoid", "--steps", "30", "--val-every", "30", "--val-episodes", "5",
+                  "--test-episodes", "20", "--hparam", "inner_lr=0.02", "--out", str(run), "--quiet")
+    assert out.returncode == 0, out.stderr
+    config = json.loads((run / "config.json").read_text())
+    assert config["algorithm"] == "maml" and config["benchmark"]["k_shot"] == 10  # from the preset
+    assert config["train"]["steps"] == 30 and config["train"]["meta_batch_size"] == 25  # overridden / preset
+    assert config["hparams"]["inner_lr"] == 0.02 and config["eval_steps"] == [1, 5, 10]
+    for args, message in [(["--preset", "nope"], "unknown preset 'nope'"),
+                          (["protonet", "--preset", "maml-sinusoid"], "preset maml-sinusoid trains maml"),
+                          (["--preset", "maml-sinusoid", "--steps", "ten"], "invalid int value")]:
+        bad = metalab("train", *args, "--out", str(tmp_path / "bad"))
+        assert bad.returncode == 2 and message in bad.stderr and "Traceback" not in bad.stderr, bad.stderr
