@@ -85,7 +85,7 @@ def render(records: list[dict]) -> str:
     if plots:
         lines += ["", "## Learning curves", "",
                   "Validation accuracy (± 95% CI) against training time, drawn from the runs' `metrics.jsonl` by",
-                  "`python benchmarks/plot_curves.py <run folders> --out docs/<name>.png`:", ""]
+                  "`python benchmarks/plot_curves.py <run folders> --out docs/<name>.png` (the same as `metalab plot <run folders> --out ...`):", ""]
         lines += [f"![{p.stem}]({p.name})" for p in plots]
     return "\n".join(lines) + "\n"
 

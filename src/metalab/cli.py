@@ -1,4 +1,4 @@
-"""Command line: ``metalab train``, ``metalab eval``, ``metalab list``.
+"""Command line: ``metalab train``, ``metalab eval``, ``metalab plot``, ``metalab list``.
 
 argv is read here and nowhere else. Bad arguments and bad input exit with code 2 and one
 ``metalab: error: ...`` line.
@@ -132,6 +132,14 @@ def _build_parser() -> argparse.ArgumentParser:
     e.add_argument("--cache-dir", help="override the cache folder stored in the checkpoint")
     e.add_argument("--out", help="write the results JSON here")
     e.add_argument("--quiet", action="store_true", help="no progress bar")
+
+    pl = sub.add_parser("plot", help="figures of run folders (needs the [plot] extra)")
+    pl.add_argument("runs", nargs="+", help="run folders written by `metalab train`")
+    pl.add_argument("--kind", choices=("curves", "steps", "shots"), default="curves",
+                    help="curves: validation metric vs step and vs wall time; steps: test metric vs test-time "
+                         "adaptation steps; shots: test metric vs k_shot, one line per algorithm (default curves)")
+    pl.add_argument("--out", required=True, help="the PNG file to write")
+    pl.add_argument("--title", default="", help="figure title")
 
     ls = sub.add_parser("list", help="list algorithms and benchmarks")
     ls.add_argument("--json", action="store_true", help="machine-readable output")
@@ -284,6 +292,13 @@ def _eval(args: argparse.Namespace) -> int:
     return 0
 
 
+def _plot(args: argparse.Namespace) -> int:
+    from metalab.plot import PLOTS
+
+    print(PLOTS[args.kind]([Path(run) for run in args.runs], Path(args.out), args.title))
+    return 0
+
+
 def _list(args: argparse.Namespace) -> int:
     if args.presets:
         presets = {name: config.load_preset(name)["description"] for name in config.preset_names()}
@@ -305,7 +320,7 @@ def _list(args: argparse.Namespace) -> int:
 def main(argv: Sequence[str] | None = None) -> int:
     args = _build_parser().parse_args(argv)
     try:
-        return {"train": _train, "eval": _eval, "list": _list}[args.command](args)
+        return {"train": _train, "eval": _eval, "plot": _plot, "list": _list}[args.command](args)
     except MetalabError as exc:
         print(f"metalab: error: {exc}", file=sys.stderr)
         return 2
