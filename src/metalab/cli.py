@@ -15,11 +15,11 @@ import time
 from pathlib import Path
 from typing import Any, Sequence
 
-import torch
 
 from metalab import algorithms, config
+from metalab.experiment import TABLES, reproduce, run_experiment
 from metalab.data.benchmarks import BENCHMARKS, BenchmarkConfig, make_benchmark
-from metalab.engine import TrainConfig, evaluate, load_checkpoint, train
+from metalab.engine import TrainConfig, evaluate, load_checkpoint
 from metalab.utils.errors import MetalabError
 from metalab.utils.io import atomic_write_text
 from metalab.utils.seeding import derive_seed
@@ -132,6 +132,15 @@ def _build_parser() -> argparse.ArgumentParser:
     e.add_argument("--cache-dir", help="override the cache folder stored in the checkpoint")
     e.add_argument("--out", help="write the results JSON here")
     e.add_argument("--quiet", action="store_true", help="no progress bar")
+
+    r = sub.add_parser("reproduce", help="train (or load) every method of a paper table and write it as markdown")
+    r.add_argument("table", choices=sorted(TABLES), help="which table")
+    r.add_argument("--minutes", type=float, help="training-time budget per method (default: the presets' full length)")
+    r.add_argument("--data-dir", help="folder with Omniglot's images_background.zip and images_evaluation.zip")
+    r.add_argument("--cache-dir", help="where decoded images are cached (default ~/.cache/metalab)")
+    r.add_argument("--out", help="folder of the runs and of <table>.md (default runs/reproduce-<table>); "
+                                 "finished runs in it are loaded, killed ones continued")
+    r.add_argument("--quiet", action="store_true", help="no progress bars")
 
     pl = sub.add_parser("plot", help="figures of run folders (needs the [plot] extra)")
     pl.add_argument("runs", nargs="+", help="run folders written by `metalab train`")
@@ -252,28 +261,16 @@ def _train(args: argparse.Namespace) -> int:
         run_dir = Path(args.out or f"runs/{cfg['algorithm']}-{cfg['benchmark']['name']}-{time.strftime('%Y%m%d-%H%M%S')}")
         if (run_dir / "last.pt").exists():
             raise MetalabError(f"{run_dir} already holds a run; continue it with --resume {run_dir} or choose another --out")
-    bench_cfg = BenchmarkConfig(**cfg["benchmark"])
-    train_cfg = TrainConfig(**cfg["train"])
-    method_config = algorithms.make_config(cfg["algorithm"], **cfg["hparams"])
     progress = not args.quiet and sys.stderr.isatty()
-    benchmark = make_benchmark(bench_cfg, progress)
-    with torch.random.fork_rng(devices=[]):
-        torch.manual_seed(derive_seed(train_cfg.seed, 0))
-        algorithm = algorithms.get(cfg["algorithm"])(benchmark.spec, method_config)
-    run_dir.mkdir(parents=True, exist_ok=True)
-    extra = {"benchmark": cfg["benchmark"]}
-    atomic_write_text(run_dir / "config.json", json.dumps({**cfg, "argv": sys.argv[1:]}, indent=2))
-    result = train(algorithm, benchmark, train_cfg, run_dir, progress=progress, checkpoint_extra=extra,
-                   resume=args.resume is not None)
-    print(f"trained {cfg['algorithm']} on {bench_cfg.name}: {result.steps} steps in {result.seconds:.1f} s; "
-          f"best validation {result.best}", flush=True)
-    best, _ = load_checkpoint(run_dir / "best.pt")
-    tests = _evaluate_all(best, benchmark, cfg["test_episodes"], cfg["eval_steps"], progress)
-    summary = {"algorithm": cfg["algorithm"], "benchmark": cfg["benchmark"], "hparams": cfg["hparams"],
-               "train": cfg["train"], "train_seconds": round(result.seconds, 2), "best_val": result.best,
-               "test": tests, "checkpoint": str(run_dir / "best.pt")}
-    atomic_write_text(run_dir / "results.json", json.dumps(summary, indent=2))
+    run_experiment(cfg, run_dir, resume=args.resume is not None, progress=progress, log=lambda line: print(line, flush=True))
     print(f"results: {run_dir / 'results.json'}")
+    return 0
+
+
+def _reproduce(args: argparse.Namespace) -> int:
+    overrides = {"benchmark": {k: v for k, v in (("data_dir", args.data_dir), ("cache_dir", args.cache_dir)) if v}}
+    reproduce(args.table, Path(args.out or f"runs/reproduce-{args.table}"), args.minutes, overrides,
+              progress=not args.quiet and sys.stderr.isatty(), log=lambda line: print(line, flush=True))
     return 0
 
 
@@ -320,7 +317,8 @@ def _list(args: argparse.Namespace) -> int:
 def main(argv: Sequence[str] | None = None) -> int:
     args = _build_parser().parse_args(argv)
     try:
-        return {"train": _train, "eval": _eval, "plot": _plot, "list": _list}[args.command](args)
+        return {"train": _train, "eval": _eval, "reproduce": _reproduce, "plot": _plot,
+                "list": _list}[args.command](args)
     except MetalabError as exc:
         print(f"metalab: error: {exc}", file=sys.stderr)
         return 2

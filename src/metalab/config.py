@@ -3,7 +3,8 @@
 A run is plain data: ``{"algorithm", "benchmark": {BenchmarkConfig fields}, "train":
 {TrainConfig fields}, "hparams": {the method's Config fields}, "eval_steps",
 "test_episodes"}``. A preset is the same as a TOML file in ``metalab/presets/`` (one per
-paper setting), with a ``description`` line. Every field is checked against its dataclass:
+paper setting), with a ``description`` line and the published ``paper`` number (a table
+keyed by test-time adaptation steps where it depends on them). Every field is checked against its dataclass:
 an unknown name or a value of the wrong type is a :class:`MetalabError` naming the field and
 what it takes.
 """
@@ -27,7 +28,7 @@ else:  # pragma: no cover - Python 3.10
     import tomli as tomllib
 
 SECTIONS = {"benchmark": BenchmarkConfig, "train": TrainConfig}
-RUN_KEYS = ("description", "algorithm", "benchmark", "train", "hparams", "eval_steps", "test_episodes")
+RUN_KEYS = ("description", "paper", "algorithm", "benchmark", "train", "hparams", "eval_steps", "test_episodes")
 
 
 def field_docs(cls: type) -> dict[str, str]:

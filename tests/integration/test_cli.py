@@ -115,7 +115,7 @@ def test_a_preset_with_overrides_and_the_preset_list(tmp_path):
                   "--test-episodes", "20", "--hparam", "inner_lr=0.02", "--out", str(run), "--quiet")
     assert out.returncode == 0, out.stderr
     config = json.loads((run / "config.json").read_text())
-    assert config["algorithm"] == "maml" and config["benchmark"]["k_shot"] == 10  # from the preset
+    assert config["algorithm"] == "maml" and config["benchmark"]["k_shot"] == 5  # from the preset
     assert config["train"]["steps"] == 30 and config["train"]["meta_batch_size"] == 25  # overridden / preset
     assert config["hparams"]["inner_lr"] == 0.02 and config["eval_steps"] == [1, 5, 10]
     for args, message in [(["--preset", "nope"], "unknown preset 'nope'"),
@@ -123,3 +123,17 @@ def test_a_preset_with_overrides_and_the_preset_list(tmp_path):
                           (["--preset", "maml-sinusoid", "--steps", "ten"], "invalid int value")]:
         bad = metalab("train", *args, "--out", str(tmp_path / "bad"))
         assert bad.returncode == 2 and message in bad.stderr and "Traceback" not in bad.stderr, bad.stderr
+
+
+def test_reproduce_writes_the_table_and_loads_finished_runs(tmp_path):
+    out = tmp_path / "repro"
+    first = metalab("reproduce", "sinusoid", "--minutes", "0.05", "--out", str(out), "--quiet")
+    assert first.returncode == 0, first.stderr
+    table = (out / "sinusoid.md").read_text()
+    for steps, paper in ((1, "0.670"), (5, "0.380"), (10, "0.350")):
+        assert f"| maml | 5shot-{steps}steps |" in table and f"| {paper} |" in table
+    again = metalab("reproduce", "sinusoid", "--minutes", "0.05", "--out", str(out), "--quiet")
+    assert again.returncode == 0 and "loaded maml-sinusoid" in again.stdout
+    assert (out / "sinusoid.md").read_text() == table
+    bad = metalab("reproduce", "imagenet", "--out", str(out))
+    assert bad.returncode == 2 and "invalid choice" in bad.stderr
