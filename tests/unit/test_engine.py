@@ -171,3 +171,17 @@ def test_a_full_disk_while_saving_is_a_clear_error_and_keeps_the_previous_checkp
     _, record = load_checkpoint(tmp_path / "last.pt")
     assert record["step"] == 10
     assert not [p for p in tmp_path.iterdir() if p.name.endswith(".tmp")]
+
+
+def test_tensorboard_events_mirror_the_metrics_when_the_extra_is_installed(sinusoid, tmp_path):
+    pytest.importorskip("tensorboard")
+    from tensorboard.backend.event_processing.event_accumulator import EventAccumulator
+
+    train(_maml(sinusoid.spec), sinusoid, TrainConfig(steps=10, meta_batch_size=2, val_every=5, val_episodes=3,
+                                                      log_every=5), tmp_path, progress=False)
+    events = EventAccumulator(str(tmp_path / "tensorboard"))
+    events.Reload()
+    logged = [json.loads(line) for line in (tmp_path / "metrics.jsonl").read_text().splitlines()]
+    val = [(r["step"], r["val_mse"]) for r in logged if "val_mse" in r]
+    assert [(e.step, pytest.approx(e.value)) for e in events.Scalars("val_mse")] == val
+    assert [e.step for e in events.Scalars("train_loss")] == [5, 10]

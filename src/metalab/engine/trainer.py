@@ -92,11 +92,22 @@ def _better(metric: str, new: float, old: float | None) -> bool:
     return new > old if metric == "accuracy" else new < old
 
 
-class _MetricLog:
-    """Averages training metrics over a window and appends them as JSON lines."""
+def _event_writer(run_path: Path | None):
+    """A TensorBoard writer into ``run_path/tensorboard`` when the ``tensorboard`` extra is installed."""
+    if run_path is None:
+        return None
+    try:
+        from torch.utils.tensorboard import SummaryWriter
+    except ImportError:  # the extra is optional: JSON lines only
+        return None
+    return SummaryWriter(str(run_path / "tensorboard"))
 
-    def __init__(self, path: Path | None):
-        self.path, self.sums, self.count = path, {}, 0
+
+class _MetricLog:
+    """Averages training metrics over a window and appends them as JSON lines (and TensorBoard scalars)."""
+
+    def __init__(self, path: Path | None, events=None):
+        self.path, self.events, self.sums, self.count = path, events, {}, 0
 
     def add(self, metrics: dict[str, float]) -> None:
         for key, value in metrics.items():
@@ -110,6 +121,11 @@ class _MetricLog:
                     handle.write(json.dumps(record) + "\n")
             except OSError as exc:
                 raise _write_error(self.path, exc) from None
+        if self.events is not None:
+            for key, value in record.items():
+                if key not in ("step", "seconds"):
+                    self.events.add_scalar(key, value, record["step"])
+            self.events.flush()
 
     def flush(self, step: int, seconds: float, skipped: int = 0) -> dict[str, float]:
         means = {f"train_{k}": v / self.count for k, v in self.sums.items()} if self.count else {}
@@ -178,7 +194,8 @@ def train(
     ``val_every`` steps (and at the end) the method is evaluated on the fixed validation
     episodes; ``run_dir/last.pt`` (also every ``checkpoint_every`` steps) and
     ``run_dir/best.pt`` are written atomically and ``run_dir/metrics.jsonl`` receives
-    training and validation metrics.
+    training and validation metrics (and ``run_dir/tensorboard`` the same as TensorBoard
+    events, when the ``tensorboard`` extra is installed).
 
     With ``resume``, training continues from ``run_dir/last.pt``: weights, optimiser and
     scheduler states, step, best validation, the partly averaged log window, the torch RNG
@@ -202,7 +219,7 @@ def train(
         scheduler = torch.optim.lr_scheduler.StepLR(optimizer, config.lr_decay_every, config.lr_decay)
     elif config.lr_anneal:
         scheduler = torch.optim.lr_scheduler.LinearLR(optimizer, 1.0, 0.0, total_iters=config.steps)
-    log = _MetricLog(run_path / "metrics.jsonl" if run_path is not None else None)
+    log = _MetricLog(run_path / "metrics.jsonl" if run_path is not None else None, _event_writer(run_path))
     best: dict[str, Any] | None = None
     last_val: EvalResult | None = None
     extra = dict(checkpoint_extra or {}, train=asdict(config))
@@ -272,6 +289,8 @@ def train(
         if last:
             break
     bar.close()
+    if log.events is not None:
+        log.events.close()
     return TrainResult(done, time.perf_counter() - start, best, last_val)
 
 
