@@ -91,6 +91,16 @@ def test_too_many_ways_for_the_split_is_a_clear_error(omniglot_dir, omniglot_ima
     out = metalab("train", "protonet", "--benchmark", "omniglot", "--data-dir", str(omniglot_dir),
                   "--cache-dir", str(omniglot_cache), "--n-way", "5000", "--out", str(tmp_path / "r"))
     assert out.returncode == 2 and "n_way=5000 is larger than" in out.stderr
+    out = metalab("train", "protonet", "--benchmark", "omniglot", "--data-dir", str(omniglot_dir),
+                  "--cache-dir", str(omniglot_cache), "--k-shot", "10", "--n-query", "15", "--out", str(tmp_path / "r"))
+    assert out.returncode == 2 and "k_shot + n_query = 25 exceeds the 20 samples" in out.stderr
+    assert not (tmp_path / "r").exists()
+
+
+def test_a_corrupt_checkpoint_is_a_clear_error(tmp_path):
+    (tmp_path / "best.pt").write_bytes(b"\x80\x04 half a pickle")
+    out = metalab("eval", str(tmp_path / "best.pt"))
+    assert out.returncode == 2 and "not a metalab checkpoint" in out.stderr and "Traceback" not in out.stderr
 
 
 def test_mann_on_real_omniglot_sequences_end_to_end(tmp_path, omniglot_dir, omniglot_cache):
