@@ -140,6 +140,10 @@ def _build_parser() -> argparse.ArgumentParser:
     r.add_argument("--cache-dir", help="where decoded images are cached (default ~/.cache/metalab)")
     r.add_argument("--out", help="folder of the runs and of <table>.md (default runs/reproduce-<table>); "
                                  "finished runs in it are loaded, killed ones continued")
+    r.add_argument("--records", help="append one result record per row to <RECORDS>/<benchmark>.jsonl "
+                                     "(the repository's: benchmarks/results)")
+    r.add_argument("--page", help="with --records: render every record there into this markdown page "
+                                  "(the repository's: docs/RESULTS.md)")
     r.add_argument("--quiet", action="store_true", help="no progress bars")
 
     pl = sub.add_parser("plot", help="figures of run folders (needs the [plot] extra)")
@@ -224,8 +228,9 @@ def _resumed_config(args: argparse.Namespace, run_dir: Path) -> dict[str, Any]:
     """The stored config of ``run_dir``, checked against the command line when that names the run's settings."""
     path = run_dir / "config.json"
     try:
-        stored = json.loads(path.read_text(encoding="utf-8"))
-        stored = {key: stored[key] for key in ("algorithm", "hparams", "benchmark", "train", "eval_steps", "test_episodes")}
+        data = json.loads(path.read_text(encoding="utf-8"))
+        stored = {key: data[key] for key in ("algorithm", "hparams", "benchmark", "train", "eval_steps", "test_episodes")}
+        stored["commands"] = list(data.get("commands", []))
     except FileNotFoundError:
         raise MetalabError(f"{run_dir} is not a run folder (no config.json); pass the --out folder of a "
                            "`metalab train` run") from None
@@ -261,6 +266,8 @@ def _train(args: argparse.Namespace) -> int:
         run_dir = Path(args.out or f"runs/{cfg['algorithm']}-{cfg['benchmark']['name']}-{time.strftime('%Y%m%d-%H%M%S')}")
         if (run_dir / "last.pt").exists():
             raise MetalabError(f"{run_dir} already holds a run; continue it with --resume {run_dir} or choose another --out")
+    # config.json keeps the command lines that started and continued the run
+    cfg["commands"] = [*cfg.get("commands", []), " ".join(["metalab", *args.argv])]
     progress = not args.quiet and sys.stderr.isatty()
     run_experiment(cfg, run_dir, resume=args.resume is not None, progress=progress, log=lambda line: print(line, flush=True))
     print(f"results: {run_dir / 'results.json'}")
@@ -269,8 +276,12 @@ def _train(args: argparse.Namespace) -> int:
 
 def _reproduce(args: argparse.Namespace) -> int:
     overrides = {"benchmark": {k: v for k, v in (("data_dir", args.data_dir), ("cache_dir", args.cache_dir)) if v}}
+    if args.page and not args.records:
+        raise MetalabError("--page renders the result records of --records: give --records too")
     reproduce(args.table, Path(args.out or f"runs/reproduce-{args.table}"), args.minutes, overrides,
-              progress=not args.quiet and sys.stderr.isatty(), log=lambda line: print(line, flush=True))
+              progress=not args.quiet and sys.stderr.isatty(), log=lambda line: print(line, flush=True),
+              records_dir=args.records and Path(args.records), page=args.page and Path(args.page),
+              command=" ".join(["metalab", *args.argv]))
     return 0
 
 
@@ -315,7 +326,9 @@ def _list(args: argparse.Namespace) -> int:
 
 
 def main(argv: Sequence[str] | None = None) -> int:
+    argv = list(sys.argv[1:] if argv is None else argv)
     args = _build_parser().parse_args(argv)
+    args.argv = argv
     try:
         return {"train": _train, "eval": _eval, "reproduce": _reproduce, "plot": _plot,
                 "list": _list}[args.command](args)

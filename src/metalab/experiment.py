@@ -15,7 +15,7 @@ from typing import Any, Callable
 
 import torch
 
-from metalab import algorithms, config
+from metalab import algorithms, config, results
 from metalab.data.benchmarks import BenchmarkConfig, make_benchmark
 from metalab.engine import TrainConfig, evaluate, load_checkpoint, train
 from metalab.utils.errors import MetalabError
@@ -104,17 +104,30 @@ def _format(metric: str, value: float | None) -> str:
 
 
 def reproduce(table: str, out: Path, minutes: float | None, overrides: dict[str, dict[str, Any]],
-              progress: bool = False, log: Callable[[str], None] = print) -> Path:
+              progress: bool = False, log: Callable[[str], None] = print, records_dir: Path | None = None,
+              page: Path | None = None, command: str | None = None) -> Path:
     """Run (or load, or continue) every preset of ``table`` and write ``out/<table>.md``.
 
     A preset whose run folder ``out/<preset>`` already holds results of the same settings is
     loaded, one with a checkpoint but no results is resumed, others are trained from scratch
     for ``minutes`` each (``None``: the preset's full length).
+
+    Args:
+        records_dir: if given, one result record per row of the table is appended to
+            ``records_dir/<benchmark>.jsonl`` (:mod:`metalab.results`; with the budget label
+            ``<minutes>min`` when ``minutes`` is given).
+        page: if given (with ``records_dir``), the results page rendered from every record of
+            ``records_dir`` is written there (``docs/RESULTS.md`` of the repository).
+        command: the command line written into the records and the page.
     """
     if table not in TABLES:
         raise MetalabError(f"unknown table {table!r}; choose one of {sorted(TABLES)}")
+    if page is not None and records_dir is None:
+        raise MetalabError("a results page is rendered from result records: give a records folder with it")
+    command = command or f"metalab reproduce {table}"
     rows = []
-    for name in TABLES[table]:
+    names = TABLES[table]
+    for number, name in enumerate(names, 1):
         cfg = preset_run(name, minutes, overrides)
         run_dir = out / name
         summary = _finished(run_dir, cfg)
@@ -122,25 +135,34 @@ def reproduce(table: str, out: Path, minutes: float | None, overrides: dict[str,
             resume = (run_dir / "last.pt").exists() and _same(run_dir, cfg)
             if (run_dir / "last.pt").exists() and not resume:
                 raise MetalabError(f"{run_dir} holds a run with other settings; remove it or pick another --out")
-            log(f"{'continuing' if resume else 'training'} {name}")
+            log(f"[{number}/{len(names)}] {'continuing' if resume else 'training'} {name}")
             summary = run_experiment(cfg, run_dir, resume=resume, progress=progress, log=log)
         else:
-            log(f"loaded {name} from {run_dir / 'results.json'}")
+            log(f"[{number}/{len(names)}] loaded {name} from {run_dir / 'results.json'}")
         paper = config.load_preset(name).get("paper")
         for test in summary["test"]:
             published = paper.get(str(test["steps"])) if isinstance(paper, dict) else paper
             rows.append((summary["algorithm"], setting_name(summary["benchmark"], test["steps"]), test,
-                         published, summary["train_seconds"], summary["steps"]))
+                         published, summary["train_seconds"], summary["steps"], summary["benchmark"]["name"]))
     lines = [f"# Reproduction: {table}", "",
              f"`metalab reproduce {table}`" + (f" with {minutes:g} minutes of training per method" if minutes else
                                                 " at the presets' full length") + "; test episodes as in each preset.",
              "", "| method | setting | test ± 95% CI | paper | train time | steps |", "|---|---|---|---|---|---|"]
-    for method, setting, test, published, seconds, steps in rows:
+    for method, setting, test, published, seconds, steps, _ in rows:
         metric = test["metric"]
         lines.append(f"| {method} | {setting} | {_format(metric, test['mean'])} ± {_format(metric, test['ci95'])} | "
                      f"{_format(metric, published)} | {seconds / 60:.1f} min | {steps} |")
     path = atomic_write_text(out / f"{table}.md", "\n".join(lines) + "\n")
     log(path.read_text())
+    if records_dir is not None:
+        budget = {} if minutes is None else {"budget": f"{minutes:g}min"}
+        written = results.append_by_benchmark(
+            [results.record(bench, method, setting, test["metric"], test["mean"], test["ci95"], published, seconds,
+                            steps, command, test_episodes=test["episodes"], **budget)
+             for method, setting, test, published, seconds, steps, bench in rows], records_dir)
+        log("records: " + ", ".join(map(str, written)))
+        if page is not None:
+            log(f"results page: {results.write_page(records_dir, page, command)}")
     return path
 
 

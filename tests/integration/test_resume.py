@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+import importlib.util
 import json
 import os
 import signal
@@ -52,6 +53,17 @@ def test_sigkill_then_resume_gives_the_losses_of_an_uninterrupted_run(tmp_path):
     assert logged(killed) == logged(full)
     tests = [json.loads((run / "results.json").read_text())["test"] for run in (full, killed)]
     assert tests[0] == tests[1]
+    if importlib.util.find_spec("tensorboard") is not None:  # the events the killed run wrote after its checkpoint are purged
+        assert scalars(killed, "train_loss") == scalars(full, "train_loss")
+        assert scalars(killed, "val_mse") == scalars(full, "val_mse")
+
+
+def scalars(run, tag: str) -> list[tuple[int, float]]:
+    from tensorboard.backend.event_processing.event_accumulator import EventAccumulator
+
+    events = EventAccumulator(str(run / "tensorboard"))
+    events.Reload()
+    return [(e.step, e.value) for e in events.Scalars(tag)]
 
 
 def test_resume_refuses_another_configuration_and_empty_folders(tmp_path):
@@ -70,6 +82,9 @@ def test_resume_refuses_another_configuration_and_empty_folders(tmp_path):
     assert longer.returncode == 0, longer.stderr
     assert json.loads((run / "results.json").read_text())["train"]["steps"] == 40
     assert logged(run)[-1]["step"] == 40
+    commands = json.loads((run / "config.json").read_text())["commands"]
+    assert commands == ["metalab " + " ".join(short + ["--out", str(run)]),
+                        f"metalab train --resume {run} --steps 40 --quiet"]
 
 
 @pytest.mark.parametrize("args, message", [

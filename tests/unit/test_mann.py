@@ -53,6 +53,27 @@ def test_read_weights_are_a_softmax_over_slots_of_the_cosine_similarity():
     torch.testing.assert_close(mem.read(w, memory), torch.einsum("bhn,bnw->bhw", w, memory))
 
 
+def test_key_strength_scales_the_similarity_and_sharpens_the_read():
+    g = torch.Generator().manual_seed(1)
+    keys, memory = torch.randn(2, 3, 4, generator=g), torch.randn(2, 5, 4, generator=g)
+    cos = F.cosine_similarity(keys.unsqueeze(2), memory.unsqueeze(1), dim=-1)
+    beta = torch.tensor([0.5, 1.0, 8.0]).view(1, 3, 1).expand(2, 3, 1)
+    w = mem.cosine_read_weights(keys, memory, beta)
+    torch.testing.assert_close(w, (beta * cos).softmax(-1))
+    torch.testing.assert_close(w[:, 1], mem.cosine_read_weights(keys, memory)[:, 1])
+    assert (w[:, 2].max(-1).values > w[:, 0].max(-1).values).all()
+
+
+def test_mann_with_key_strength_emits_one_more_output_per_head_and_trains():
+    plain, sharp = _model("mann"), _model("mann", key_strength=True)
+    assert sharp.heads.out_features == plain.heads.out_features + plain.config.read_heads
+    sharp.meta_loss(_online_batch()).loss.backward()
+    assert all(p.grad is not None and torch.isfinite(p.grad).all() for p in sharp.parameters())
+    # the strength rows of the head layer get a gradient: they change the reads
+    rows = sharp.heads.weight.grad.unflatten(0, (sharp.config.read_heads, -1))[:, -1]
+    assert rows.abs().sum() > 0
+
+
 def test_least_used_marks_the_n_least_used_slots():
     usage = torch.tensor([[0.5, 0.1, 0.9, 0.3, 0.7], [0.0, 2.0, 1.0, 3.0, 0.5]])
     assert mem.least_used(usage, 2).tolist() == [[0, 1, 0, 1, 0], [1, 0, 0, 0, 1]]

@@ -113,12 +113,16 @@ class MANNConfig(LSTMConfig):
         read_heads: ``H`` heads, each with a key used to write and to read (4); also the
             number ``n`` of least-used slots offered to the writes.
         gamma: decay of the usage weights, in ``[0, 1]`` (0.95).
+        key_strength: each head also emits a key strength ``beta = softplus(.) >= 0`` that
+            sharpens its read weights, ``softmax_i(beta cos(k, M(i)))``, as in the Neural Turing
+            Machine's content addressing (not in Santoro et al.'s eq. 3, hence off by default).
     """
 
     memory_slots: int = 128
     memory_width: int = 40
     read_heads: int = 4
     gamma: float = 0.95
+    key_strength: bool = False
 
     def __post_init__(self) -> None:
         super().__post_init__()
@@ -176,8 +180,8 @@ class MANN(MetaAlgorithm):
     def _build_memory(self) -> int:
         """Create the head layer; return the width of the reads ``H * W``."""
         cfg = self.config
-        # per head: a key of width W and one write-gate logit
-        self.heads = nn.Linear(cfg.controller_size, cfg.read_heads * (cfg.memory_width + 1))
+        # per head: a key of width W, one write-gate logit and optionally a key strength
+        self.heads = nn.Linear(cfg.controller_size, cfg.read_heads * (cfg.memory_width + 1 + cfg.key_strength))
         return cfg.read_heads * cfg.memory_width
 
     def _initial_memory(self, batch: int, like: Tensor) -> tuple[Tensor, ...]:
@@ -192,11 +196,12 @@ class MANN(MetaAlgorithm):
         reads ``(B, H * W)`` and the new memory state."""
         cfg = self.config
         memory, usage, prev_read = memory_state
-        head = self.heads(h).unflatten(-1, (cfg.read_heads, cfg.memory_width + 1))  # (B, H, W + 1)
-        keys, gate_logit = torch.tanh(head[..., :-1]), head[..., -1:]
+        head = self.heads(h).unflatten(-1, (cfg.read_heads, -1))  # (B, H, W + 1 [+ 1])
+        keys, gate_logit = torch.tanh(head[..., :cfg.memory_width]), head[..., cfg.memory_width:cfg.memory_width + 1]
+        strength = F.softplus(head[..., cfg.memory_width + 1:]) if cfg.key_strength else None
         write_w = lrua_write_weights(gate_logit, prev_read, least_used(usage, cfg.read_heads))
         memory = write(memory, write_w, keys, usage)
-        read_w = cosine_read_weights(keys, memory)
+        read_w = cosine_read_weights(keys, memory, strength)
         reads = read(read_w, memory).flatten(1)
         # the usage only selects slots (topk, argmin): no gradient flows through it, so keep no graph
         usage = update_usage(usage, read_w.detach(), write_w.detach(), cfg.gamma)

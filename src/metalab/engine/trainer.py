@@ -92,15 +92,19 @@ def _better(metric: str, new: float, old: float | None) -> bool:
     return new > old if metric == "accuracy" else new < old
 
 
-def _event_writer(run_path: Path | None):
-    """A TensorBoard writer into ``run_path/tensorboard`` when the ``tensorboard`` extra is installed."""
+def _event_writer(run_path: Path | None, resumed_at: int | None):
+    """A TensorBoard writer into ``run_path/tensorboard`` when the ``tensorboard`` extra is installed.
+
+    ``resumed_at``: the step of the checkpoint a resumed run continues from; the events of later
+    steps, written by the killed run after that checkpoint, are purged (as metrics.jsonl is truncated).
+    """
     if run_path is None:
         return None
     try:
         from torch.utils.tensorboard import SummaryWriter
     except ImportError:  # the extra is optional: JSON lines only
         return None
-    return SummaryWriter(str(run_path / "tensorboard"))
+    return SummaryWriter(str(run_path / "tensorboard"), purge_step=None if resumed_at is None else resumed_at + 1)
 
 
 class _MetricLog:
@@ -219,7 +223,7 @@ def train(
         scheduler = torch.optim.lr_scheduler.StepLR(optimizer, config.lr_decay_every, config.lr_decay)
     elif config.lr_anneal:
         scheduler = torch.optim.lr_scheduler.LinearLR(optimizer, 1.0, 0.0, total_iters=config.steps)
-    log = _MetricLog(run_path / "metrics.jsonl" if run_path is not None else None, _event_writer(run_path))
+    log = _MetricLog(run_path / "metrics.jsonl" if run_path is not None else None)
     best: dict[str, Any] | None = None
     last_val: EvalResult | None = None
     extra = dict(checkpoint_extra or {}, train=asdict(config))
@@ -227,6 +231,7 @@ def train(
     if resume:
         record = _restore(run_path, algorithm, optimizer, scheduler, log, config)
         first, elapsed, best, skipped = record["step"], record["seconds"], record["best"], record.get("skipped", 0)
+    log.events = _event_writer(run_path, first if resume else None)
     start = time.perf_counter() - elapsed
 
     def checkpoint(step: int, improved: bool) -> None:

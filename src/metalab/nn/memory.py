@@ -39,12 +39,15 @@ def _norm(x: Tensor, eps: float) -> Tensor:
     return (x * x).sum(dim=-1).clamp_min(eps * eps).sqrt()
 
 
-def cosine_read_weights(keys: Tensor, memory: Tensor, eps: float = 1e-6) -> Tensor:
+def cosine_read_weights(keys: Tensor, memory: Tensor, strength: Tensor | None = None, eps: float = 1e-6) -> Tensor:
     """Content addressing, eqs. (2)-(3): softmax over slots of the cosine similarity.
 
     Args:
         keys: ``(B, H, W)`` one key per head.
         memory: ``(B, N, W)``.
+        strength: optional ``(B, H, 1)`` key strengths ``beta >= 0`` multiplying the similarity
+            before the softmax, as in the Neural Turing Machine's content addressing (Graves et
+            al. 2014, eq. 5); ``None``: ``beta = 1``, Santoro et al.'s eq. (3).
         eps: floor of the norms; an all-zero slot has similarity 0 with every key.
 
     Returns:
@@ -52,6 +55,8 @@ def cosine_read_weights(keys: Tensor, memory: Tensor, eps: float = 1e-6) -> Tens
     """
     dots = keys @ memory.transpose(1, 2)  # (B, H, N)
     similarity = dots / (_norm(keys, eps).unsqueeze(-1) * _norm(memory, eps).unsqueeze(-2))
+    if strength is not None:
+        similarity = strength * similarity
     return similarity.softmax(dim=-1)
 
 

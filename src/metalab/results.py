@@ -1,0 +1,191 @@
+"""Result records and the results page generated from them.
+
+A result record is one JSON object per (benchmark, method, setting, metric) measurement with
+its provenance (fields: ``../shared/DESIGN.md``, "Results records"; benchmark scripts and
+``metalab reproduce`` write them). Records accumulate in ``<dir>/<benchmark>.jsonl``; the
+newest record of a (benchmark, method, setting, metric, budget label) is the current one,
+and :func:`render` turns the current ones into the markdown of ``docs/RESULTS.md``: one table
+per benchmark with the published numbers, the training time used and the command that
+produced each row.
+"""
+
+from __future__ import annotations
+
+import datetime
+import json
+import os
+import platform
+import subprocess
+from pathlib import Path
+from typing import Any, Iterable
+
+import torch
+
+from metalab.utils.errors import MetalabError
+from metalab.utils.io import atomic_write_text
+
+_SOURCE = Path(__file__).resolve().parent
+
+
+def machine() -> str:
+    """``"<cores> cores, <CPU model>, torch <version>, <device>, <threads> threads"``."""
+    model = platform.processor() or "unknown CPU"
+    try:
+        for line in Path("/proc/cpuinfo").read_text().splitlines():
+            if line.startswith("model name"):
+                model = line.split(":", 1)[1].strip()
+                break
+    except OSError:
+        pass
+    device = torch.cuda.get_device_name(0) if torch.cuda.is_available() else "cpu"
+    return f"{os.cpu_count()} cores, {model}, torch {torch.__version__}, {device}, {torch.get_num_threads()} threads"
+
+
+def commit() -> str:
+    """The git commit of metalab's source (``-dirty`` if ``src`` has changes); ``unknown`` outside a checkout."""
+    def git(*args: str) -> str:
+        try:
+            done = subprocess.run(["git", *args], cwd=_SOURCE, capture_output=True, text=True, timeout=10)
+        except (OSError, subprocess.SubprocessError):
+            return ""
+        return done.stdout.strip() if done.returncode == 0 else ""
+
+    head = git("rev-parse", "--short=12", "HEAD")
+    if not head:
+        return "unknown"
+    return head + ("-dirty" if git("status", "--porcelain", "--untracked-files=no", "--", ".") else "")
+
+
+def record(benchmark: str, method: str, setting: str, metric: str, value: float, ci95: float | None,
+           paper: float | None, train_seconds: float | None, steps: int | None, command: str,
+           **extra: Any) -> dict[str, Any]:
+    """One result record with its provenance (commit, date, machine) filled in."""
+    return {
+        "benchmark": benchmark, "method": method, "setting": setting, "metric": metric,
+        "value": value, "ci95": ci95, "paper": paper,
+        "train_seconds": None if train_seconds is None else round(train_seconds, 1), "steps": steps,
+        "command": command, "commit": commit(),
+        "date": datetime.datetime.now(datetime.timezone.utc).isoformat(timespec="seconds"),
+        "machine": machine(), **extra,
+    }
+
+
+def append(records: Iterable[dict[str, Any]], path: Path) -> Path:
+    """Append records to the JSON-lines file ``path``, rewritten atomically (created if missing)."""
+    path = Path(path)
+    old = path.read_text(encoding="utf-8") if path.exists() else ""
+    return atomic_write_text(path, old + "".join(json.dumps(r) + "\n" for r in records))
+
+
+def append_by_benchmark(records: Iterable[dict[str, Any]], directory: Path) -> list[Path]:
+    """Append each record to ``directory/<its benchmark>.jsonl``; the files written, in order."""
+    grouped: dict[str, list[dict[str, Any]]] = {}
+    for r in records:
+        grouped.setdefault(r["benchmark"], []).append(r)
+    return [append(rows, Path(directory) / f"{bench}.jsonl") for bench, rows in grouped.items()]
+
+
+def load(directory: Path) -> list[dict[str, Any]]:
+    """Every record of ``directory/*.jsonl``.
+
+    Raises:
+        MetalabError: a line that is not a JSON object with the record fields (file and line named).
+    """
+    records = []
+    for path in sorted(Path(directory).glob("*.jsonl")):
+        for number, line in enumerate(path.read_text(encoding="utf-8").splitlines(), 1):
+            if not line.strip():
+                continue
+            try:
+                r = json.loads(line)
+            except ValueError as err:
+                raise MetalabError(f"{path}:{number} is not a JSON line ({err}); fix or remove it") from None
+            missing = [k for k in ("benchmark", "method", "setting", "metric", "value", "command", "date")
+                       if not isinstance(r, dict) or k not in r]
+            if missing:
+                raise MetalabError(f"{path}:{number} is not a result record: missing {', '.join(missing)}")
+            records.append(r)
+    return records
+
+
+def _fmt(metric: str, value: float | None) -> str:
+    if value is None:
+        return "–"
+    return f"{100 * value:.2f}%" if metric == "accuracy" else f"{value:.3f}"
+
+
+def _setting_key(setting: str) -> tuple:
+    digits = "".join(c if c.isdigit() else " " for c in setting).split()
+    return tuple(int(d) for d in digits), setting
+
+
+def current(records: Iterable[dict[str, Any]]) -> list[dict[str, Any]]:
+    """The newest record of each (benchmark, method, setting, metric, budget), sorted for display."""
+    latest: dict[tuple, dict[str, Any]] = {}
+    for r in records:
+        key = (r["benchmark"], r["method"], r["setting"], r["metric"], r.get("budget"))
+        if key not in latest or r["date"] >= latest[key]["date"]:
+            latest[key] = r
+    return sorted(latest.values(), key=lambda r: (r["benchmark"], r["method"], r["metric"], _setting_key(r["setting"]),
+                                                  r.get("budget") or ""))
+
+
+def render(records: Iterable[dict[str, Any]], generator: str, plots: Iterable[str] = ()) -> str:
+    """The results page: one table per benchmark of the current records, their commands, the plots.
+
+    Args:
+        records: result records (all of them: the newest of each key is shown).
+        generator: the command that regenerates the page (named at its top).
+        plots: image file names to show under "Learning curves" (relative to the page).
+    """
+    lines = [
+        "# Results",
+        "",
+        f"Generated by `{generator}` from the result records in `benchmarks/results/*.jsonl`; do not edit by hand.",
+        "Each row is the newest record of its (benchmark, method, setting, metric, budget label); the command that produced it",
+        "is listed under the table. Accuracy is the mean over the test episodes ± the half-width of its 95%",
+        "confidence interval; `paper` is the published number for the same setting.",
+    ]
+    by_bench: dict[str, list[dict[str, Any]]] = {}
+    for r in current(records):
+        by_bench.setdefault(r["benchmark"], []).append(r)
+    for bench, rows in by_bench.items():
+        lines += ["", f"## {bench}", "", "| method | setting | metric | value ± 95% CI | paper | train time | steps | commit |",
+                  "|---|---|---|---|---|---|---|---|"]
+        commands: dict[str, list[str]] = {}
+        for r in rows:
+            ci = "" if r.get("ci95") is None else f" ± {_fmt(r['metric'], r['ci95'])}"
+            train = "–" if r.get("train_seconds") is None else f"{r['train_seconds'] / 60:.1f} min"
+            setting = r["setting"] + (f" ({r['budget']})" if r.get("budget") else "")
+            lines.append(f"| {r['method']} | {setting} | {r['metric']} | {_fmt(r['metric'], r['value'])}{ci} | "
+                         f"{_fmt(r['metric'], r.get('paper'))} | {train} | {r.get('steps') or '–'} | {r.get('commit', '–')} |")
+            what = commands.setdefault(r["command"], [])
+            what.append(f"{r['method']} {setting}")
+            if r.get("train_episodes"):
+                what.append(f"training episodes: {r['train_episodes']}")
+        projected = sorted({(r["method"], r["train_episodes_seen"], r["train_seconds"], r["paper_train_episodes"])
+                            for r in rows if r.get("paper_train_episodes") and r.get("train_episodes_seen")})
+        if projected:
+            lines += ["", "Projected training time at the published run's length (measured seconds per training "
+                      "episode × the paper's training episodes):", ""]
+            lines += [f"- {method}: {seconds / seen * paper / 3600:.0f} h for {paper:,} episodes "
+                      f"({seen:,} episodes took {seconds / 60:.1f} min here)"
+                      for method, seen, seconds, paper in projected]
+        lines += ["", "Commands (run from the repository root):", ""]
+        for command, what in commands.items():
+            lines.append(f"- `{command}` → {', '.join(sorted(set(what)))}")
+        lines += ["", "Machine: " + "; ".join(sorted({r.get("machine", "unknown") for r in rows}))]
+    plots = sorted(plots)
+    if plots:
+        lines += ["", "## Learning curves", "",
+                  "Validation accuracy (± 95% CI) against training time, drawn from the runs' `metrics.jsonl` by",
+                  "`metalab plot <run folders> --out docs/<name>.png`:", ""]
+        lines += [f"![{Path(p).stem}]({p})" for p in plots]
+    return "\n".join(lines) + "\n"
+
+
+def write_page(records_dir: Path, page: Path, generator: str) -> Path:
+    """Render every record of ``records_dir`` into ``page`` (atomically), showing the PNGs beside it."""
+    page = Path(page)
+    plots = [p.name for p in page.parent.glob("*.png")] if page.parent.is_dir() else []
+    return atomic_write_text(page, render(load(records_dir), generator, plots))
