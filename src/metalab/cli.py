@@ -10,6 +10,7 @@ import argparse
 import ast
 import dataclasses
 import json
+import os
 import sys
 import time
 from pathlib import Path
@@ -20,6 +21,7 @@ from metalab import algorithms, config
 from metalab.experiment import TABLES, reproduce, run_experiment
 from metalab.data.benchmarks import BENCHMARKS, BenchmarkConfig, make_benchmark
 from metalab.engine import TrainConfig, evaluate, load_checkpoint
+from metalab.engine.distributed import DEFAULT_TIMEOUT, Distributed
 from metalab.utils.errors import MetalabError
 from metalab.utils.io import atomic_write_text
 from metalab.utils.seeding import derive_seed
@@ -123,6 +125,9 @@ def _build_parser() -> argparse.ArgumentParser:
                    help="continue the killed or finished run in RUN_DIR exactly where its last checkpoint left off "
                         "(with its own settings; --steps and --max-minutes may extend it)")
     t.add_argument("--quiet", action="store_true", help="no progress bar")
+    t.add_argument("--dist-timeout", type=float, default=DEFAULT_TIMEOUT, metavar="SECONDS",
+                   help="under torchrun: how long a rank waits for the others before the run stops with an error "
+                        f"(default {DEFAULT_TIMEOUT:g})")
 
     e = sub.add_parser("eval", help="evaluate a checkpoint on the fixed test episodes")
     e.add_argument("checkpoint", help="a best.pt or last.pt written by `metalab train`")
@@ -256,6 +261,16 @@ def _resumed_config(args: argparse.Namespace, run_dir: Path) -> dict[str, Any]:
 
 
 def _train(args: argparse.Namespace) -> int:
+    distributed = Distributed.from_env(args.dist_timeout)  # a single process unless launched by torchrun
+    try:
+        return _train_in(args, distributed)
+    finally:
+        distributed.close()
+
+
+def _train_in(args: argparse.Namespace, distributed: Distributed) -> int:
+    if distributed.active and args.out is None and args.resume is None:
+        raise MetalabError("under torchrun, name the run folder with --out so that every rank uses the same one")
     if args.resume is not None:
         run_dir = Path(args.resume)
         if args.out is not None and Path(args.out) != run_dir:
@@ -269,8 +284,12 @@ def _train(args: argparse.Namespace) -> int:
     # config.json keeps the command lines that started and continued the run
     cfg["commands"] = [*cfg.get("commands", []), " ".join(["metalab", *args.argv])]
     progress = not args.quiet and sys.stderr.isatty()
-    run_experiment(cfg, run_dir, resume=args.resume is not None, progress=progress, log=lambda line: print(line, flush=True))
-    print(f"results: {run_dir / 'results.json'}")
+    if distributed.active:
+        cfg["world_size"] = distributed.world_size
+    run_experiment(cfg, run_dir, resume=args.resume is not None, progress=progress,
+                   log=lambda line: print(line, flush=True), distributed=distributed)
+    if distributed.is_main:
+        print(f"results: {run_dir / 'results.json'}")
     return 0
 
 
@@ -330,6 +349,8 @@ def main(argv: Sequence[str] | None = None) -> int:
     args = _build_parser().parse_args(argv)
     args.argv = argv
     try:
+        if args.command != "train" and int(os.environ.get("WORLD_SIZE", "1")) > 1:
+            raise MetalabError(f"only `metalab train` runs under torchrun; run `metalab {args.command}` in one process")
         return {"train": _train, "eval": _eval, "reproduce": _reproduce, "plot": _plot,
                 "list": _list}[args.command](args)
     except MetalabError as exc:

@@ -18,6 +18,7 @@ import torch
 from metalab import algorithms, config, results
 from metalab.data.benchmarks import BenchmarkConfig, make_benchmark
 from metalab.engine import TrainConfig, evaluate, load_checkpoint, train
+from metalab.engine.distributed import SINGLE, Distributed
 from metalab.utils.errors import MetalabError
 from metalab.utils.io import atomic_write_text
 from metalab.utils.seeding import derive_seed
@@ -35,7 +36,7 @@ SETTINGS = ("algorithm", "hparams", "benchmark", "train", "eval_steps", "test_ep
 
 
 def run_experiment(cfg: dict[str, Any], run_dir: Path, resume: bool = False, progress: bool = False,
-                   log: Callable[[str], None] = print) -> dict[str, Any]:
+                   log: Callable[[str], None] = print, distributed: Distributed = SINGLE) -> dict[str, Any]:
     """Train ``cfg`` into ``run_dir`` (or continue it), evaluate the best checkpoint, write results.json.
 
     Args:
@@ -44,6 +45,7 @@ def run_experiment(cfg: dict[str, Any], run_dir: Path, resume: bool = False, pro
         resume: continue from ``run_dir/last.pt``.
         progress: progress bars.
         log: where the one-line summaries go.
+        distributed: this process's place in a data-parallel run; only rank 0 writes and logs.
 
     Returns:
         The content of ``results.json``.
@@ -55,23 +57,32 @@ def run_experiment(cfg: dict[str, Any], run_dir: Path, resume: bool = False, pro
     with torch.random.fork_rng(devices=[]):
         torch.manual_seed(derive_seed(train_cfg.seed, 0))
         algorithm = algorithms.get(cfg["algorithm"])(benchmark.spec, method_config)
-    run_dir.mkdir(parents=True, exist_ok=True)
-    atomic_write_text(run_dir / "config.json", json.dumps(cfg, indent=2))
+    if not distributed.is_main:
+        progress, log = False, _silent
+    else:
+        run_dir.mkdir(parents=True, exist_ok=True)
+        atomic_write_text(run_dir / "config.json", json.dumps(cfg, indent=2))
     result = train(algorithm, benchmark, train_cfg, run_dir, progress=progress,
-                   checkpoint_extra={"benchmark": cfg["benchmark"]}, resume=resume)
+                   checkpoint_extra={"benchmark": cfg["benchmark"]}, resume=resume, distributed=distributed)
     log(f"trained {cfg['algorithm']} on {bench_cfg.name}: {result.steps} steps in {result.seconds:.1f} s; "
         f"best validation {result.best}")
     best, _ = load_checkpoint(run_dir / "best.pt")
     tests = []
     for steps in cfg["eval_steps"]:
-        test = evaluate(best, benchmark.test, cfg["test_episodes"], steps, progress=progress, desc="test")
+        test = evaluate(best, benchmark.test, cfg["test_episodes"], steps, progress=progress, desc="test",
+                        distributed=distributed)
         log(f"test {benchmark.name}: {test}")
         tests.append(test.to_dict())
     summary = {**{k: cfg[k] for k in ("algorithm", "benchmark", "hparams", "train")},
                "train_seconds": round(result.seconds, 2), "steps": result.steps, "best_val": result.best,
                "test": tests, "checkpoint": str(run_dir / "best.pt")}
-    atomic_write_text(run_dir / "results.json", json.dumps(summary, indent=2))
+    if distributed.is_main:
+        atomic_write_text(run_dir / "results.json", json.dumps(summary, indent=2))
     return summary
+
+
+def _silent(line: str) -> None:
+    pass
 
 
 def preset_run(name: str, minutes: float | None, overrides: dict[str, dict[str, Any]]) -> dict[str, Any]:

@@ -26,10 +26,17 @@ class TaskSource:
     def episode(self, index: int) -> Episode:
         raise NotImplementedError
 
-    def batch(self, step: int, meta_batch_size: int) -> EpisodeBatch:
-        """Episodes ``step * meta_batch_size ... + meta_batch_size - 1`` stacked."""
-        start = step * meta_batch_size
-        return EpisodeBatch.stack([self.episode(start + i) for i in range(meta_batch_size)])
+    def batch(self, step: int, meta_batch_size: int, first: int = 0, count: int | None = None) -> EpisodeBatch:
+        """Episodes ``step * meta_batch_size ... + meta_batch_size - 1`` stacked.
+
+        ``first``, ``count``: only tasks ``first .. first + count - 1`` of that meta-batch (a
+        data-parallel rank's share); ``count=None``: to the end.
+        """
+        count = meta_batch_size - first if count is None else count
+        if not (0 <= first and 0 < count and first + count <= meta_batch_size):
+            raise ValueError(f"tasks {first}..{first + count - 1} are not in a meta-batch of {meta_batch_size}")
+        start = step * meta_batch_size + first
+        return EpisodeBatch.stack([self.episode(start + i) for i in range(count)])
 
     def batches(self, meta_batch_size: int, start_step: int = 0) -> Iterator[EpisodeBatch]:
         """Endless iterator of meta-batches from ``start_step`` on."""

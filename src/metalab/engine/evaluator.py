@@ -9,6 +9,7 @@ from tqdm.auto import tqdm
 from metalab.algorithms.base import MetaAlgorithm
 from metalab.data.sampler import TaskSource
 from metalab.func.losses import metric_name
+from metalab.engine.distributed import SINGLE, Distributed
 from metalab.utils.errors import require_positive
 from metalab.utils.stats import mean_ci95
 
@@ -52,21 +53,24 @@ def evaluate(
     steps: int | None = None,
     progress: bool = False,
     desc: str = "eval",
+    distributed: Distributed = SINGLE,
 ) -> EvalResult:
     """Adapt to each of the first ``episodes`` episodes of ``source`` and score its query set.
 
     The algorithm is put in evaluation mode for the duration (batch norm with running
-    statistics uses them) and restored afterwards.
+    statistics uses them) and restored afterwards. In a data-parallel run every rank scores
+    its share of the episodes and all ranks return the result over all of them.
     """
     require_positive(episodes=episodes)
     was_training = algorithm.training
     algorithm.eval()
     values = []
     try:
-        for index in tqdm(range(episodes), desc=desc, disable=not progress, leave=False):
+        for index in tqdm(distributed.episode_indices(episodes), desc=desc, disable=not progress, leave=False):
             values.append(algorithm.evaluate_episode(source.episode(index), steps))
     finally:
         algorithm.train(was_training)
+    values = distributed.gather_values(values, episodes)
     mean, ci = mean_ci95(values)
     classification = algorithm.spec.classification
     return EvalResult(metric_name(classification), mean, ci, episodes, steps, source.seed)

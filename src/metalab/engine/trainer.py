@@ -15,6 +15,7 @@ from tqdm.auto import tqdm
 from metalab.algorithms.base import MetaAlgorithm
 from metalab.data.benchmarks import Benchmark
 from metalab.engine.checkpoint import read_checkpoint, save_checkpoint
+from metalab.engine.distributed import SINGLE, Distributed
 from metalab.engine.evaluator import EvalResult, evaluate
 from metalab.utils.errors import MetalabError, NonFiniteError, require_positive
 from metalab.utils.io import atomic_write_text
@@ -191,6 +192,7 @@ def train(
     progress: bool = True,
     checkpoint_extra: dict[str, Any] | None = None,
     resume: bool = False,
+    distributed: Distributed = SINGLE,
 ) -> TrainResult:
     """Meta-train ``algorithm`` on ``benchmark.train`` for ``config.steps`` meta-iterations.
 
@@ -207,6 +209,11 @@ def train(
     dropped, so the continued run logs exactly what an uninterrupted one would have (the
     episode stream is addressed by step, so it needs no state of its own).
 
+    With ``distributed`` (a data-parallel run, :mod:`metalab.engine.distributed`) each rank
+    trains on its share of every meta-batch, the meta-gradients are averaged before the
+    step, validation is split across ranks, and only rank 0 writes to ``run_dir`` (every rank
+    reads ``last.pt`` to resume).
+
     Raises:
         MetalabError: a non-finite loss or gradient (unless ``config.skip_nonfinite``: then
             the batch is skipped and counted in the log as ``skipped``), a resume without a
@@ -215,15 +222,17 @@ def train(
     run_path = Path(run_dir) if run_dir is not None else None
     if resume and run_path is None:
         raise MetalabError("resume needs the run folder of the run to continue")
-    if run_path is not None:
+    first_task, tasks = distributed.shard(config.meta_batch_size)
+    if run_path is not None and distributed.is_main:
         run_path.mkdir(parents=True, exist_ok=True)
+    writes = run_path if distributed.is_main else None  # only rank 0 logs and checkpoints
     optimizer = algorithm.outer_optimizer(config.outer_lr)
     scheduler: torch.optim.lr_scheduler.LRScheduler | None = None
     if config.lr_decay_every:
         scheduler = torch.optim.lr_scheduler.StepLR(optimizer, config.lr_decay_every, config.lr_decay)
     elif config.lr_anneal:
         scheduler = torch.optim.lr_scheduler.LinearLR(optimizer, 1.0, 0.0, total_iters=config.steps)
-    log = _MetricLog(run_path / "metrics.jsonl" if run_path is not None else None)
+    log = _MetricLog(writes / "metrics.jsonl" if writes is not None else None)
     best: dict[str, Any] | None = None
     last_val: EvalResult | None = None
     extra = dict(checkpoint_extra or {}, train=asdict(config))
@@ -231,11 +240,12 @@ def train(
     if resume:
         record = _restore(run_path, algorithm, optimizer, scheduler, log, config)
         first, elapsed, best, skipped = record["step"], record["seconds"], record["best"], record.get("skipped", 0)
-    log.events = _event_writer(run_path, first if resume else None)
+    distributed.broadcast_parameters(algorithm)
+    log.events = _event_writer(writes, first if resume else None)
     start = time.perf_counter() - elapsed
 
     def checkpoint(step: int, improved: bool) -> None:
-        if run_path is None:
+        if writes is None:
             return
         state = dict(extra, step=step, best=best, optimizer=optimizer.state_dict(),
                      scheduler=scheduler.state_dict() if scheduler is not None else None,
@@ -250,13 +260,21 @@ def train(
     algorithm.train()
     bar = tqdm(range(first, config.steps), desc=f"train {algorithm.name}", disable=not progress, dynamic_ncols=True,
                initial=first, total=config.steps)
+    parameters = [p for p in algorithm.parameters() if p.requires_grad]
     done = first
     for step in bar:
-        batch = benchmark.train.batch(step, config.meta_batch_size)
+        batch = benchmark.train.batch(step, config.meta_batch_size, first_task, tasks)
         optimizer.zero_grad(set_to_none=True)
         try:
-            out = algorithm.meta_gradient(batch)
-            _check_gradients(algorithm, step)
+            try:
+                out, error = algorithm.meta_gradient(batch), None
+                _check_gradients(algorithm, step)
+            except NonFiniteError as exc:
+                out, error = None, exc
+            if distributed.average_gradients(parameters, error is not None) and error is None:
+                error = NonFiniteError(f"a non-finite loss or meta-gradient on another rank at step {step}")
+            if error is not None:
+                raise error
         except NonFiniteError as exc:
             if not config.skip_nonfinite:
                 kept = f"; the last good checkpoint is {run_path / 'last.pt'}" if run_path is not None else ""
@@ -269,17 +287,18 @@ def train(
             if config.grad_clip is not None:
                 torch.nn.utils.clip_grad_norm_(algorithm.parameters(), config.grad_clip)
             optimizer.step()
-            log.add(out.metrics)
+            log.add(distributed.average_metrics(out.metrics))
         if scheduler is not None:
             scheduler.step()
         done = step + 1
-        out_of_time = config.max_seconds is not None and time.perf_counter() - start >= config.max_seconds
+        out_of_time = config.max_seconds is not None and distributed.any(
+            time.perf_counter() - start >= config.max_seconds, "agreeing on the time budget")
         last = done == config.steps or out_of_time
         if done % config.log_every == 0 or last:
             bar.set_postfix(log.flush(done, time.perf_counter() - start, skipped))
         validate = (config.val_every and done % config.val_every == 0) or last
         if validate:
-            last_val = evaluate(algorithm, benchmark.val, config.val_episodes)
+            last_val = evaluate(algorithm, benchmark.val, config.val_episodes, distributed=distributed)
             log.write({"step": done, "seconds": round(time.perf_counter() - start, 3),
                        f"val_{last_val.metric}": last_val.mean, f"val_{last_val.metric}_ci95": last_val.ci95})
             if not math.isfinite(last_val.mean):
@@ -296,6 +315,7 @@ def train(
     bar.close()
     if log.events is not None:
         log.events.close()
+    distributed.barrier("waiting for rank 0's last checkpoint")
     return TrainResult(done, time.perf_counter() - start, best, last_val)
 
 

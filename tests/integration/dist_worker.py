@@ -1,0 +1,75 @@
+"""One rank of the data-parallel tests (tests/integration/test_distributed.py launches two).
+
+    RANK=r WORLD_SIZE=2 MASTER_ADDR=127.0.0.1 MASTER_PORT=p python dist_worker.py MODE OUT [TIMEOUT]
+
+MODE ``train``: MAML on sinusoid episodes in float64, 3 meta-iterations of a meta-batch of 4
+(split over the ranks; one process when WORLD_SIZE=1); rank 0 saves the parameters to OUT.
+MODE ``die`` / ``hang``: rank 1 exits / stops answering when it fetches its step-2 tasks;
+rank 0 must stop with a clear error (exit code 2, the message on stderr).
+"""
+
+from __future__ import annotations
+
+import os
+import sys
+import time
+from dataclasses import dataclass, replace
+
+import torch
+
+from metalab import BenchmarkConfig, TrainConfig, build, make_benchmark, train
+from metalab.data.benchmarks import Benchmark
+from metalab.data.sampler import TaskSource
+from metalab.engine.distributed import Distributed
+from metalab.utils.errors import MetalabError
+
+
+@dataclass
+class Float64(TaskSource):
+    """The episodes of ``source`` in float64; in the fault modes, rank 1 fails at step 2."""
+
+    source: TaskSource
+    fail: str = ""
+    fail_at: int = -1
+
+    def __post_init__(self) -> None:
+        self.seed = self.source.seed
+
+    def episode(self, index: int):
+        if index == self.fail_at:
+            if self.fail == "die":
+                os._exit(3)
+            time.sleep(600)
+        e = self.source.episode(index)
+        return replace(e, support_x=e.support_x.double(), support_y=e.support_y.double(),
+                       query_x=e.query_x.double(), query_y=e.query_y.double())
+
+
+def main() -> int:
+    mode, out = sys.argv[1], sys.argv[2]
+    timeout = float(sys.argv[3]) if len(sys.argv) > 3 else 60.0
+    torch.set_num_threads(1)
+    distributed = Distributed.from_env(timeout)
+    try:
+        bench = make_benchmark(BenchmarkConfig("sinusoid", k_shot=5, seed=3))
+        fail = mode if mode in ("die", "hang") and distributed.rank == 1 else ""
+        train_source = Float64(bench.train, fail, 2 * 4 + 2 if fail else -1)
+        wrapped = Benchmark(bench.name, bench.spec, bench.metric, train_source,
+                            Float64(bench.val), Float64(bench.test))
+        torch.manual_seed(0)
+        model = build("maml", bench.spec, inner_lr=0.01, inner_steps=1).double()
+        cfg = TrainConfig(steps=3 if mode == "train" else 6, meta_batch_size=4, val_every=0, val_episodes=3,
+                          log_every=1)
+        train(model, wrapped, cfg, None, progress=False, distributed=distributed)
+        if distributed.is_main:
+            torch.save({k: v.detach().clone() for k, v in model.state_dict().items()}, out)
+        return 0
+    except MetalabError as exc:
+        print(f"error: {exc}", file=sys.stderr, flush=True)
+        return 2
+    finally:
+        distributed.close()
+
+
+if __name__ == "__main__":
+    sys.exit(main())
