@@ -80,6 +80,9 @@ def main() -> None:
     p.add_argument("--seed", type=int, default=0)
     p.add_argument("--threads", type=int, default=2)
     p.add_argument("--out", default=None, help="run folder (default runs/bench-mann-<method>-<classes>class)")
+    p.add_argument("--label", default=None,
+                   help="label of a variant's records (e.g. 'key strength' with --hparams key_strength=True), shown "
+                        "beside the setting, so they do not replace the default model's records")
     p.add_argument("--results-dir", default=str(records.RESULTS_DIR), help="where mann-instance.jsonl is appended")
     p.add_argument("--eval-only", action="store_true",
                    help="skip training: evaluate --out/best.pt of a finished or stopped run; the training steps and "
@@ -115,7 +118,8 @@ def main() -> None:
         "mann-instance", args.method, f"{args.classes}class-instance{k}", "accuracy", mean, ci,
         paper and paper[INSTANCES.index(k)], result.seconds, result.steps, test_episodes=args.test_episodes,
         train_episodes=f"{args.classes} classes x {args.instances} instances x {args.meta_batch_size} per step",
-        train_episodes_seen=result.steps * args.meta_batch_size, best_val_step=result.best and result.best["step"])
+        train_episodes_seen=result.steps * args.meta_batch_size, best_val_step=result.best and result.best["step"],
+        **({"budget": args.label} if args.label else {}))
         for k, (mean, ci) in accuracy.items()]
     print(records.append("mann-instance", rows, Path(args.results_dir) / "mann-instance.jsonl"))
 

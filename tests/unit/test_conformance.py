@@ -99,3 +99,20 @@ def test_one_training_step_on_real_omniglot_reaches_every_meta_parameter(name, o
     # makes it nonzero, so no optimiser step is checked here)
     for pname, p in algo.named_parameters():
         assert p.grad is not None and torch.isfinite(p.grad).all() and p.grad.abs().sum() > 0, pname
+
+
+@pytest.mark.parametrize("name", names())
+def test_meta_gradient_of_a_batch_is_the_mean_over_its_halves(name):
+    """What data-parallel training relies on: averaging the ranks' meta-gradients of equal shares
+    of a meta-batch gives the meta-gradient of the whole batch (float64, exact to rounding)."""
+    batch = image_batch(tasks=4, dtype=torch.float64)
+
+    def grads(part):
+        algo = _build(name).double().train()
+        algo.meta_gradient(part)
+        return [p.grad.clone() for p in algo.parameters()]
+
+    whole = grads(batch)
+    halves = [grads(batch.split(2, i)) for i in range(2)]
+    for g, a, b in zip(whole, *halves, strict=True):
+        torch.testing.assert_close((a + b) / 2, g, rtol=1e-9, atol=1e-12)

@@ -11,6 +11,8 @@ with a :class:`Distributed` context:
   are averaged with one all-reduce of a flat buffer, which also carries a "not finite" flag
   so that every rank skips (or stops on) the same batch; then every rank takes the same
   optimiser step, and the parameters stay identical (rank 0's are broadcast at the start);
+  batch-norm running statistics, which each rank updates from its own share, are averaged
+  after every step;
 - evaluation episodes are split across ranks and the per-episode values gathered in episode
   order, so mean ± CI are those of one process;
 - only rank 0 (:attr:`Distributed.is_main`) writes logs, checkpoints and results.
@@ -154,6 +156,25 @@ class Distributed:
                 p.grad.copy_(flat[offset:offset + p.numel()].view_as(p))
             offset += p.numel()
         return False
+
+    def average_buffers(self, module: nn.Module) -> None:
+        """Average the floating-point buffers (batch-norm running statistics) over ranks.
+
+        Each rank updates them from its share of the meta-batch; the average keeps the ranks
+        identical and equals one process's running mean (the mean of equal shares' means;
+        the running variance misses the spread between the shares' means).
+        """
+        buffers = [b for b in module.buffers() if b.is_floating_point()]
+        if not self.active or not buffers:
+            return
+        flat = torch.cat([b.reshape(-1) for b in buffers])
+        with self.collective("averaging the running statistics"):
+            dist.all_reduce(flat)
+        flat /= self.world_size
+        offset = 0
+        for b in buffers:
+            b.copy_(flat[offset:offset + b.numel()].view_as(b))
+            offset += b.numel()
 
     def average_metrics(self, metrics: dict[str, float]) -> dict[str, float]:
         """The mean over ranks of each metric (every rank logs the same keys)."""

@@ -288,6 +288,7 @@ def train(
                 torch.nn.utils.clip_grad_norm_(algorithm.parameters(), config.grad_clip)
             optimizer.step()
             log.add(distributed.average_metrics(out.metrics))
+        distributed.average_buffers(algorithm)
         if scheduler is not None:
             scheduler.step()
         done = step + 1
