@@ -261,7 +261,9 @@ def _resumed_config(args: argparse.Namespace, run_dir: Path) -> dict[str, Any]:
 
 
 def _train(args: argparse.Namespace) -> int:
-    distributed = Distributed.from_env(args.dist_timeout)  # a single process unless launched by torchrun
+    # a single process unless launched by torchrun, which sets WORLD_SIZE (and RANK, MASTER_ADDR, ...)
+    distributed = Distributed.join(int(os.environ.get("WORLD_SIZE", "1")), args.dist_timeout,
+                                   local_rank=int(os.environ.get("LOCAL_RANK", "0")))
     try:
         return _train_in(args, distributed)
     finally:

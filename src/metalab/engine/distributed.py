@@ -25,7 +25,6 @@ process group's timeout); :meth:`Distributed.collective` turns that into a
 from __future__ import annotations
 
 import datetime
-import os
 from contextlib import contextmanager
 from dataclasses import dataclass
 from typing import Iterator, Sequence
@@ -72,15 +71,17 @@ class Distributed:
     # ------------------------------------------------------------------ setup
 
     @classmethod
-    def from_env(cls, timeout: float = DEFAULT_TIMEOUT, backend: str = "gloo") -> "Distributed":
-        """Join the process group torchrun describes (``RANK``, ``WORLD_SIZE``, ``MASTER_ADDR``...).
+    def join(cls, world_size: int, timeout: float = DEFAULT_TIMEOUT, backend: str = "gloo",
+             local_rank: int = 0) -> "Distributed":
+        """Join the process group of ``world_size`` processes that torchrun started.
 
-        Without ``WORLD_SIZE`` (or with 1) this is a single process and nothing is initialised.
-        The backend is gloo: the trainer keeps parameters and episodes on the CPU (NCCL, which
-        needs them on the GPU, is selected by ``backend="nccl"`` once they live there).
+        The rank and the rendezvous (``RANK``, ``MASTER_ADDR``, ``MASTER_PORT``) are what torchrun
+        put in the environment, read by ``torch.distributed`` itself (``env://``); the command
+        line reads ``WORLD_SIZE`` and ``LOCAL_RANK``. With ``world_size <= 1`` this is a single
+        process and nothing is initialised. The backend is gloo: the trainer keeps parameters
+        and episodes on the CPU (NCCL, which needs them on the GPU, is ``backend="nccl"``).
         """
-        world = int(os.environ.get("WORLD_SIZE", "1"))
-        if world <= 1:
+        if world_size <= 1:
             return cls(0, 1, timeout)
         if not timeout > 0:
             raise MetalabError(f"the distributed timeout must be positive seconds, got {timeout!r}")
@@ -88,13 +89,15 @@ class Distributed:
             raise MetalabError("this torch build has no torch.distributed; run in one process")
         if not dist.is_initialized():
             if backend == "nccl":
-                torch.cuda.set_device(int(os.environ.get("LOCAL_RANK", "0")))
+                torch.cuda.set_device(local_rank)
             try:
                 dist.init_process_group(backend, timeout=datetime.timedelta(seconds=timeout))
             except (RuntimeError, ValueError) as exc:
                 raise MetalabError(f"could not join the process group ({exc}); launch with torchrun, e.g. "
                                    "`torchrun --nproc_per_node=2 -m metalab train ...`") from None
-        return cls(dist.get_rank(), dist.get_world_size(), timeout)
+        if dist.get_world_size() != world_size:
+            raise MetalabError(f"the process group has {dist.get_world_size()} processes, not {world_size}")
+        return cls(dist.get_rank(), world_size, timeout)
 
     def close(self) -> None:
         if self.active and dist.is_initialized():
