@@ -1,0 +1,154 @@
+"""Meta-RL environments and returns: hand-computed cases and loop references."""
+
+from __future__ import annotations
+
+import math
+
+import pytest
+import torch
+
+from metalab.rl import BatchedNavigation2D, LinearFeatureBaseline, Nav2DTasks, discounted_returns, gae
+from metalab.rl.nav2d import step_positions
+from metalab.utils.errors import MetalabError
+
+# ---------------------------------------------------------------------------- 2D navigation
+
+
+def test_tasks_are_goals_in_the_unit_square_and_seeded():
+    tasks = Nav2DTasks().sample_tasks(500, torch.Generator().manual_seed(0))
+    goals = torch.tensor([t["goal"] for t in tasks])
+    assert goals.shape == (500, 2) and goals.min() >= -0.5 and goals.max() <= 0.5
+    assert goals.min() < -0.45 and goals.max() > 0.45  # the whole square
+    assert Nav2DTasks().sample_tasks(500, torch.Generator().manual_seed(0)) == tasks
+    assert Nav2DTasks().sample_tasks(3, torch.Generator().manual_seed(1)) != tasks[:3]
+
+
+def test_reward_is_minus_the_euclidean_distance_after_a_clipped_move():
+    env = BatchedNavigation2D([{"goal": (0.3, -0.4)}, {"goal": (-0.2, 0.1)}], episodes=1)
+    obs = env.reset()
+    assert torch.equal(obs, torch.zeros(2, 1, 2))
+    obs, reward, running = env.step(torch.tensor([[[0.5, -0.05]], [[0.0, 0.02]]]))
+    torch.testing.assert_close(obs, torch.tensor([[[0.1, -0.05]], [[0.0, 0.02]]]))  # 0.5 clipped to 0.1
+    expected = [-math.hypot(0.1 - 0.3, -0.05 + 0.4), -math.hypot(0.0 + 0.2, 0.02 - 0.1)]
+    torch.testing.assert_close(reward, torch.tensor([[expected[0]], [expected[1]]]))
+    assert running.all()
+
+
+def test_an_episode_ends_within_001_of_the_goal_and_then_stays_put_with_zero_reward():
+    env = BatchedNavigation2D([{"goal": (0.105, 0.0)}], episodes=2)
+    env.reset()
+    _, reward, running = env.step(torch.tensor([[[0.1, 0.0], [0.05, 0.0]]]))
+    assert running.all() and reward[0, 0].item() == pytest.approx(-0.005)  # reached: |dx| < 0.01
+    obs, reward, running = env.step(torch.tensor([[[0.1, 0.1], [0.05, 0.0]]]))
+    assert running.tolist() == [[False, True]]
+    assert reward[0, 0].item() == 0.0 and obs[0, 0].tolist() == pytest.approx([0.1, 0.0])
+    assert reward[0, 1].item() == pytest.approx(-0.005)  # the second episode reached it now
+
+
+def test_the_horizon_is_enforced_and_bad_actions_are_named():
+    env = BatchedNavigation2D([{"goal": (0.5, 0.5)}], episodes=1, horizon=2)
+    env.reset()
+    for _ in range(2):
+        env.step(torch.zeros(1, 1, 2))
+    with pytest.raises(MetalabError, match="over"):
+        env.step(torch.zeros(1, 1, 2))
+    env.reset()
+    with pytest.raises(MetalabError, match=r"shape \(1, 1, 2\)"):
+        env.step(torch.zeros(2))
+    with pytest.raises(MetalabError, match="goal"):
+        BatchedNavigation2D([{"target": 1.0}], episodes=1)
+
+
+def test_standing_still_scores_about_minus_38_as_table_4_before_adaptation():
+    tasks = Nav2DTasks().sample_tasks(4000, torch.Generator().manual_seed(0))
+    env = BatchedNavigation2D(tasks, episodes=1)
+    env.reset()
+    total = sum(env.step(torch.zeros(4000, 1, 2))[1] for _ in range(100))
+    assert total.mean().item() == pytest.approx(-38.3, abs=1.0)
+
+
+def test_gymnasium_env_matches_the_batched_one_and_resets_reproducibly():
+    pytest.importorskip("gymnasium")
+    from metalab.rl.nav2d_env import Navigation2DEnv
+
+    task = {"goal": (0.25, -0.1)}
+    env = Navigation2DEnv()
+    obs, info = env.reset(seed=0, options={"task": task})
+    assert obs.tolist() == [0.0, 0.0] and info["task"] == task
+    batched = BatchedNavigation2D([task], episodes=1, dtype=torch.float64)
+    batched.reset()
+    g = torch.Generator().manual_seed(3)
+    for t in range(100):
+        action = torch.empty(2, dtype=torch.float64).uniform_(-0.2, 0.2, generator=g)
+        obs, reward, terminated, truncated, _ = env.step(action.numpy())
+        b_obs, b_reward, _ = batched.step(action.view(1, 1, 2))
+        assert reward == pytest.approx(b_reward.item()) and obs.tolist() == pytest.approx(b_obs.view(-1).tolist())
+        assert truncated == (t == 99)
+        if terminated:
+            break
+    assert env.action_space.high.tolist() == pytest.approx([0.1, 0.1])
+    # no task given: the goal comes from the seeded environment generator
+    a, b = Navigation2DEnv(), Navigation2DEnv()
+    assert a.reset(seed=5)[1]["task"] == b.reset(seed=5)[1]["task"]
+    a.reset_task({"goal": (0.0, 0.1)})
+    assert a.task == {"goal": (0.0, 0.1)}
+
+
+def test_step_positions_broadcasts_over_any_batch():
+    moved, reward, done = step_positions(torch.zeros(3, 4, 2), torch.full((3, 4, 2), 0.3), torch.tensor([0.1, 0.1]))
+    assert moved.shape == (3, 4, 2) and reward.shape == done.shape == (3, 4) and done.all()
+
+
+# ---------------------------------------------------------------------------- returns and baselines
+
+
+def _loop_returns(rewards, mask, gamma):
+    out = torch.zeros_like(rewards)
+    for i in range(rewards.shape[0]):
+        for t in range(rewards.shape[1]):
+            out[i, t] = sum(gamma ** (k - t) * rewards[i, k] * mask[i, k] for k in range(t, rewards.shape[1])) * mask[i, t]
+    return out
+
+
+def _trajectories():
+    g = torch.Generator().manual_seed(0)
+    rewards = torch.randn(3, 7, generator=g, dtype=torch.float64)
+    mask = torch.ones(3, 7, dtype=torch.float64)
+    mask[1, 4:] = 0.0  # an episode that ended after 4 steps
+    return rewards * mask, mask, g
+
+
+def test_discounted_returns_match_a_loop():
+    rewards, mask, _ = _trajectories()
+    torch.testing.assert_close(discounted_returns(rewards, mask, 0.9), _loop_returns(rewards, mask, 0.9))
+    torch.testing.assert_close(discounted_returns(rewards, mask, 1.0)[:, 0], rewards.sum(1))
+
+
+def test_gae_matches_a_loop_and_its_limits():
+    rewards, mask, g = _trajectories()
+    values = torch.randn(3, 7, generator=g, dtype=torch.float64) * mask
+    gamma, lam = 0.95, 0.8
+    expected = torch.zeros_like(rewards)
+    for i in range(3):
+        n = int(mask[i].sum())
+        for t in range(n):
+            deltas = [rewards[i, k] + gamma * (values[i, k + 1] if k + 1 < n else 0.0) - values[i, k] for k in range(t, n)]
+            expected[i, t] = sum((gamma * lam) ** j * d for j, d in enumerate(deltas))
+    torch.testing.assert_close(gae(rewards, values, mask, gamma, lam), expected)
+    torch.testing.assert_close(gae(rewards, values, mask, gamma, 1.0), discounted_returns(rewards, mask, gamma) - values)
+    with pytest.raises(MetalabError, match="lam"):
+        gae(rewards, values, mask, gamma, 1.5)
+
+
+def test_linear_baseline_fits_returns_that_are_linear_in_its_features():
+    g = torch.Generator().manual_seed(0)
+    obs = torch.randn(6, 20, 2, generator=g, dtype=torch.float64)
+    mask = torch.ones(6, 20, dtype=torch.float64)
+    mask[2, 10:] = 0
+    w = torch.randn(8, generator=g, dtype=torch.float64)
+    returns = (LinearFeatureBaseline.features(obs) @ w) * mask
+    baseline = LinearFeatureBaseline(reg=1e-10).fit(obs, returns, mask)
+    torch.testing.assert_close(baseline.predict(obs, mask), returns, atol=1e-6, rtol=1e-6)
+    assert (baseline.predict(obs, mask)[2, 10:] == 0).all()
+    with pytest.raises(MetalabError, match="fit the baseline"):
+        LinearFeatureBaseline().predict(obs, mask)
