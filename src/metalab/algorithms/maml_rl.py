@@ -1,0 +1,284 @@
+"""MAML for reinforcement learning (Finn, Abbeel & Levine 2017, section 3.2 and 5.3).
+
+The learner is a Gaussian MLP policy ``pi_theta(a | s) = N(mu_theta(s), diag(exp(log_std))^2)``
+(two hidden layers of 100 ReLU units, a state-independent log standard deviation). For each
+task of a meta-batch:
+
+1. sample ``episodes_per_task`` episodes with ``theta``; fit the linear feature baseline on
+   their returns, advantages by GAE, normalised over the task's steps;
+2. inner step, REINFORCE (the paper's eq. 4 with the vanilla policy gradient):
+   ``theta' = theta - alpha grad_theta L_in(theta)``, ``L_in = -mean_steps log pi_theta(a|s) A``
+   (more steps: resample with ``theta'`` and repeat);
+3. sample episodes with ``theta'`` (the post-update data, advantages as in 1).
+
+The outer update maximises the post-update surrogate ``mean_tasks mean_steps
+pi_theta'(a|s) / pi_theta'_old(a|s) A`` (``theta'`` a function of ``theta`` through the inner
+step, so second order unless ``first_order``) under the trust region ``mean KL(pi_theta'_old ||
+pi_theta') <= max_kl`` by TRPO (Schulman et al. 2015): conjugate gradient on Hessian-vector
+products of the KL (through the inner step too), step scaled to the trust region, then a
+backtracking line search that keeps the KL bound and an improving surrogate.
+
+The settings follow the authors' reference code for 2D navigation (github.com/cbfinn/maml_rl,
+``maml_examples/maml_trpo_point.py``): 20 episodes per task, 40 tasks per meta-batch,
+``max_kl`` 0.01, linear feature baseline, policy outputs scaled by 0.1 into the [-0.1, 0.1]
+action box (rllab's ``normalize``); the inner step size is the paper's 0.1 (section 5.3).
+
+This module runs on batched task environments (:mod:`metalab.rl`): every episode of every
+task is stepped at once and the per-task policies are stacked tensors. It is driven by
+``benchmarks/nav2d.py``; it is not yet on the MetaAlgorithm interface of the supervised
+trainer (``metalab train``).
+"""
+
+from __future__ import annotations
+
+import math
+from dataclasses import dataclass
+from typing import Any, Callable
+
+import torch
+from torch import Tensor, nn
+
+from metalab.rl.nav2d import BatchedNavigation2D
+from metalab.rl.returns import LinearFeatureBaseline, discounted_returns, gae
+from metalab.rl.rollout import Trajectories, rollout
+from metalab.utils.errors import MetalabError, require_positive
+
+Params = dict[str, Tensor]
+
+
+@dataclass(frozen=True)
+class MAMLRLConfig:
+    """Hyper-parameters of MAML-RL (defaults: 2D navigation as in the paper and its code).
+
+    Attributes:
+        hidden: hidden layer widths of the policy.
+        inner_lr: ``alpha``, the inner policy-gradient step size.
+        inner_steps: inner steps in meta-training.
+        episodes_per_task: episodes sampled per task for each inner step and for the outer step.
+        gamma, gae_lambda: discount and GAE parameter of the advantages.
+        max_kl: TRPO's trust region on the mean KL divergence.
+        cg_iters, cg_damping: conjugate-gradient iterations and the damping added to the
+            Fisher-vector products.
+        ls_steps, ls_ratio: backtracking line search: tries and shrink factor.
+        first_order: treat ``theta'`` as ``theta`` plus a constant (no second derivatives).
+        action_scale: the environment executes ``action_scale * action``.
+        init_log_std: initial log standard deviation of the policy.
+    """
+
+    hidden: tuple[int, ...] = (100, 100)
+    inner_lr: float = 0.1
+    inner_steps: int = 1
+    episodes_per_task: int = 20
+    gamma: float = 0.99
+    gae_lambda: float = 1.0
+    max_kl: float = 0.01
+    cg_iters: int = 10
+    cg_damping: float = 1e-5
+    ls_steps: int = 15
+    ls_ratio: float = 0.8
+    first_order: bool = False
+    action_scale: float = 0.1
+    init_log_std: float = 0.0
+
+    def __post_init__(self) -> None:
+        require_positive(inner_steps=self.inner_steps, episodes_per_task=self.episodes_per_task,
+                         cg_iters=self.cg_iters, ls_steps=self.ls_steps)
+        for name in ("inner_lr", "max_kl", "action_scale"):
+            value = getattr(self, name)
+            if not (isinstance(value, (int, float)) and 0 < value < math.inf):
+                raise MetalabError(f"{name} must be a positive finite number, got {value!r}")
+        if not 0 < self.ls_ratio < 1:
+            raise MetalabError(f"ls_ratio must be in (0, 1), got {self.ls_ratio!r}")
+
+
+def _stack(params: Params, tasks: int) -> Params:
+    """One copy of every parameter per task (views: gradients flow back to ``params``)."""
+    return {k: v.unsqueeze(0).expand(tasks, *v.shape) for k, v in params.items()}
+
+
+def _masked_task_mean(x: Tensor, mask: Tensor) -> Tensor:
+    """Mean over each task's steps that happened, then over tasks: ``(T, E, H)`` -> scalar."""
+    return ((x * mask).sum((1, 2)) / mask.sum((1, 2)).clamp_min(1.0)).mean()
+
+
+class MAMLRL(nn.Module):
+    """A Gaussian MLP policy meta-trained by MAML with a TRPO outer step."""
+
+    name = "maml_rl"
+
+    def __init__(self, observation_dim: int, action_dim: int, config: MAMLRLConfig | None = None):
+        super().__init__()
+        self.config = config or MAMLRLConfig()
+        widths = (observation_dim, *self.config.hidden, action_dim)
+        self.layers = len(widths) - 1
+        for i, (n_in, n_out) in enumerate(zip(widths[:-1], widths[1:])):
+            layer = nn.Linear(n_in, n_out)  # torch's default initialisation
+            self.register_parameter(f"w{i}", layer.weight)
+            self.register_parameter(f"b{i}", layer.bias)
+        self.log_std = nn.Parameter(torch.full((action_dim,), float(self.config.init_log_std)))
+
+    # ------------------------------------------------------------------ the policy, per task
+
+    def params(self) -> Params:
+        return dict(self.named_parameters())
+
+    def distribution(self, params: Params, observations: Tensor) -> tuple[Tensor, Tensor]:
+        """Mean ``(T, ..., a)`` and log std ``(T, 1.., a)`` for stacked ``params`` and ``observations`` ``(T, ..., d)``."""
+        t = observations.shape[0]
+        h = observations.reshape(t, -1, observations.shape[-1])
+        for i in range(self.layers):
+            h = torch.baddbmm(params[f"b{i}"].unsqueeze(1), h, params[f"w{i}"].transpose(1, 2))
+            if i < self.layers - 1:
+                h = torch.relu(h)
+        mean = h.reshape(*observations.shape[:-1], h.shape[-1])
+        log_std = params["log_std"].view(t, *([1] * (observations.dim() - 2)), -1)
+        return mean, log_std
+
+    def log_prob(self, params: Params, observations: Tensor, actions: Tensor) -> Tensor:
+        mean, log_std = self.distribution(params, observations)
+        z = (actions - mean) / log_std.exp()
+        return (-0.5 * z * z - log_std - 0.5 * math.log(2 * math.pi)).sum(-1)
+
+    def sampler(self, params: Params, generator: torch.Generator) -> Callable[[Tensor], Tensor]:
+        def act(observations: Tensor) -> Tensor:
+            mean, log_std = self.distribution(params, observations)
+            noise = torch.randn(mean.shape, generator=generator, dtype=mean.dtype)
+            return mean + log_std.exp() * noise
+        return act
+
+    def sample(self, params: Params, tasks: list[dict[str, Any]], generator: torch.Generator) -> Trajectories:
+        detached = {k: v.detach() for k, v in params.items()}
+        env = BatchedNavigation2D(tasks, self.config.episodes_per_task, dtype=detached["log_std"].dtype)
+        return rollout(env, self.sampler(detached, generator), self.config.action_scale)
+
+    # ------------------------------------------------------------------ advantages and the inner step
+
+    def advantages(self, trajectories: Trajectories) -> Tensor:
+        """GAE with the linear feature baseline fitted per task, normalised over each task's steps."""
+        cfg = self.config
+        returns = discounted_returns(trajectories.rewards, trajectories.mask, cfg.gamma)
+        values = torch.stack([LinearFeatureBaseline().fit(obs, ret, mask).predict(obs, mask)
+                              for obs, ret, mask in zip(trajectories.observations, returns, trajectories.mask)])
+        adv = gae(trajectories.rewards, values, trajectories.mask, cfg.gamma, cfg.gae_lambda)
+        mask = trajectories.mask
+        count = mask.sum((1, 2), keepdim=True).clamp_min(1.0)
+        mean = (adv * mask).sum((1, 2), keepdim=True) / count
+        std = (((adv - mean) * mask) ** 2).sum((1, 2), keepdim=True).div(count).sqrt()
+        return (adv - mean) / (std + 1e-8) * mask
+
+    def inner_step(self, params: Params, trajectories: Trajectories, advantages: Tensor, create_graph: bool) -> Params:
+        """``theta' = theta - alpha grad L_in`` for every task at once (stacked ``params``)."""
+        logp = self.log_prob(params, trajectories.observations, trajectories.actions)
+        # summed over tasks: the gradient w.r.t. each task's copy is that task's gradient
+        loss = -((logp * advantages * trajectories.mask).sum((1, 2))
+                 / trajectories.mask.sum((1, 2)).clamp_min(1.0)).sum()
+        names = list(params)
+        grads = torch.autograd.grad(loss, [params[k] for k in names], create_graph=create_graph)
+        return {k: params[k] - self.config.inner_lr * g for k, g in zip(names, grads)}
+
+    # ------------------------------------------------------------------ meta-training
+
+    def meta_step(self, tasks: list[dict[str, Any]], generator: torch.Generator) -> dict[str, float]:
+        """One meta-iteration on ``tasks``: sample, adapt, TRPO step on the parameters in place.
+
+        Returns:
+            metrics: mean episode return before and after adaptation, the surrogate improvement,
+            the KL of the accepted step and the line-search step taken (0: rejected, no update).
+        """
+        cfg = self.config
+        params = list(self.parameters())
+        # the data: pre-update episodes for each inner step, then post-update episodes
+        inner_data, current = [], _stack(self.params(), len(tasks))
+        for _ in range(cfg.inner_steps):
+            traj = self.sample(current, tasks, generator)
+            inner_data.append((traj, self.advantages(traj)))
+            current = self.inner_step(current, *inner_data[-1], create_graph=False)
+        post = self.sample(current, tasks, generator)
+        post_adv = self.advantages(post)
+        with torch.no_grad():
+            old_mean, old_log_std = self.distribution(current, post.observations)
+            old_logp = self.log_prob(current, post.observations, post.actions)
+
+        def adapted(create_graph: bool) -> Params:
+            theta = _stack(self.params(), len(tasks))
+            for traj, adv in inner_data:
+                # without create_graph the inner gradients are constants: d theta' / d theta = I (first order)
+                theta = self.inner_step(theta, traj, adv, create_graph=create_graph and not cfg.first_order)
+            return theta
+
+        def surrogate_and_kl(create_graph: bool) -> tuple[Tensor, Tensor]:
+            theta = adapted(create_graph)
+            logp = self.log_prob(theta, post.observations, post.actions)
+            surrogate = _masked_task_mean(torch.exp(logp - old_logp) * post_adv, post.mask)
+            mean, log_std = self.distribution(theta, post.observations)
+            kl = (log_std - old_log_std + (old_log_std.exp() ** 2 + (old_mean - mean) ** 2)
+                  / (2 * (2 * log_std).exp()) - 0.5).sum(-1)
+            return surrogate, _masked_task_mean(kl, post.mask)
+
+        surrogate, kl = surrogate_and_kl(create_graph=True)
+        g = _flat(torch.autograd.grad(surrogate, params, retain_graph=True))
+        kl_grad = _flat(torch.autograd.grad(kl, params, create_graph=True))
+
+        def fisher_vector(v: Tensor) -> Tensor:
+            return _flat(torch.autograd.grad(kl_grad @ v, params, retain_graph=True)) + cfg.cg_damping * v
+
+        direction = conjugate_gradient(fisher_vector, g, cfg.cg_iters)
+        curvature = direction @ fisher_vector(direction)
+        old = nn.utils.parameters_to_vector(params).detach()
+        old_surrogate = surrogate.item()
+        accepted, step_kl, improvement = 0.0, 0.0, 0.0
+        if curvature.item() > 0 and torch.isfinite(direction).all():
+            full_step = direction * torch.sqrt(2 * cfg.max_kl / curvature)
+            for k in range(cfg.ls_steps):
+                fraction = cfg.ls_ratio ** k
+                with torch.no_grad():
+                    nn.utils.vector_to_parameters(old + fraction * full_step, params)
+                new_surrogate, new_kl = surrogate_and_kl(create_graph=False)
+                if new_kl.item() <= cfg.max_kl and new_surrogate.item() > old_surrogate:
+                    accepted, step_kl, improvement = fraction, new_kl.item(), new_surrogate.item() - old_surrogate
+                    break
+            else:
+                with torch.no_grad():
+                    nn.utils.vector_to_parameters(old, params)
+        return {"return_pre": inner_data[0][0].episode_returns().mean().item(),
+                "return_post": post.episode_returns().mean().item(),
+                "surrogate_gain": improvement, "kl": step_kl, "step": accepted}
+
+    # ------------------------------------------------------------------ evaluation
+
+    def adaptation_returns(self, tasks: list[dict[str, Any]], steps: int, generator: torch.Generator) -> Tensor:
+        """Mean episode return of each task after 0, 1, ..., ``steps`` inner steps: ``(T, steps + 1)``.
+
+        Each step adapts on the episodes sampled with the current parameters (as at training).
+        """
+        theta = {k: v.detach() for k, v in _stack(self.params(), len(tasks)).items()}
+        out = []
+        for step in range(steps + 1):
+            traj = self.sample(theta, tasks, generator)
+            out.append(traj.episode_returns().mean(1))
+            if step < steps:
+                theta = {k: v.detach().requires_grad_() for k, v in theta.items()}
+                theta = {k: v.detach() for k, v in self.inner_step(theta, traj, self.advantages(traj), False).items()}
+        return torch.stack(out, 1)
+
+
+def _flat(tensors) -> Tensor:
+    return torch.cat([t.reshape(-1) for t in tensors])
+
+
+def conjugate_gradient(matvec: Callable[[Tensor], Tensor], b: Tensor, iterations: int, tol: float = 1e-10) -> Tensor:
+    """Solve ``A x = b`` for a symmetric positive-definite ``A`` given as ``matvec``."""
+    x = torch.zeros_like(b)
+    r, p = b.clone(), b.clone()
+    rr = r @ r
+    for _ in range(iterations):
+        if rr.item() < tol:
+            break
+        ap = matvec(p)
+        alpha = rr / (p @ ap)
+        x = x + alpha * p
+        r = r - alpha * ap
+        rr_new = r @ r
+        p = r + (rr_new / rr) * p
+        rr = rr_new
+    return x

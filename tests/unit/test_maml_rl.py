@@ -1,0 +1,78 @@
+"""MAML-RL on batched 2D navigation: the inner step, the TRPO step and a learning smoke test."""
+
+from __future__ import annotations
+
+import pytest
+import torch
+
+from metalab.algorithms.maml_rl import MAMLRL, MAMLRLConfig, conjugate_gradient
+from metalab.rl import Nav2DTasks
+from metalab.utils.errors import MetalabError
+
+SMALL = MAMLRLConfig(hidden=(16, 16), episodes_per_task=4)
+
+
+def _tasks(n, seed=0):
+    return Nav2DTasks().sample_tasks(n, torch.Generator().manual_seed(seed))
+
+
+def test_conjugate_gradient_solves_a_positive_definite_system():
+    g = torch.Generator().manual_seed(0)
+    m = torch.randn(6, 6, generator=g, dtype=torch.float64)
+    a, b = m @ m.T + 0.5 * torch.eye(6, dtype=torch.float64), torch.randn(6, generator=g, dtype=torch.float64)
+    torch.testing.assert_close(conjugate_gradient(lambda v: a @ v, b, 6), torch.linalg.solve(a, b))
+
+
+def test_the_batched_inner_step_equals_one_task_at_a_time():
+    torch.manual_seed(0)
+    algo = MAMLRL(2, 2, SMALL).double()
+    tasks = _tasks(3)
+    stacked = {k: v.unsqueeze(0).expand(3, *v.shape) for k, v in algo.params().items()}
+    traj = algo.sample(stacked, tasks, torch.Generator().manual_seed(1))
+    assert traj.observations.dtype == torch.float64
+    adv = algo.advantages(traj)
+    together = algo.inner_step(stacked, traj, adv, create_graph=False)
+    for t in range(3):
+        one = {k: v[t:t + 1] for k, v in stacked.items()}
+        part = type(traj)(*(x[t:t + 1] for x in (traj.observations, traj.actions, traj.rewards, traj.mask)))
+        alone = algo.inner_step(one, part, adv[t:t + 1], create_graph=False)
+        for k in together:
+            torch.testing.assert_close(together[k][t], alone[k][0], rtol=1e-12, atol=1e-12)
+    assert adv.shape == traj.rewards.shape
+    valid = traj.mask.bool()
+    assert abs(adv[0][valid[0]].mean().item()) < 1e-8 and adv[0][valid[0]].std().item() == pytest.approx(1.0, rel=0.05)
+
+
+def test_trpo_step_respects_the_trust_region_and_moves_only_when_accepted():
+    torch.manual_seed(0)
+    algo = MAMLRL(2, 2, SMALL)
+    before = torch.nn.utils.parameters_to_vector(algo.parameters()).clone()
+    metrics = algo.meta_step(_tasks(3), torch.Generator().manual_seed(2))
+    after = torch.nn.utils.parameters_to_vector(algo.parameters())
+    assert set(metrics) == {"return_pre", "return_post", "surrogate_gain", "kl", "step"}
+    assert 0 <= metrics["kl"] <= SMALL.max_kl
+    if metrics["step"] > 0:
+        assert metrics["surrogate_gain"] > 0 and not torch.equal(before, after)
+    else:
+        assert torch.equal(before, after)
+
+
+def test_maml_rl_learns_to_adapt_on_2d_navigation():
+    torch.manual_seed(0)
+    cfg = MAMLRLConfig(hidden=(32, 32), episodes_per_task=10)
+    algo = MAMLRL(2, 2, cfg)
+    test_tasks = _tasks(20, seed=99)
+    start = algo.adaptation_returns(test_tasks, 1, torch.Generator().manual_seed(5)).mean(0)
+    g = torch.Generator().manual_seed(3)
+    for _ in range(6):
+        algo.meta_step(Nav2DTasks().sample_tasks(10, g), g)
+    end = algo.adaptation_returns(test_tasks, 1, torch.Generator().manual_seed(5)).mean(0)
+    assert end[1] > start[1] + 10, f"after one step: {start[1]:.1f} -> {end[1]:.1f}"
+    assert end[1] > end[0], "adapting does not help"
+
+
+def test_bad_settings_are_named():
+    with pytest.raises(MetalabError, match="max_kl"):
+        MAMLRLConfig(max_kl=0.0)
+    with pytest.raises(MetalabError, match="ls_ratio"):
+        MAMLRLConfig(ls_ratio=1.5)
