@@ -2,6 +2,8 @@
 
 from __future__ import annotations
 
+import math
+
 import pytest
 import torch
 
@@ -76,3 +78,20 @@ def test_bad_settings_are_named():
         MAMLRLConfig(max_kl=0.0)
     with pytest.raises(MetalabError, match="ls_ratio"):
         MAMLRLConfig(ls_ratio=1.5)
+
+
+def test_maml_rl_runs_on_a_mujoco_family():
+    pytest.importorskip("mujoco")
+    from metalab.rl.locomotion import BatchedGymTasks, HalfCheetahVelocity
+
+    def make_env(tasks, episodes, dtype, generator):
+        seed = int(torch.randint(2 ** 31 - 1, (1,), generator=generator))
+        return BatchedGymTasks(lambda: HalfCheetahVelocity(horizon=15), tasks, episodes, seed=seed, dtype=dtype)
+
+    torch.manual_seed(0)
+    algo = MAMLRL(17, 6, MAMLRLConfig(hidden=(16,), episodes_per_task=2, action_scale=1.0), make_env)
+    tasks = HalfCheetahVelocity().sample_tasks(2, torch.Generator().manual_seed(0))
+    metrics = algo.meta_step(tasks, torch.Generator().manual_seed(1))
+    assert all(map(math.isfinite, metrics.values())) and 0 <= metrics["kl"] <= 0.01
+    returns = algo.adaptation_returns(tasks, 1, torch.Generator().manual_seed(2))
+    assert returns.shape == (2, 2) and torch.isfinite(returns).all()

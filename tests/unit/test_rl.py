@@ -152,3 +152,59 @@ def test_linear_baseline_fits_returns_that_are_linear_in_its_features():
     assert (baseline.predict(obs, mask)[2, 10:] == 0).all()
     with pytest.raises(MetalabError, match="fit the baseline"):
         LinearFeatureBaseline().predict(obs, mask)
+
+
+# ---------------------------------------------------------------------------- MuJoCo task families
+
+
+@pytest.mark.parametrize("name", ["cheetah-vel", "cheetah-dir", "ant-dir"])
+def test_locomotion_rewards_are_the_reference_ones_and_tasks_change_them(name):
+    pytest.importorskip("mujoco")
+    import numpy as np
+
+    from metalab.rl.locomotion import FAMILIES
+
+    family = FAMILIES[name]
+    env = family()
+    key = family.task_key
+    tasks = [{key: 0.5}, {key: 1.5}] if key == "velocity" else [{key: 1.0}, {key: -1.0}]
+    rewards = []
+    for task in tasks:
+        obs, info = env.reset(seed=7, options={"task": task})
+        assert info["task"] == task and obs.shape == env.observation_space.shape
+        action = np.full(env.action_space.shape, 0.3, dtype=np.float32)
+        _, reward, _, _, info = env.step(action * 5)  # clipped to 1 before acting and in the cost
+        v = info["x_velocity"]
+        if name == "cheetah-vel":
+            expected = -abs(v - task["velocity"]) - 0.05 * env.action_space.shape[0]
+        elif name == "cheetah-dir":
+            expected = task["direction"] * v - 0.05 * env.action_space.shape[0]
+        else:
+            expected = task["direction"] * v - 0.005 * env.action_space.shape[0] + info["reward_contact"] + 0.05
+        assert reward == pytest.approx(expected)
+        rewards.append(reward)
+    assert rewards[0] != rewards[1]  # same start state and action, another task: another reward
+    with pytest.raises(MetalabError, match=key):
+        env.reset_task({"speed": 1.0})
+    drawn = env.sample_tasks(200, torch.Generator().manual_seed(1))
+    values = [t[key] for t in drawn]
+    if key == "velocity":
+        assert 0.0 <= min(values) and max(values) <= 2.0
+    else:
+        assert set(values) == {1.0, -1.0}
+
+
+def test_batched_gym_tasks_steps_every_copy_and_seeds_resets():
+    pytest.importorskip("mujoco")
+    from metalab.rl.locomotion import BatchedGymTasks, HalfCheetahVelocity
+
+    tasks = [{"velocity": 0.5}, {"velocity": 1.5}]
+    a = BatchedGymTasks(lambda: HalfCheetahVelocity(horizon=3), tasks, episodes=2, seed=4)
+    b = BatchedGymTasks(lambda: HalfCheetahVelocity(horizon=3), tasks, episodes=2, seed=4)
+    assert torch.equal(a.reset(), b.reset()) and a.reset().shape == (2, 2, 17)
+    for t in range(3):
+        obs, reward, running = a.step(torch.full((2, 2, 6), 0.1))
+        assert running.all() and reward.shape == (2, 2)
+    assert not a.running.any()
+    with pytest.raises(MetalabError, match="over"):
+        a.step(torch.zeros(2, 2, 6))

@@ -23,8 +23,9 @@ The settings follow the authors' reference code for 2D navigation (github.com/cb
 ``max_kl`` 0.01, linear feature baseline, policy outputs scaled by 0.1 into the [-0.1, 0.1]
 action box (rllab's ``normalize``); the inner step size is the paper's 0.1 (section 5.3).
 
-This module runs on batched task environments (:mod:`metalab.rl`): every episode of every
-task is stepped at once and the per-task policies are stacked tensors. It is driven by
+This module runs on batched task environments (:mod:`metalab.rl`; ``make_env``, 2D
+navigation by default, MuJoCo families through :class:`metalab.rl.locomotion.BatchedGymTasks`):
+every episode of every task is stepped together and the per-task policies are stacked tensors. It is driven by
 ``benchmarks/nav2d.py``; it is not yet on the MetaAlgorithm interface of the supervised
 trainer (``metalab train``).
 """
@@ -44,6 +45,15 @@ from metalab.rl.rollout import Trajectories, rollout
 from metalab.utils.errors import MetalabError, require_positive
 
 Params = dict[str, Tensor]
+# (tasks, episodes per task, dtype, generator) -> a batched task environment with reset(), step(),
+# horizon and running, such as BatchedNavigation2D or metalab.rl.locomotion.BatchedGymTasks
+MakeEnv = Callable[[list[dict[str, Any]], int, torch.dtype, torch.Generator], Any]
+
+
+def navigation_2d(tasks: list[dict[str, Any]], episodes: int, dtype: torch.dtype,
+                  generator: torch.Generator) -> BatchedNavigation2D:
+    """The default environment: 2D navigation (deterministic starts, so ``generator`` is unused)."""
+    return BatchedNavigation2D(tasks, episodes, dtype=dtype)
 
 
 @dataclass(frozen=True)
@@ -106,9 +116,11 @@ class MAMLRL(nn.Module):
 
     name = "maml_rl"
 
-    def __init__(self, observation_dim: int, action_dim: int, config: MAMLRLConfig | None = None):
+    def __init__(self, observation_dim: int, action_dim: int, config: MAMLRLConfig | None = None,
+                 make_env: MakeEnv | None = None):
         super().__init__()
         self.config = config or MAMLRLConfig()
+        self.make_env = make_env or navigation_2d
         widths = (observation_dim, *self.config.hidden, action_dim)
         self.layers = len(widths) - 1
         for i, (n_in, n_out) in enumerate(zip(widths[:-1], widths[1:])):
@@ -148,7 +160,7 @@ class MAMLRL(nn.Module):
 
     def sample(self, params: Params, tasks: list[dict[str, Any]], generator: torch.Generator) -> Trajectories:
         detached = {k: v.detach() for k, v in params.items()}
-        env = BatchedNavigation2D(tasks, self.config.episodes_per_task, dtype=detached["log_std"].dtype)
+        env = self.make_env(tasks, self.config.episodes_per_task, detached["log_std"].dtype, generator)
         return rollout(env, self.sampler(detached, generator), self.config.action_scale)
 
     # ------------------------------------------------------------------ advantages and the inner step
