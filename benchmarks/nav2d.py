@@ -1,6 +1,7 @@
-"""MAML-RL on 2D navigation: average return after 0-3 adaptation steps, as in Finn et al. 2017, Table 4.
+"""MAML-RL and RL² on 2D navigation: the return after adaptation, as in Finn et al. 2017, Table 4.
 
     python benchmarks/nav2d.py --iterations 100 --max-minutes 60
+    python benchmarks/nav2d.py --method rl2 --iterations 2000 --max-minutes 30
 
 Meta-trains metalab.algorithms.maml_rl.MAMLRL (Gaussian MLP 100x100, REINFORCE inner step with
 the linear feature baseline, TRPO outer step, second order unless --first-order) for
@@ -10,6 +11,11 @@ iteration to <out>/metrics.jsonl and saving <out>/policy.pt. Then evaluates on -
 fresh goals: the mean return of 20 episodes after 0, 1, 2, 3 inner steps, mean ± 95% CI over
 the tasks, next to Table 4 (-40.41 / -11.68 / -3.33 / -3.23), and appends `nav2d` records.
 Draws <out>/curve.png (return vs meta-iteration) with --plot.
+
+With --method rl2: meta-trains metalab.algorithms.rl2.RL2 (GRU policy whose hidden state
+carries across the 2 episodes of a trial, PPO) on one trial per task, --meta-batch-size tasks
+per iteration; evaluates one trial per test task and records the return of each episode of
+the trial (`episode1`, `episode2`) and their mean (`trial`), ± 95% CI over test tasks.
 """
 
 from __future__ import annotations
@@ -27,6 +33,7 @@ sys.path.insert(0, str(Path(__file__).resolve().parent))
 import records  # noqa: E402
 
 from metalab.algorithms.maml_rl import MAMLRL, MAMLRLConfig  # noqa: E402
+from metalab.algorithms.rl2 import RL2, RL2Config  # noqa: E402
 from metalab.rl import Nav2DTasks  # noqa: E402
 from metalab.utils import derive_seed  # noqa: E402
 from metalab.utils.io import atomic_torch_save, atomic_write_text  # noqa: E402
@@ -37,6 +44,7 @@ PAPER = (-40.41, -11.68, -3.33, -3.23)  # Finn et al. 2017, Table 4, MAML: after
 
 def main() -> None:
     p = argparse.ArgumentParser(description=__doc__.splitlines()[0])
+    p.add_argument("--method", default="maml_rl", choices=("maml_rl", "rl2"))
     p.add_argument("--iterations", type=int, default=100)
     p.add_argument("--max-minutes", type=float, default=None, help="stop meta-training after this long")
     p.add_argument("--meta-batch-size", type=int, default=40)
@@ -44,16 +52,16 @@ def main() -> None:
     p.add_argument("--first-order", action="store_true")
     p.add_argument("--seed", type=int, default=0)
     p.add_argument("--threads", type=int, default=1)
-    p.add_argument("--out", default="runs/bench-nav2d-maml_rl")
+    p.add_argument("--out", default=None, help="run folder (default runs/bench-nav2d-<method>)")
     p.add_argument("--plot", action="store_true", help="draw <out>/curve.png (needs matplotlib)")
     p.add_argument("--results-dir", default=str(records.RESULTS_DIR))
     args = p.parse_args()
     torch.set_num_threads(args.threads)
-    out = Path(args.out)
+    out = Path(args.out or f"runs/bench-nav2d-{args.method}")
     out.mkdir(parents=True, exist_ok=True)
-    config = replace(MAMLRLConfig(), first_order=args.first_order)
+    config = replace(MAMLRLConfig(), first_order=args.first_order) if args.method == "maml_rl" else RL2Config()
     torch.manual_seed(derive_seed(args.seed, 0))
-    algo = MAMLRL(2, 2, config)
+    algo = MAMLRL(2, 2, config) if args.method == "maml_rl" else RL2(2, 2, config)
     generator = torch.Generator().manual_seed(derive_seed(args.seed, 1))
     metrics_path = out / "metrics.jsonl"
     lines, start, done = [], time.perf_counter(), 0
@@ -63,8 +71,7 @@ def main() -> None:
         done = it + 1
         lines.append(json.dumps({"step": done, "seconds": round(time.perf_counter() - start, 2), **metrics}))
         atomic_write_text(metrics_path, "\n".join(lines) + "\n")
-        print(f"iteration {done}: return {metrics['return_pre']:.2f} -> {metrics['return_post']:.2f} "
-              f"(kl {metrics['kl']:.4f}, step {metrics['step']:.2f})", flush=True)
+        print(f"iteration {done}: " + ", ".join(f"{k} {v:.3f}" for k, v in metrics.items()), flush=True)
         if args.max_minutes is not None and time.perf_counter() - start >= 60 * args.max_minutes:
             break
     seconds = time.perf_counter() - start
@@ -72,15 +79,22 @@ def main() -> None:
 
     test_generator = torch.Generator().manual_seed(derive_seed(args.seed, 2))
     test_tasks = Nav2DTasks().sample_tasks(args.test_tasks, test_generator)
-    returns = algo.adaptation_returns(test_tasks, 3, test_generator)  # (tasks, 4)
+    extra = {"test_tasks": args.test_tasks, "train_tasks_per_step": args.meta_batch_size}
     rows = []
-    print(f"MAML-RL, 2D navigation, {args.test_tasks} test tasks, {done} meta-iterations in {seconds / 60:.1f} min")
-    for steps in range(4):
-        mean, ci = mean_ci95(returns[:, steps].tolist())
-        print(f"after {steps} steps: {mean:8.2f} ± {ci:5.2f}   (paper {PAPER[steps]})")
-        rows.append(records.record("nav2d", "maml_rl", f"{steps}steps", "return", mean, ci, PAPER[steps], seconds,
-                                   done, test_tasks=args.test_tasks, episodes_per_task=config.episodes_per_task,
-                                   train_tasks_per_step=args.meta_batch_size, first_order=config.first_order))
+    if args.method == "maml_rl":
+        returns = algo.adaptation_returns(test_tasks, 3, test_generator)  # (tasks, 4)
+        settings = [(f"{steps}steps", returns[:, steps], PAPER[steps]) for steps in range(4)]
+        extra.update(episodes_per_task=config.episodes_per_task, first_order=config.first_order)
+    else:
+        returns = algo.trial_returns(test_tasks, test_generator)  # (tasks, episodes)
+        settings = [(f"episode{k + 1}", returns[:, k], None) for k in range(returns.shape[1])]
+        settings.append(("trial", returns.mean(1), None))
+        extra.update(episodes_per_trial=config.episodes_per_trial)
+    print(f"{args.method}, 2D navigation, {args.test_tasks} test tasks, {done} meta-iterations in {seconds / 60:.1f} min")
+    for setting, values, paper in settings:
+        mean, ci = mean_ci95(values.tolist())
+        print(f"{setting:>9}: {mean:8.2f} ± {ci:5.2f}" + (f"   (paper {paper})" if paper is not None else ""))
+        rows.append(records.record("nav2d", args.method, setting, "return", mean, ci, paper, seconds, done, **extra))
     print(records.append("nav2d", rows, Path(args.results_dir) / "nav2d.jsonl"))
     if args.plot:
         import matplotlib
@@ -90,11 +104,13 @@ def main() -> None:
 
         logged = [json.loads(line) for line in lines]
         fig, ax = plt.subplots(figsize=(5, 3.5), dpi=150)
-        ax.plot([r["step"] for r in logged], [r["return_pre"] for r in logged], label="before adaptation")
-        ax.plot([r["step"] for r in logged], [r["return_post"] for r in logged], label="after 1 step")
+        curves = ({"return_pre": "before adaptation", "return_post": "after 1 step"} if args.method == "maml_rl" else
+                  {k: k.replace("return_episode", "episode ") for k in logged[0] if k.startswith("return_episode")})
+        for key, label in curves.items():
+            ax.plot([r["step"] for r in logged], [r[key] for r in logged], label=label)
         ax.set_xlabel("meta-iteration")
         ax.set_ylabel("mean episode return")
-        ax.set_title("MAML-RL, 2D navigation (training tasks)")
+        ax.set_title(f"{args.method}, 2D navigation (training tasks)")
         ax.legend()
         fig.tight_layout()
         fig.savefig(out / "curve.png")

@@ -39,21 +39,12 @@ from typing import Any, Callable
 import torch
 from torch import Tensor, nn
 
-from metalab.rl.nav2d import BatchedNavigation2D
+from metalab.rl.nav2d import MakeEnv, navigation_2d
 from metalab.rl.returns import LinearFeatureBaseline, discounted_returns, gae
 from metalab.rl.rollout import Trajectories, rollout
 from metalab.utils.errors import MetalabError, require_positive
 
 Params = dict[str, Tensor]
-# (tasks, episodes per task, dtype, generator) -> a batched task environment with reset(), step(),
-# horizon and running, such as BatchedNavigation2D or metalab.rl.locomotion.BatchedGymTasks
-MakeEnv = Callable[[list[dict[str, Any]], int, torch.dtype, torch.Generator], Any]
-
-
-def navigation_2d(tasks: list[dict[str, Any]], episodes: int, dtype: torch.dtype,
-                  generator: torch.Generator) -> BatchedNavigation2D:
-    """The default environment: 2D navigation (deterministic starts, so ``generator`` is unused)."""
-    return BatchedNavigation2D(tasks, episodes, dtype=dtype)
 
 
 @dataclass(frozen=True)
