@@ -208,3 +208,16 @@ def test_batched_gym_tasks_steps_every_copy_and_seeds_resets():
     assert not a.running.any()
     with pytest.raises(MetalabError, match="over"):
         a.step(torch.zeros(2, 2, 6))
+
+
+def test_gaussian_log_prob_and_kl_match_torch_distributions():
+    from torch.distributions import Independent, Normal, kl_divergence
+
+    from metalab.rl import gaussian
+
+    g = torch.Generator().manual_seed(0)
+    m1, m2, a = (torch.randn(4, 3, generator=g, dtype=torch.float64) for _ in range(3))
+    s1, s2 = (0.3 * torch.randn(3, generator=g, dtype=torch.float64) for _ in range(2))
+    p, q = Independent(Normal(m1, s1.exp()), 1), Independent(Normal(m2, s2.exp()), 1)
+    torch.testing.assert_close(gaussian.log_prob(a, m1, s1), p.log_prob(a))
+    torch.testing.assert_close(gaussian.kl(m1, s1, m2, s2), kl_divergence(p, q))

@@ -39,6 +39,7 @@ from typing import Any, Callable
 import torch
 from torch import Tensor, nn
 
+from metalab.rl import gaussian
 from metalab.rl.nav2d import MakeEnv, navigation_2d
 from metalab.rl.returns import LinearFeatureBaseline, discounted_returns, gae
 from metalab.rl.rollout import Trajectories, rollout
@@ -139,8 +140,7 @@ class MAMLRL(nn.Module):
 
     def log_prob(self, params: Params, observations: Tensor, actions: Tensor) -> Tensor:
         mean, log_std = self.distribution(params, observations)
-        z = (actions - mean) / log_std.exp()
-        return (-0.5 * z * z - log_std - 0.5 * math.log(2 * math.pi)).sum(-1)
+        return gaussian.log_prob(actions, mean, log_std)
 
     def sampler(self, params: Params, generator: torch.Generator) -> Callable[[Tensor], Tensor]:
         def act(observations: Tensor) -> Tensor:
@@ -214,8 +214,7 @@ class MAMLRL(nn.Module):
             logp = self.log_prob(theta, post.observations, post.actions)
             surrogate = _masked_task_mean(torch.exp(logp - old_logp) * post_adv, post.mask)
             mean, log_std = self.distribution(theta, post.observations)
-            kl = (log_std - old_log_std + (old_log_std.exp() ** 2 + (old_mean - mean) ** 2)
-                  / (2 * (2 * log_std).exp()) - 0.5).sum(-1)
+            kl = gaussian.kl(old_mean, old_log_std, mean, log_std)
             return surrogate, _masked_task_mean(kl, post.mask)
 
         surrogate, kl = surrogate_and_kl(create_graph=True)

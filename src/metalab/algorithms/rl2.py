@@ -28,6 +28,7 @@ from typing import Any
 import torch
 from torch import Tensor, nn
 
+from metalab.rl import gaussian
 from metalab.rl.nav2d import MakeEnv, navigation_2d
 from metalab.rl.returns import gae
 from metalab.utils.errors import MetalabError, require_positive
@@ -169,10 +170,7 @@ class RL2(nn.Module):
             hidden, mean, value = self.step(hidden, trials.inputs[:, t], trials.mask[:, t].bool())
             means.append(mean)
             values.append(value)
-        mean = torch.stack(means, 1)
-        z = (trials.actions - mean) / self.log_std.exp()
-        logp = (-0.5 * z * z - self.log_std - 0.5 * math.log(2 * math.pi)).sum(-1)
-        return logp, torch.stack(values, 1)
+        return gaussian.log_prob(trials.actions, torch.stack(means, 1), self.log_std), torch.stack(values, 1)
 
     def meta_step(self, tasks: list[dict[str, Any]], generator: torch.Generator) -> dict[str, float]:
         """One batch of trials (one per task), then ``ppo_epochs`` PPO passes on it."""
