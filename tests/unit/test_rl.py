@@ -221,3 +221,40 @@ def test_gaussian_log_prob_and_kl_match_torch_distributions():
     p, q = Independent(Normal(m1, s1.exp()), 1), Independent(Normal(m2, s2.exp()), 1)
     torch.testing.assert_close(gaussian.log_prob(a, m1, s1), p.log_prob(a))
     torch.testing.assert_close(gaussian.kl(m1, s1, m2, s2), kl_divergence(p, q))
+
+
+# ---------------------------------------------------------------------------- Meta-World
+
+
+def test_metaworld_ml1_tasks_switch_goals_and_report_success():
+    pytest.importorskip("metaworld")
+    import numpy as np
+
+    from metalab.rl.locomotion import BatchedGymTasks
+    from metalab.rl.metaworld_tasks import MetaWorldTasks
+
+    train, test = MetaWorldTasks("ML1", "reach-v3", "train", horizon=5), MetaWorldTasks("ML1", "reach-v3", "test", horizon=5)
+    assert len(train) == len(test) == 50
+    drawn = train.sample_tasks(4, torch.Generator().manual_seed(0))
+    assert drawn == train.sample_tasks(4, torch.Generator().manual_seed(0)) and all(t["env"] == "reach-v3" for t in drawn)
+    env = train.make_env()
+    rewards = []
+    for index in (0, 1):
+        obs, info = env.reset(seed=0, options={"task": {"env": "reach-v3", "index": index}})
+        assert obs.shape == env.observation_space.shape and info["task"]["index"] == index
+        _, reward, _, truncated, info = env.step(np.zeros(4, dtype=np.float32))
+        assert "success" in info and not truncated
+        rewards.append(reward)
+    assert rewards[0] != rewards[1]  # another goal, another reward for the same move
+    for _ in range(4):
+        *_, truncated, _ = env.step(np.zeros(4, dtype=np.float32))
+    assert truncated  # the horizon
+    with pytest.raises(MetalabError, match="index"):
+        env.reset_task({"env": "reach-v3", "index": 50})
+    with pytest.raises(MetalabError, match="no ML1 environment"):
+        MetaWorldTasks("ML1", "fly-v3")
+    batched = BatchedGymTasks(test.make_env, test.sample_tasks(2, torch.Generator().manual_seed(1)), episodes=1)
+    obs = batched.reset()
+    assert obs.shape == (2, 1, 39) and batched.horizon == 5 and batched.action_dim == 4
+    batched.step(torch.zeros(2, 1, 4))
+    assert batched.success.shape == (2, 1)

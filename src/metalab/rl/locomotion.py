@@ -129,8 +129,11 @@ FAMILIES: dict[str, type[_TaskReward]] = {"cheetah-vel": HalfCheetahVelocity, "c
 class BatchedGymTasks:
     """``episodes`` environments per task, stepped together: the batched interface on gymnasium envs.
 
+    ``success`` ``(T, E)`` records whether an episode's info ever flagged ``success`` (Meta-World).
+
     Args:
-        make: builds one environment of the family (e.g. :class:`HalfCheetahVelocity`).
+        make: builds one environment of the family (e.g. :class:`HalfCheetahVelocity`, or
+            :meth:`metalab.rl.metaworld_tasks.MetaWorldTasks.make_env`).
         tasks: one task per row.
         episodes: episodes (environment copies) per task.
         seed: the environments' reset seeds are ``seed + i``.
@@ -154,6 +157,7 @@ class BatchedGymTasks:
         obs = [[env.reset(seed=self.seed + i * self.episodes + j)[0] for j, env in enumerate(row)]
                for i, row in enumerate(self.envs)]
         self.running = torch.ones(len(self.tasks), self.episodes, dtype=torch.bool)
+        self.success = torch.zeros(len(self.tasks), self.episodes, dtype=torch.bool)  # info["success"] seen
         self.t = 0
         self._obs = torch.as_tensor(np.array(obs), dtype=self.dtype)
         return self._obs.clone()
@@ -169,9 +173,11 @@ class BatchedGymTasks:
             for j, env in enumerate(row):
                 if not was_running[i, j]:
                     continue
-                obs, r, terminated, truncated, _ = env.step(actions[i, j])  # clipped by the env
+                obs, r, terminated, truncated, info = env.step(actions[i, j])  # clipped by the env
                 self._obs[i, j] = torch.as_tensor(obs, dtype=self.dtype)
                 reward[i, j] = r
+                if info.get("success", 0) > 0:
+                    self.success[i, j] = True
                 if terminated or truncated:
                     self.running[i, j] = False
         self.t += 1
