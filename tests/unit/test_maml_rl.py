@@ -95,3 +95,36 @@ def test_maml_rl_runs_on_a_mujoco_family():
     assert all(map(math.isfinite, metrics.values())) and 0 <= metrics["kl"] <= 0.01
     returns = algo.adaptation_returns(tasks, 1, torch.Generator().manual_seed(2))
     assert returns.shape == (2, 2) and torch.isfinite(returns).all()
+
+
+@pytest.mark.parametrize("first_order", [False, True])
+def test_outer_gradient_through_the_inner_step_matches_finite_differences(first_order):
+    """float64: the second-order surrogate gradient is the derivative of the surrogate as a
+    function of theta (through theta'); the first-order one is not."""
+    from metalab.rl.nav2d import BatchedNavigation2D
+
+    def short(tasks, episodes, dtype, generator):
+        return BatchedNavigation2D(tasks, episodes, horizon=8, dtype=dtype)
+
+    torch.manual_seed(0)
+    algo = MAMLRL(2, 2, MAMLRLConfig(hidden=(5,), episodes_per_task=3, inner_lr=0.5, first_order=first_order),
+                  short).double()
+    data = algo.collect(_tasks(2), torch.Generator().manual_seed(4))
+    surrogate, _ = algo.surrogate_and_kl(data, create_graph=True)
+    grad = torch.autograd.grad(surrogate, [algo.w0])[0]
+    eps, numeric = 1e-6, torch.zeros(4)
+    coords = [(0, 0), (1, 1), (3, 0), (4, 1)]
+    for n, (i, j) in enumerate(coords):
+        values = []
+        for sign in (1, -1):
+            with torch.no_grad():
+                algo.w0[i, j] += sign * eps
+            values.append(algo.surrogate_and_kl(data, create_graph=False)[0].item())
+            with torch.no_grad():
+                algo.w0[i, j] -= sign * eps
+        numeric[n] = (values[0] - values[1]) / (2 * eps)
+    analytic = torch.stack([grad[i, j] for i, j in coords]).float()
+    if first_order:
+        assert not torch.allclose(analytic, numeric, rtol=1e-3, atol=1e-6)
+    else:
+        torch.testing.assert_close(analytic, numeric, rtol=1e-4, atol=1e-7)

@@ -93,6 +93,19 @@ class MAMLRLConfig:
             raise MetalabError(f"ls_ratio must be in (0, 1), got {self.ls_ratio!r}")
 
 
+@dataclass(frozen=True)
+class Collected:
+    """The episodes of one meta-iteration and the sampling policy's statistics on the post-update ones."""
+
+    tasks: int
+    inner: list[tuple[Trajectories, Tensor]]  # per inner step: episodes and their advantages
+    post: Trajectories
+    post_advantages: Tensor
+    old_mean: Tensor
+    old_log_std: Tensor
+    old_logp: Tensor
+
+
 def _stack(params: Params, tasks: int) -> Params:
     """One copy of every parameter per task (views: gradients flow back to ``params``)."""
     return {k: v.unsqueeze(0).expand(tasks, *v.shape) for k, v in params.items()}
@@ -181,6 +194,34 @@ class MAMLRL(nn.Module):
 
     # ------------------------------------------------------------------ meta-training
 
+    def collect(self, tasks: list[dict[str, Any]], generator: torch.Generator) -> "Collected":
+        """Sample the data of one meta-iteration: the pre-update episodes of every inner step
+        (each with the parameters adapted so far) and the post-update episodes."""
+        inner_data, current = [], _stack(self.params(), len(tasks))
+        for _ in range(self.config.inner_steps):
+            traj = self.sample(current, tasks, generator)
+            inner_data.append((traj, self.advantages(traj)))
+            current = self.inner_step(current, *inner_data[-1], create_graph=False)
+        post = self.sample(current, tasks, generator)
+        with torch.no_grad():
+            old_mean, old_log_std = self.distribution(current, post.observations)
+            old_logp = self.log_prob(current, post.observations, post.actions)
+        return Collected(len(tasks), inner_data, post, self.advantages(post), old_mean, old_log_std, old_logp)
+
+    def surrogate_and_kl(self, data: "Collected", create_graph: bool) -> tuple[Tensor, Tensor]:
+        """The post-update surrogate and mean KL to the sampling policy, as functions of the
+        current parameters through the inner steps on ``data`` (second order with ``create_graph``
+        unless ``first_order``: without it the inner gradients are constants, d theta'/d theta = I)."""
+        theta = _stack(self.params(), data.tasks)
+        for traj, adv in data.inner:
+            theta = self.inner_step(theta, traj, adv, create_graph=create_graph and not self.config.first_order)
+        post = data.post
+        logp = self.log_prob(theta, post.observations, post.actions)
+        surrogate = _masked_task_mean(torch.exp(logp - data.old_logp) * data.post_advantages, post.mask)
+        mean, log_std = self.distribution(theta, post.observations)
+        kl = gaussian.kl(data.old_mean, data.old_log_std, mean, log_std)
+        return surrogate, _masked_task_mean(kl, post.mask)
+
     def meta_step(self, tasks: list[dict[str, Any]], generator: torch.Generator) -> dict[str, float]:
         """One meta-iteration on ``tasks``: sample, adapt, TRPO step on the parameters in place.
 
@@ -190,32 +231,10 @@ class MAMLRL(nn.Module):
         """
         cfg = self.config
         params = list(self.parameters())
-        # the data: pre-update episodes for each inner step, then post-update episodes
-        inner_data, current = [], _stack(self.params(), len(tasks))
-        for _ in range(cfg.inner_steps):
-            traj = self.sample(current, tasks, generator)
-            inner_data.append((traj, self.advantages(traj)))
-            current = self.inner_step(current, *inner_data[-1], create_graph=False)
-        post = self.sample(current, tasks, generator)
-        post_adv = self.advantages(post)
-        with torch.no_grad():
-            old_mean, old_log_std = self.distribution(current, post.observations)
-            old_logp = self.log_prob(current, post.observations, post.actions)
-
-        def adapted(create_graph: bool) -> Params:
-            theta = _stack(self.params(), len(tasks))
-            for traj, adv in inner_data:
-                # without create_graph the inner gradients are constants: d theta' / d theta = I (first order)
-                theta = self.inner_step(theta, traj, adv, create_graph=create_graph and not cfg.first_order)
-            return theta
+        data = self.collect(tasks, generator)
 
         def surrogate_and_kl(create_graph: bool) -> tuple[Tensor, Tensor]:
-            theta = adapted(create_graph)
-            logp = self.log_prob(theta, post.observations, post.actions)
-            surrogate = _masked_task_mean(torch.exp(logp - old_logp) * post_adv, post.mask)
-            mean, log_std = self.distribution(theta, post.observations)
-            kl = gaussian.kl(old_mean, old_log_std, mean, log_std)
-            return surrogate, _masked_task_mean(kl, post.mask)
+            return self.surrogate_and_kl(data, create_graph)
 
         surrogate, kl = surrogate_and_kl(create_graph=True)
         g = _flat(torch.autograd.grad(surrogate, params, retain_graph=True))
@@ -242,8 +261,8 @@ class MAMLRL(nn.Module):
             else:
                 with torch.no_grad():
                     nn.utils.vector_to_parameters(old, params)
-        return {"return_pre": inner_data[0][0].episode_returns().mean().item(),
-                "return_post": post.episode_returns().mean().item(),
+        return {"return_pre": data.inner[0][0].episode_returns().mean().item(),
+                "return_post": data.post.episode_returns().mean().item(),
                 "surrogate_gain": improvement, "kl": step_kl, "step": accepted}
 
     # ------------------------------------------------------------------ evaluation
