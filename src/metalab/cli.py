@@ -18,8 +18,8 @@ from typing import Any, Sequence
 
 
 from metalab import algorithms, config
-from metalab.experiment import TABLES, reproduce, run_experiment
-from metalab.data.benchmarks import BENCHMARKS, BenchmarkConfig, make_benchmark
+from metalab.experiment import ALL_BENCHMARKS, TABLES, build_benchmark, reproduce, run_experiment
+from metalab.data.benchmarks import BenchmarkConfig
 from metalab.engine import TrainConfig, evaluate, load_checkpoint
 from metalab.engine.distributed import DEFAULT_TIMEOUT, Distributed
 from metalab.utils.errors import MetalabError
@@ -33,6 +33,17 @@ BENCHMARK_DEFAULTS: dict[str, dict[str, Any]] = {
     "omniglot": {"k_shot": 1, "steps": 2000, "meta_batch_size": 16, "val_every": 500, "eval_steps": [None]},
     # sequence episodes (Santoro et al. 2016): --n-way classes x --n-query instances; k_shot is unused
     "omniglot-online": {"k_shot": 1, "steps": 2000, "meta_batch_size": 16, "val_every": 500, "eval_steps": [None]},
+    # meta-RL (Finn et al. 2017): meta-iterations of 40 (nav2d) or 20 (MuJoCo) tasks; test tasks, not episodes
+    "nav2d": {"k_shot": 1, "steps": 100, "meta_batch_size": 40, "val_every": 25, "eval_steps": [0, 1, 2, 3],
+              "val_episodes": 40, "test_episodes": 100},
+    "cheetah-vel": {"k_shot": 1, "steps": 100, "meta_batch_size": 20, "val_every": 25, "eval_steps": [0, 1],
+                    "val_episodes": 20, "test_episodes": 40},
+    "cheetah-dir": {"k_shot": 1, "steps": 100, "meta_batch_size": 20, "val_every": 25, "eval_steps": [0, 1],
+                    "val_episodes": 20, "test_episodes": 40},
+    "ant-dir": {"k_shot": 1, "steps": 100, "meta_batch_size": 20, "val_every": 25, "eval_steps": [0, 1],
+                "val_episodes": 20, "test_episodes": 40},
+    "ml1-reach": {"k_shot": 1, "steps": 50, "meta_batch_size": 10, "val_every": 25, "eval_steps": [0, 1],
+                  "val_episodes": 10, "test_episodes": 50},
 }
 # Hyper-parameters of the papers that depend on the benchmark (used unless given).
 PAPER_HPARAMS: dict[tuple[str, str], dict[str, Any]] = {
@@ -105,7 +116,7 @@ def _build_parser() -> argparse.ArgumentParser:
     t.add_argument("algorithm", nargs="?", help="registry name (see `metalab list`); optional with --preset or --resume")
     t.add_argument("--preset", help="a named paper setting (see `metalab list --presets`); flags override its fields")
     t.add_argument("--benchmark", dest="benchmark.name", default=argparse.SUPPRESS, metavar="NAME",
-                   help=f"one of {sorted(BENCHMARKS)} (default sinusoid)")
+                   help=f"one of {list(ALL_BENCHMARKS)} (default sinusoid)")
     _dataclass_flags(t, "benchmark", BenchmarkConfig, skip=("name", "seed"))
     _dataclass_flags(t, "train", TrainConfig, skip=())
     t.add_argument("--max-minutes", type=float, default=argparse.SUPPRESS,
@@ -200,10 +211,12 @@ def _run_config(args: argparse.Namespace) -> dict[str, Any]:
     name = bench.setdefault("name", "sinusoid")
     defaults = BENCHMARK_DEFAULTS.get(name)
     if defaults is None:
-        raise MetalabError(f"unknown benchmark {name!r}; choose one of {sorted(BENCHMARKS)}")
+        raise MetalabError(f"unknown benchmark {name!r}; choose one of {list(ALL_BENCHMARKS)}")
     bench.setdefault("k_shot", defaults["k_shot"])
     train = {"steps": defaults["steps"], "meta_batch_size": defaults["meta_batch_size"],
-             "val_every": defaults["val_every"], **RUN_DEFAULTS["train"], **preset.get("train", {}), **flags["train"]}
+             "val_every": defaults["val_every"], **({"val_episodes": defaults["val_episodes"]} if "val_episodes" in defaults
+                                                   else {}),
+             **RUN_DEFAULTS["train"], **preset.get("train", {}), **flags["train"]}
     bench["seed"] = derive_seed(train.get("seed", 0), 1)
     bench_cfg = BenchmarkConfig(**bench)
     train_cfg = TrainConfig(**train)
@@ -214,7 +227,8 @@ def _run_config(args: argparse.Namespace) -> dict[str, Any]:
     eval_steps = args.eval_steps or preset.get("eval_steps") or defaults["eval_steps"]
     if not hasattr(method_config, "inner_steps"):
         eval_steps = [None]
-    test_episodes = args.test_episodes or preset.get("test_episodes") or RUN_DEFAULTS["test_episodes"]
+    test_episodes = (args.test_episodes or preset.get("test_episodes") or defaults.get("test_episodes")
+                     or RUN_DEFAULTS["test_episodes"])
     return _plain({"algorithm": algorithm, "hparams": dataclasses.asdict(method_config),
                    "benchmark": dataclasses.asdict(bench_cfg), "train": dataclasses.asdict(train_cfg),
                    "eval_steps": eval_steps, "test_episodes": test_episodes})
@@ -313,7 +327,7 @@ def _eval(args: argparse.Namespace) -> int:
         if getattr(args, name) is not None:
             fields[name] = getattr(args, name)
     progress = not args.quiet and sys.stderr.isatty()
-    benchmark = make_benchmark(BenchmarkConfig(**fields), progress)
+    benchmark = build_benchmark(BenchmarkConfig(**fields), progress)
     eval_steps = args.eval_steps or [None]
     tests = _evaluate_all(algorithm, benchmark, args.episodes, eval_steps, progress)
     if args.out:
@@ -337,7 +351,7 @@ def _list(args: argparse.Namespace) -> int:
             for name, description in presets.items():
                 print(f"{name}: {description}")
         return 0
-    listing = {"algorithms": algorithms.names(), "benchmarks": sorted(BENCHMARKS), "presets": config.preset_names()}
+    listing = {"algorithms": algorithms.names(), "benchmarks": list(ALL_BENCHMARKS), "presets": config.preset_names()}
     if args.json:
         print(json.dumps(listing))
     else:

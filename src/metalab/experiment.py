@@ -16,9 +16,10 @@ from typing import Any, Callable
 import torch
 
 from metalab import algorithms, config, results
-from metalab.data.benchmarks import BenchmarkConfig, make_benchmark
+from metalab.data.benchmarks import BENCHMARKS, Benchmark, BenchmarkConfig, TaskSpec, make_benchmark
 from metalab.engine import TrainConfig, evaluate, load_checkpoint, train
 from metalab.engine.distributed import SINGLE, Distributed
+from metalab.rl.benchmarks import RL_BENCHMARKS, rl_benchmark_parts
 from metalab.utils.errors import MetalabError
 from metalab.utils.io import atomic_write_text
 from metalab.utils.seeding import derive_seed
@@ -33,6 +34,24 @@ TABLES: dict[str, tuple[str, ...]] = {
     "mann": ("mann-omniglot-5class", "lstm-omniglot-5class"),
 }
 SETTINGS = ("algorithm", "hparams", "benchmark", "train", "eval_steps", "test_episodes")
+
+
+ALL_BENCHMARKS = (*sorted(BENCHMARKS), *sorted(RL_BENCHMARKS))
+
+
+def build_benchmark(cfg: BenchmarkConfig, progress: bool = False) -> Benchmark:
+    """The benchmark ``cfg`` names: supervised (:func:`metalab.data.make_benchmark`) or meta-RL.
+
+    A meta-RL benchmark (:mod:`metalab.rl.benchmarks`) becomes a :class:`Benchmark` whose
+    streams yield tasks (``TaskEpisode``/``TaskBatch``), whose spec maps observation vectors to
+    actions and whose metric is the episode ``return``; its other fields (``n_way``, ``k_shot``,
+    data folders) are unused.
+    """
+    if cfg.name not in RL_BENCHMARKS:
+        return make_benchmark(cfg, progress)
+    parts = rl_benchmark_parts(cfg.name, cfg.seed)
+    return Benchmark(cfg.name, TaskSpec((parts.observation_dim,), parts.action_dim, False), "return",
+                     parts.train, parts.val, parts.test)
 
 
 def run_experiment(cfg: dict[str, Any], run_dir: Path, resume: bool = False, progress: bool = False,
@@ -52,8 +71,14 @@ def run_experiment(cfg: dict[str, Any], run_dir: Path, resume: bool = False, pro
     """
     bench_cfg = BenchmarkConfig(**cfg["benchmark"])
     train_cfg = TrainConfig(**cfg["train"])
+    kind = algorithms.get(cfg["algorithm"]).kind
+    if (kind == "rl") != (bench_cfg.name in RL_BENCHMARKS):
+        raise MetalabError(f"{cfg['algorithm']} is a {'meta-RL' if kind == 'rl' else 'supervised'} method and "
+                           f"{bench_cfg.name} a {'meta-RL' if bench_cfg.name in RL_BENCHMARKS else 'supervised'} "
+                           f"benchmark; meta-RL methods ({', '.join(algorithms.names('rl'))}) run on "
+                           f"{', '.join(sorted(RL_BENCHMARKS))}")
     method_config = algorithms.make_config(cfg["algorithm"], **cfg["hparams"])
-    benchmark = make_benchmark(bench_cfg, progress)
+    benchmark = build_benchmark(bench_cfg, progress)
     with torch.random.fork_rng(devices=[]):
         torch.manual_seed(derive_seed(train_cfg.seed, 0))
         algorithm = algorithms.get(cfg["algorithm"])(benchmark.spec, method_config)

@@ -6,8 +6,11 @@ import pytest
 import torch
 
 from metalab.algorithms.rl2 import RL2, RL2Config
+from metalab.data import TaskSpec
 from metalab.rl import Nav2DTasks
 from metalab.utils.errors import MetalabError
+
+NAV = TaskSpec((2,), 2, False)
 
 
 def _tasks(n, seed=0):
@@ -16,7 +19,7 @@ def _tasks(n, seed=0):
 
 def test_hidden_state_persists_across_episodes_and_resets_between_trials():
     torch.manual_seed(0)
-    algo = RL2(2, 2, RL2Config(hidden=16, episodes_per_trial=2))
+    algo = RL2(NAV, RL2Config(hidden=16, episodes_per_trial=2))
     trials = algo.trial(_tasks(3), torch.Generator().manual_seed(1))
     horizon = 100
     assert trials.inputs.shape == (3, 2 * horizon, 2 + 2 + 2) and trials.episode.tolist() == [0] * 100 + [1] * 100
@@ -45,7 +48,7 @@ def test_hidden_state_persists_across_episodes_and_resets_between_trials():
 
 def test_finished_episodes_freeze_the_state_and_are_masked():
     torch.manual_seed(0)
-    algo = RL2(2, 2, RL2Config(hidden=8))
+    algo = RL2(NAV, RL2Config(hidden=8))
     hidden = torch.randn(2, 16)
     new, _, _ = algo.step(hidden, torch.randn(2, 6), torch.tensor([True, False]))
     assert not torch.equal(new[0], hidden[0]) and torch.equal(new[1], hidden[1])
@@ -53,7 +56,7 @@ def test_finished_episodes_freeze_the_state_and_are_masked():
 
 def test_rl2_learns_on_2d_navigation():
     torch.manual_seed(0)
-    algo = RL2(2, 2, RL2Config(hidden=32))
+    algo = RL2(NAV, RL2Config(hidden=32))
     test_tasks = _tasks(30, seed=99)
     before = algo.trial_returns(test_tasks, torch.Generator().manual_seed(4)).mean().item()
     g = torch.Generator().manual_seed(3)

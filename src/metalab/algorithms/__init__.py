@@ -5,6 +5,7 @@ from metalab.algorithms.base import MetaAlgorithm, MetaOutput, Predictor
 from metalab.algorithms.gradient import GradientConfig, GradientMethod
 from metalab.algorithms.mann import MANN, LSTMBaseline, LSTMConfig, MANNConfig
 from metalab.algorithms.maml import FOMAML, MAML, MAMLConfig
+from metalab.algorithms.maml_rl import MAMLRL, MAMLRLConfig
 from metalab.algorithms.matching_net import MatchingNet, MatchingNetConfig
 from metalab.algorithms.meta_lstm import MetaLSTMConfig, MetaLSTMLearner
 from metalab.algorithms.meta_sgd import MetaSGD, MetaSGDConfig
@@ -12,9 +13,14 @@ from metalab.algorithms.protonet import ProtoNet, ProtoNetConfig
 from metalab.algorithms.registry import build, get, make_config, names, register
 from metalab.algorithms.relation_net import RelationNet, RelationNetConfig
 from metalab.algorithms.reptile import Reptile, ReptileConfig
+from metalab.algorithms.rl2 import RL2, RL2Config
 from metalab.algorithms.siamese import Siamese, SiameseConfig
 
 __all__ = [
+    "MAMLRL",
+    "MAMLRLConfig",
+    "RL2",
+    "RL2Config",
     "ANIL",
     "ANILConfig",
     "GradientConfig",

@@ -11,7 +11,7 @@ from torch import Tensor, nn
 
 from metalab.data.benchmarks import TaskSpec
 from metalab.data.episode import Episode, EpisodeBatch
-from metalab.func.losses import task_metric
+from metalab.func.losses import metric_name, task_metric
 from metalab.utils.errors import MetalabError, NonFiniteError
 
 Predictor = Callable[[Tensor], Tensor]
@@ -42,11 +42,18 @@ class MetaAlgorithm(nn.Module):
 
     name: ClassVar[str]
     Config: ClassVar[type]
+    kind: ClassVar[str] = "supervised"
+    """``supervised`` (episodes of examples) or ``rl`` (tasks of a meta-RL benchmark)."""
 
     def __init__(self, spec: TaskSpec, config: Any):
         super().__init__()
         self.spec = spec
         self.config = config
+
+    @property
+    def metric(self) -> str:
+        """What :meth:`evaluate_episode` returns: ``accuracy``, ``mse`` or (meta-RL) ``return``."""
+        return metric_name(self.spec.classification)
 
     def meta_loss(self, batch: EpisodeBatch) -> MetaOutput:
         raise NotImplementedError

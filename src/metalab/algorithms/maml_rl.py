@@ -25,9 +25,10 @@ action box (rllab's ``normalize``); the inner step size is the paper's 0.1 (sect
 
 This module runs on batched task environments (:mod:`metalab.rl`; ``make_env``, 2D
 navigation by default, MuJoCo families through :class:`metalab.rl.locomotion.BatchedGymTasks`):
-every episode of every task is stepped together and the per-task policies are stacked tensors. It is driven by
-``benchmarks/nav2d.py``; it is not yet on the MetaAlgorithm interface of the supervised
-trainer (``metalab train``).
+every episode of every task is stepped together and the per-task policies are stacked tensors.
+On the MetaAlgorithm interface (``metalab train maml_rl --benchmark nav2d``) the TRPO step is
+handed to the trainer as a gradient (:meth:`MAMLRL.meta_gradient`); ``benchmarks/nav2d.py``
+drives :meth:`MAMLRL.meta_step` directly.
 """
 
 from __future__ import annotations
@@ -39,8 +40,12 @@ from typing import Any, Callable
 import torch
 from torch import Tensor, nn
 
+from metalab.algorithms.registry import register
+from metalab.algorithms.rl_base import RLMethod
+from metalab.data.benchmarks import TaskSpec
 from metalab.rl import gaussian
-from metalab.rl.nav2d import MakeEnv, navigation_2d
+from metalab.rl.nav2d import navigation_2d
+from metalab.rl.tasks import MakeEnv, TaskEpisode
 from metalab.rl.returns import LinearFeatureBaseline, discounted_returns, gae
 from metalab.rl.rollout import Trajectories, rollout
 from metalab.utils.errors import MetalabError, require_positive
@@ -116,23 +121,25 @@ def _masked_task_mean(x: Tensor, mask: Tensor) -> Tensor:
     return ((x * mask).sum((1, 2)) / mask.sum((1, 2)).clamp_min(1.0)).mean()
 
 
-class MAMLRL(nn.Module):
-    """A Gaussian MLP policy meta-trained by MAML with a TRPO outer step."""
+@register
+class MAMLRL(RLMethod):
+    """A Gaussian MLP policy meta-trained by MAML with a TRPO outer step.
+
+    ``spec``: observations of shape ``input_shape`` (a vector), actions of ``output_dim``.
+    """
 
     name = "maml_rl"
+    Config = MAMLRLConfig
 
-    def __init__(self, observation_dim: int, action_dim: int, config: MAMLRLConfig | None = None,
-                 make_env: MakeEnv | None = None):
-        super().__init__()
-        self.config = config or MAMLRLConfig()
-        self.make_env = make_env or navigation_2d
-        widths = (observation_dim, *self.config.hidden, action_dim)
+    def __init__(self, spec: TaskSpec, config: MAMLRLConfig):
+        super().__init__(spec, config)
+        widths = (spec.input_shape[0], *self.config.hidden, spec.output_dim)
         self.layers = len(widths) - 1
         for i, (n_in, n_out) in enumerate(zip(widths[:-1], widths[1:])):
             layer = nn.Linear(n_in, n_out)  # torch's default initialisation
             self.register_parameter(f"w{i}", layer.weight)
             self.register_parameter(f"b{i}", layer.bias)
-        self.log_std = nn.Parameter(torch.full((action_dim,), float(self.config.init_log_std)))
+        self.log_std = nn.Parameter(torch.full((spec.output_dim,), float(self.config.init_log_std)))
 
     # ------------------------------------------------------------------ the policy, per task
 
@@ -162,9 +169,10 @@ class MAMLRL(nn.Module):
             return mean + log_std.exp() * noise
         return act
 
-    def sample(self, params: Params, tasks: list[dict[str, Any]], generator: torch.Generator) -> Trajectories:
+    def sample(self, params: Params, tasks: list[dict[str, Any]], generator: torch.Generator,
+               make_env: MakeEnv = navigation_2d) -> Trajectories:
         detached = {k: v.detach() for k, v in params.items()}
-        env = self.make_env(tasks, self.config.episodes_per_task, detached["log_std"].dtype, generator)
+        env = make_env(tasks, self.config.episodes_per_task, detached["log_std"].dtype, generator)
         return rollout(env, self.sampler(detached, generator), self.config.action_scale)
 
     # ------------------------------------------------------------------ advantages and the inner step
@@ -194,15 +202,16 @@ class MAMLRL(nn.Module):
 
     # ------------------------------------------------------------------ meta-training
 
-    def collect(self, tasks: list[dict[str, Any]], generator: torch.Generator) -> "Collected":
+    def collect(self, tasks: list[dict[str, Any]], generator: torch.Generator,
+                make_env: MakeEnv = navigation_2d) -> "Collected":
         """Sample the data of one meta-iteration: the pre-update episodes of every inner step
         (each with the parameters adapted so far) and the post-update episodes."""
         inner_data, current = [], _stack(self.params(), len(tasks))
         for _ in range(self.config.inner_steps):
-            traj = self.sample(current, tasks, generator)
+            traj = self.sample(current, tasks, generator, make_env)
             inner_data.append((traj, self.advantages(traj)))
             current = self.inner_step(current, *inner_data[-1], create_graph=False)
-        post = self.sample(current, tasks, generator)
+        post = self.sample(current, tasks, generator, make_env)
         with torch.no_grad():
             old_mean, old_log_std = self.distribution(current, post.observations)
             old_logp = self.log_prob(current, post.observations, post.actions)
@@ -222,16 +231,18 @@ class MAMLRL(nn.Module):
         kl = gaussian.kl(data.old_mean, data.old_log_std, mean, log_std)
         return surrogate, _masked_task_mean(kl, post.mask)
 
-    def meta_step(self, tasks: list[dict[str, Any]], generator: torch.Generator) -> dict[str, float]:
+    def meta_step(self, tasks: list[dict[str, Any]], generator: torch.Generator,
+                  make_env: MakeEnv = navigation_2d) -> dict[str, float]:
         """One meta-iteration on ``tasks``: sample, adapt, TRPO step on the parameters in place.
 
         Returns:
             metrics: mean episode return before and after adaptation, the surrogate improvement,
-            the KL of the accepted step and the line-search step taken (0: rejected, no update).
+            the KL of the accepted step and the fraction of the full step taken by the line
+            search (``ls_fraction``; 0: rejected, no update).
         """
         cfg = self.config
         params = list(self.parameters())
-        data = self.collect(tasks, generator)
+        data = self.collect(tasks, generator, make_env)
 
         def surrogate_and_kl(create_graph: bool) -> tuple[Tensor, Tensor]:
             return self.surrogate_and_kl(data, create_graph)
@@ -263,11 +274,12 @@ class MAMLRL(nn.Module):
                     nn.utils.vector_to_parameters(old, params)
         return {"return_pre": data.inner[0][0].episode_returns().mean().item(),
                 "return_post": data.post.episode_returns().mean().item(),
-                "surrogate_gain": improvement, "kl": step_kl, "step": accepted}
+                "surrogate_gain": improvement, "kl": step_kl, "ls_fraction": accepted}
 
     # ------------------------------------------------------------------ evaluation
 
-    def adaptation_returns(self, tasks: list[dict[str, Any]], steps: int, generator: torch.Generator) -> Tensor:
+    def adaptation_returns(self, tasks: list[dict[str, Any]], steps: int, generator: torch.Generator,
+                           make_env: MakeEnv = navigation_2d) -> Tensor:
         """Mean episode return of each task after 0, 1, ..., ``steps`` inner steps: ``(T, steps + 1)``.
 
         Each step adapts on the episodes sampled with the current parameters (as at training).
@@ -275,12 +287,28 @@ class MAMLRL(nn.Module):
         theta = {k: v.detach() for k, v in _stack(self.params(), len(tasks)).items()}
         out = []
         for step in range(steps + 1):
-            traj = self.sample(theta, tasks, generator)
+            traj = self.sample(theta, tasks, generator, make_env)
             out.append(traj.episode_returns().mean(1))
             if step < steps:
                 theta = {k: v.detach().requires_grad_() for k, v in theta.items()}
                 theta = {k: v.detach() for k, v in self.inner_step(theta, traj, self.advantages(traj), False).items()}
         return torch.stack(out, 1)
+
+
+    # ------------------------------------------------------------------ the MetaAlgorithm interface
+
+    def update_loss(self, metrics: dict[str, float]) -> float:
+        return -metrics["return_post"]
+
+    def evaluate_episode(self, episode: TaskEpisode, steps: int | None = None) -> float:
+        """Mean return of ``episodes_per_task`` episodes after ``steps`` inner steps on the task
+        (default: ``inner_steps``), from the task's own seed (the same every time)."""
+        steps = self.config.inner_steps if steps is None else steps
+        if steps < 0:
+            raise MetalabError(f"adaptation steps must be >= 0, got {steps}")
+        returns = self.adaptation_returns([episode.task], steps, torch.Generator().manual_seed(episode.seed),
+                                          episode.make_env)
+        return returns[0, -1].item()
 
 
 def _flat(tensors) -> Tensor:

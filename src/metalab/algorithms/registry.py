@@ -20,8 +20,9 @@ def register(cls: type[MetaAlgorithm]) -> type[MetaAlgorithm]:
     return cls
 
 
-def names() -> list[str]:
-    return sorted(_REGISTRY)
+def names(kind: str | None = None) -> list[str]:
+    """Registered names; ``kind``: only ``supervised`` or only ``rl`` methods."""
+    return sorted(n for n, cls in _REGISTRY.items() if kind is None or cls.kind == kind)
 
 
 def get(name: str) -> type[MetaAlgorithm]:

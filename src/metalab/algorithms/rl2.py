@@ -15,8 +15,10 @@ trials: ``ppo_epochs`` passes of the clipped surrogate (``clip``) plus ``value_c
 the value loss, Adam with ``lr``, the whole sequences recomputed at each pass.
 
 Runs on the batched task environments of :mod:`metalab.rl` (``make_env``; 2D navigation by
-default), one trial per task of a meta-batch, all stepped together. Driven by
-``benchmarks/nav2d.py --method rl2``; not yet behind ``metalab train``.
+default), one trial per task of a meta-batch, all stepped together. On the MetaAlgorithm
+interface (``metalab train rl2 --benchmark nav2d``) the PPO update is handed to the trainer
+as a gradient (:meth:`RL2.meta_gradient`); ``benchmarks/nav2d.py --method rl2`` drives
+:meth:`RL2.meta_step` directly.
 """
 
 from __future__ import annotations
@@ -28,8 +30,12 @@ from typing import Any
 import torch
 from torch import Tensor, nn
 
+from metalab.algorithms.registry import register
+from metalab.algorithms.rl_base import RLMethod
+from metalab.data.benchmarks import TaskSpec
 from metalab.rl import gaussian
-from metalab.rl.nav2d import MakeEnv, navigation_2d
+from metalab.rl.nav2d import navigation_2d
+from metalab.rl.tasks import MakeEnv, TaskEpisode
 from metalab.rl.returns import gae
 from metalab.utils.errors import MetalabError, require_positive
 
@@ -93,16 +99,19 @@ class Trials:
         return torch.stack([(self.rewards * self.mask)[:, self.episode == k].sum(1) for k in range(episodes)], 1)
 
 
-class RL2(nn.Module):
-    """A GRU policy meta-trained by PPO on trials of several episodes."""
+@register
+class RL2(RLMethod):
+    """A GRU policy meta-trained by PPO on trials of several episodes.
+
+    ``spec``: observations of shape ``input_shape`` (a vector), actions of ``output_dim``.
+    """
 
     name = "rl2"
+    Config = RL2Config
 
-    def __init__(self, observation_dim: int, action_dim: int, config: RL2Config | None = None,
-                 make_env: MakeEnv | None = None):
-        super().__init__()
-        self.config = config or RL2Config()
-        self.make_env = make_env or navigation_2d
+    def __init__(self, spec: TaskSpec, config: RL2Config):
+        super().__init__(spec, config)
+        observation_dim, action_dim = spec.input_shape[0], spec.output_dim
         self.observation_dim, self.action_dim = observation_dim, action_dim
         self.input_dim = observation_dim + action_dim + 2
         self.cell = nn.GRUCell(self.input_dim, self.config.hidden)
@@ -130,10 +139,11 @@ class RL2(nn.Module):
         h_policy, h_value = new.chunk(2, dim=-1)
         return new, self.mean(h_policy), self.value(h_value).squeeze(-1)
 
-    def trial(self, tasks: list[dict[str, Any]], generator: torch.Generator) -> Trials:
+    def trial(self, tasks: list[dict[str, Any]], generator: torch.Generator,
+              make_env: MakeEnv = navigation_2d) -> Trials:
         """Run one trial per task: ``episodes_per_trial`` episodes, the hidden state carried across."""
         cfg = self.config
-        env = self.make_env(tasks, 1, torch.float32, generator)
+        env = make_env(tasks, 1, torch.float32, generator)
         hidden = self.initial_state(len(tasks))
         prev = torch.zeros(len(tasks), self.action_dim + 2)  # previous action, reward, done flag
         inputs, actions, rewards, masks, episode = [], [], [], [], []
@@ -172,10 +182,11 @@ class RL2(nn.Module):
             values.append(value)
         return gaussian.log_prob(trials.actions, torch.stack(means, 1), self.log_std), torch.stack(values, 1)
 
-    def meta_step(self, tasks: list[dict[str, Any]], generator: torch.Generator) -> dict[str, float]:
+    def meta_step(self, tasks: list[dict[str, Any]], generator: torch.Generator,
+                  make_env: MakeEnv = navigation_2d) -> dict[str, float]:
         """One batch of trials (one per task), then ``ppo_epochs`` PPO passes on it."""
         cfg = self.config
-        trials = self.trial(tasks, generator)
+        trials = self.trial(tasks, generator, make_env)
         with torch.no_grad():
             old_logp, values = self.replay(trials)
             adv = gae(trials.rewards, values, trials.mask, cfg.gamma, cfg.gae_lambda)
@@ -198,6 +209,29 @@ class RL2(nn.Module):
         return {**{f"return_episode{k + 1}": r for k, r in enumerate(returns.tolist())},
                 "policy_loss": policy_loss.item(), "value_loss": value_loss.item()}
 
-    def trial_returns(self, tasks: list[dict[str, Any]], generator: torch.Generator) -> Tensor:
+    def trial_returns(self, tasks: list[dict[str, Any]], generator: torch.Generator,
+                      make_env: MakeEnv = navigation_2d) -> Tensor:
         """``(T, episodes_per_trial)``: the return of each episode of one trial per task."""
-        return self.trial(tasks, generator).episode_returns(self.config.episodes_per_trial)
+        return self.trial(tasks, generator, make_env).episode_returns(self.config.episodes_per_trial)
+
+    # ------------------------------------------------------------------ the MetaAlgorithm interface
+
+    def get_extra_state(self) -> Any:
+        """PPO's Adam state travels in ``state_dict()``, so checkpoints resume exactly."""
+        return {"optimizer": self.optimizer.state_dict()}
+
+    def set_extra_state(self, state: Any) -> None:
+        self.optimizer.load_state_dict(state["optimizer"])
+
+    def update_loss(self, metrics: dict[str, float]) -> float:
+        return metrics["policy_loss"] + self.config.value_coef * metrics["value_loss"]
+
+    def evaluate_episode(self, episode: TaskEpisode, steps: int | None = None) -> float:
+        """Return of episode ``steps + 1`` of one trial on the task (``steps`` earlier episodes of
+        experience; default: the last episode of the trial), from the task's own seed."""
+        k = self.config.episodes_per_trial - 1 if steps is None else steps
+        if not 0 <= k < self.config.episodes_per_trial:
+            raise MetalabError(f"a trial has {self.config.episodes_per_trial} episodes: steps must be in "
+                               f"0..{self.config.episodes_per_trial - 1}, got {steps}")
+        returns = self.trial_returns([episode.task], torch.Generator().manual_seed(episode.seed), episode.make_env)
+        return returns[0, k].item()

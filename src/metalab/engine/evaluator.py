@@ -8,7 +8,6 @@ from tqdm.auto import tqdm
 
 from metalab.algorithms.base import MetaAlgorithm
 from metalab.data.sampler import TaskSource
-from metalab.func.losses import metric_name
 from metalab.engine.distributed import SINGLE, Distributed
 from metalab.utils.errors import require_positive
 from metalab.utils.stats import mean_ci95
@@ -19,7 +18,7 @@ class EvalResult:
     """Summary of one evaluation.
 
     Attributes:
-        metric: ``accuracy`` (fraction in [0, 1]) or ``mse``.
+        metric: ``accuracy`` (fraction in [0, 1]), ``mse`` or ``return`` (meta-RL).
         mean: mean of the per-episode metric.
         ci95: half-width of the 95% confidence interval of the mean.
         episodes: number of test episodes (episodes ``0..episodes-1`` of the stream).
@@ -72,5 +71,4 @@ def evaluate(
         algorithm.train(was_training)
     values = distributed.gather_values(values, episodes)
     mean, ci = mean_ci95(values)
-    classification = algorithm.spec.classification
-    return EvalResult(metric_name(classification), mean, ci, episodes, steps, source.seed)
+    return EvalResult(algorithm.metric, mean, ci, episodes, steps, source.seed)

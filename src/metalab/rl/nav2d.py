@@ -19,7 +19,7 @@ environment for one episode through gymnasium's ``Env`` API.
 
 from __future__ import annotations
 
-from typing import Any, Callable
+from typing import Any
 
 import torch
 from torch import Tensor
@@ -125,12 +125,8 @@ class BatchedNavigation2D:
         return self.position.clone(), reward, was_running
 
 
-# (tasks, episodes per task, dtype, generator) -> a batched task environment with reset(), step(),
-# horizon and running: BatchedNavigation2D here, metalab.rl.locomotion.BatchedGymTasks for MuJoCo
-MakeEnv = Callable[[list[dict[str, Any]], int, torch.dtype, torch.Generator], Any]
-
 
 def navigation_2d(tasks: list[dict[str, Any]], episodes: int, dtype: torch.dtype,
                   generator: torch.Generator) -> BatchedNavigation2D:
-    """2D navigation as a :data:`MakeEnv` (its starts are deterministic: ``generator`` is unused)."""
+    """2D navigation as a :data:`~metalab.rl.tasks.MakeEnv` (deterministic starts: ``generator`` is unused)."""
     return BatchedNavigation2D(tasks, episodes, dtype=dtype)
