@@ -32,6 +32,7 @@ TABLES: dict[str, tuple[str, ...]] = {
                  "protonet-omniglot-20w5s", "matching_net-omniglot-5w1s", "siamese-omniglot-5w1s",
                  "relation_net-omniglot-5w1s", "relation_net-omniglot-5w5s", "meta_lstm-omniglot-5w1s"),
     "mann": ("mann-omniglot-5class", "lstm-omniglot-5class"),
+    "nav2d": ("maml_rl-nav2d", "rl2-nav2d"),
 }
 SETTINGS = ("algorithm", "hparams", "benchmark", "train", "eval_steps", "test_episodes")
 
@@ -130,6 +131,8 @@ def setting_name(benchmark: dict[str, Any], steps: int | None) -> str:
         return f"{benchmark['n_way']}class"
     if benchmark["name"] == "sinusoid":
         return f"{benchmark['k_shot']}shot" + ("" if steps is None else f"-{steps}steps")
+    if benchmark["name"] in RL_BENCHMARKS:
+        return "trial" if steps is None else f"{steps}steps"
     return f"{benchmark['n_way']}w{benchmark['k_shot']}s"
 
 

@@ -294,7 +294,6 @@ class MAMLRL(RLMethod):
                 theta = {k: v.detach() for k, v in self.inner_step(theta, traj, self.advantages(traj), False).items()}
         return torch.stack(out, 1)
 
-
     # ------------------------------------------------------------------ the MetaAlgorithm interface
 
     def update_loss(self, metrics: dict[str, float]) -> float:
