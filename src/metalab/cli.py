@@ -156,6 +156,8 @@ def _build_parser() -> argparse.ArgumentParser:
     r.add_argument("--cache-dir", help="where decoded images are cached (default ~/.cache/metalab)")
     r.add_argument("--out", help="folder of the runs and of <table>.md (default runs/reproduce-<table>); "
                                  "finished runs in it are loaded, killed ones continued")
+    r.add_argument("--only", type=lambda text: [n for n in text.split(",") if n], metavar="PRESET,...",
+                   help="only these presets of the table (e.g. to train rows in parallel processes into one --out)")
     r.add_argument("--records", help="append one result record per row to <RECORDS>/<benchmark>.jsonl "
                                      "(the repository's: benchmarks/results)")
     r.add_argument("--page", help="with --records: render every record there into this markdown page "
@@ -316,7 +318,7 @@ def _reproduce(args: argparse.Namespace) -> int:
     reproduce(args.table, Path(args.out or f"runs/reproduce-{args.table}"), args.minutes, overrides,
               progress=not args.quiet and sys.stderr.isatty(), log=lambda line: print(line, flush=True),
               records_dir=args.records and Path(args.records), page=args.page and Path(args.page),
-              command=" ".join(["metalab", *args.argv]))
+              command=" ".join(["metalab", *args.argv]), only=args.only)
     return 0
 
 

@@ -144,7 +144,7 @@ def _format(metric: str, value: float | None) -> str:
 
 def reproduce(table: str, out: Path, minutes: float | None, overrides: dict[str, dict[str, Any]],
               progress: bool = False, log: Callable[[str], None] = print, records_dir: Path | None = None,
-              page: Path | None = None, command: str | None = None) -> Path:
+              page: Path | None = None, command: str | None = None, only: list[str] | None = None) -> Path:
     """Run (or load, or continue) every preset of ``table`` and write ``out/<table>.md``.
 
     A preset whose run folder ``out/<preset>`` already holds results of the same settings is
@@ -158,6 +158,8 @@ def reproduce(table: str, out: Path, minutes: float | None, overrides: dict[str,
         page: if given (with ``records_dir``), the results page rendered from every record of
             ``records_dir`` is written there (``docs/RESULTS.md`` of the repository).
         command: the command line written into the records and the page.
+        only: run (or load) only these presets of the table, e.g. to train its rows in parallel
+            processes into the same ``out``; the table then holds just those rows.
     """
     if table not in TABLES:
         raise MetalabError(f"unknown table {table!r}; choose one of {sorted(TABLES)}")
@@ -166,6 +168,11 @@ def reproduce(table: str, out: Path, minutes: float | None, overrides: dict[str,
     command = command or f"metalab reproduce {table}"
     rows = []
     names = TABLES[table]
+    if only:
+        unknown = sorted(set(only) - set(names))
+        if unknown:
+            raise MetalabError(f"table {table} has no preset {unknown}; its presets are {list(names)}")
+        names = tuple(n for n in names if n in only)
     for number, name in enumerate(names, 1):
         cfg = preset_run(name, minutes, overrides)
         run_dir = out / name

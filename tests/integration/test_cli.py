@@ -147,6 +147,10 @@ def test_reproduce_writes_the_table_and_loads_finished_runs(tmp_path):
     assert (out / "sinusoid.md").read_text() == table
     bad = metalab("reproduce", "imagenet", "--out", str(out))
     assert bad.returncode == 2 and "invalid choice" in bad.stderr
+    bad = metalab("reproduce", "sinusoid", "--only", "maml-omniglot-5w1s", "--out", str(out))
+    assert bad.returncode == 2 and "has no preset ['maml-omniglot-5w1s']" in bad.stderr
+    only = metalab("reproduce", "sinusoid", "--minutes", "0.05", "--only", "maml-sinusoid", "--out", str(out), "--quiet")
+    assert only.returncode == 0 and "loaded maml-sinusoid" in only.stdout
 
 
 def test_reproduce_appends_records_and_renders_the_results_page(tmp_path):
