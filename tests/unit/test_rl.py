@@ -258,3 +258,20 @@ def test_metaworld_ml1_tasks_switch_goals_and_report_success():
     assert obs.shape == (2, 1, 39) and batched.horizon == 5 and batched.action_dim == 4
     batched.step(torch.zeros(2, 1, 4))
     assert batched.success.shape == (2, 1)
+
+
+def test_task_streams_are_addressed_by_index_so_shards_and_resumes_agree():
+    from metalab.rl.benchmarks import rl_benchmark_parts
+
+    parts = rl_benchmark_parts("nav2d", seed=3)
+    whole = parts.train.batch(5, 8)
+    halves = [parts.train.batch(5, 8, 0, 4), parts.train.batch(5, 8, 4, 4)]
+    assert halves[0].tasks + halves[1].tasks == whole.tasks and len(whole) == 8
+    assert halves[0].seed != halves[1].seed  # each rank rolls out with its own stream
+    assert parts.train.batch(5, 8).tasks == whole.tasks and parts.train.batch(6, 8).tasks != whole.tasks
+    assert parts.val.episode(0).task != parts.train.episode(0).task  # disjoint streams
+    assert parts.test.episode(7) == parts.test.episode(7)
+    with pytest.raises(MetalabError, match="not in a meta-batch"):
+        parts.train.batch(0, 4, 3, 2)
+    with pytest.raises(MetalabError, match="unknown meta-RL benchmark"):
+        rl_benchmark_parts("nav3d", 0)
