@@ -130,3 +130,21 @@ def test_outer_gradient_through_the_inner_step_matches_finite_differences(first_
         assert not torch.allclose(analytic, numeric, rtol=1e-3, atol=1e-6)
     else:
         torch.testing.assert_close(analytic, numeric, rtol=1e-4, atol=1e-7)
+
+
+def test_tasks_scored_by_success_report_the_success_rate():
+    pytest.importorskip("metaworld")
+    from metalab.rl.benchmarks import _gym_env
+    from metalab.rl.metaworld_tasks import MetaWorldTasks
+    from metalab.rl.nav2d import navigation_2d
+    from metalab.rl.tasks import TaskEpisode
+
+    tasks = MetaWorldTasks("ML1", "reach-v3", "test", horizon=5)
+    torch.manual_seed(0)
+    algo = MAMLRL(TaskSpec((39,), 4, False), MAMLRLConfig(hidden=(8,), episodes_per_task=2, action_scale=1.0))
+    task = tasks.sample_tasks(1, torch.Generator().manual_seed(0))[0]
+    by_return = algo.evaluate_episode(TaskEpisode(task, 3, _gym_env(tasks.make_env)), 1)
+    by_success = algo.evaluate_episode(TaskEpisode(task, 3, _gym_env(tasks.make_env), "success"), 1)
+    assert by_success in (0.0, 0.5, 1.0) and by_return != by_success
+    with pytest.raises(MetalabError, match="no success flag"):
+        MAMLRL(NAV, SMALL).evaluate_episode(TaskEpisode(_tasks(1)[0], 3, navigation_2d, "success"), 0)

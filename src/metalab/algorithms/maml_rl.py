@@ -41,7 +41,7 @@ import torch
 from torch import Tensor, nn
 
 from metalab.algorithms.registry import register
-from metalab.algorithms.rl_base import RLMethod
+from metalab.algorithms.rl_base import RLMethod, episode_score
 from metalab.data.benchmarks import TaskSpec
 from metalab.rl import gaussian
 from metalab.rl.nav2d import navigation_2d
@@ -278,21 +278,27 @@ class MAMLRL(RLMethod):
 
     # ------------------------------------------------------------------ evaluation
 
-    def adaptation_returns(self, tasks: list[dict[str, Any]], steps: int, generator: torch.Generator,
-                           make_env: MakeEnv = navigation_2d) -> Tensor:
-        """Mean episode return of each task after 0, 1, ..., ``steps`` inner steps: ``(T, steps + 1)``.
+    def adaptation_episodes(self, tasks: list[dict[str, Any]], steps: int, generator: torch.Generator,
+                            make_env: MakeEnv = navigation_2d) -> list[Trajectories]:
+        """The episodes sampled after 0, 1, ..., ``steps`` inner steps on each task.
 
         Each step adapts on the episodes sampled with the current parameters (as at training).
         """
         theta = {k: v.detach() for k, v in _stack(self.params(), len(tasks)).items()}
         out = []
         for step in range(steps + 1):
-            traj = self.sample(theta, tasks, generator, make_env)
-            out.append(traj.episode_returns().mean(1))
+            out.append(self.sample(theta, tasks, generator, make_env))
             if step < steps:
                 theta = {k: v.detach().requires_grad_() for k, v in theta.items()}
-                theta = {k: v.detach() for k, v in self.inner_step(theta, traj, self.advantages(traj), False).items()}
-        return torch.stack(out, 1)
+                theta = {k: v.detach() for k, v in self.inner_step(theta, out[-1], self.advantages(out[-1]),
+                                                                   False).items()}
+        return out
+
+    def adaptation_returns(self, tasks: list[dict[str, Any]], steps: int, generator: torch.Generator,
+                           make_env: MakeEnv = navigation_2d) -> Tensor:
+        """Mean episode return of each task after 0, 1, ..., ``steps`` inner steps: ``(T, steps + 1)``."""
+        return torch.stack([t.episode_returns().mean(1)
+                            for t in self.adaptation_episodes(tasks, steps, generator, make_env)], 1)
 
     # ------------------------------------------------------------------ the MetaAlgorithm interface
 
@@ -300,14 +306,15 @@ class MAMLRL(RLMethod):
         return -metrics["return_post"]
 
     def evaluate_episode(self, episode: TaskEpisode, steps: int | None = None) -> float:
-        """Mean return of ``episodes_per_task`` episodes after ``steps`` inner steps on the task
-        (default: ``inner_steps``), from the task's own seed (the same every time)."""
+        """Mean return (or success rate, if the task is scored by ``success``) of
+        ``episodes_per_task`` episodes after ``steps`` inner steps on the task (default:
+        ``inner_steps``), from the task's own seed (the same every time)."""
         steps = self.config.inner_steps if steps is None else steps
         if steps < 0:
             raise MetalabError(f"adaptation steps must be >= 0, got {steps}")
-        returns = self.adaptation_returns([episode.task], steps, torch.Generator().manual_seed(episode.seed),
-                                          episode.make_env)
-        return returns[0, -1].item()
+        last = self.adaptation_episodes([episode.task], steps, torch.Generator().manual_seed(episode.seed),
+                                        episode.make_env)[-1]
+        return episode_score(last.episode_returns(), last.success, episode.metric)[0].item()
 
 
 def _flat(tensors) -> Tensor:

@@ -31,7 +31,7 @@ import torch
 from torch import Tensor, nn
 
 from metalab.algorithms.registry import register
-from metalab.algorithms.rl_base import RLMethod
+from metalab.algorithms.rl_base import RLMethod, episode_score
 from metalab.data.benchmarks import TaskSpec
 from metalab.rl import gaussian
 from metalab.rl.nav2d import navigation_2d
@@ -86,6 +86,7 @@ class Trials:
         actions: ``(T, L, a)``.
         rewards, mask: ``(T, L)``; mask 1 for steps that happened.
         episode: ``(L,)`` the episode index of each step within the trial.
+        success: ``(T, episodes)`` each episode's success flag, for environments that report one.
     """
 
     inputs: Tensor
@@ -93,6 +94,7 @@ class Trials:
     rewards: Tensor
     mask: Tensor
     episode: Tensor
+    success: Tensor | None = None
 
     def episode_returns(self, episodes: int) -> Tensor:
         """``(T, episodes)``: the return of each episode of each trial."""
@@ -146,9 +148,11 @@ class RL2(RLMethod):
         env = make_env(tasks, 1, torch.float32, generator)
         hidden = self.initial_state(len(tasks))
         prev = torch.zeros(len(tasks), self.action_dim + 2)  # previous action, reward, done flag
-        inputs, actions, rewards, masks, episode = [], [], [], [], []
+        inputs, actions, rewards, masks, episode, success = [], [], [], [], [], []
         with torch.no_grad():
             for k in range(cfg.episodes_per_trial):
+                if k:
+                    success.append(getattr(env, "success", None))
                 obs = env.reset()[:, 0]
                 for _ in range(env.horizon):
                     alive = env.running[:, 0].clone()
@@ -169,8 +173,10 @@ class RL2(RLMethod):
                     prev = torch.where(running.unsqueeze(-1),
                                        torch.cat([action, reward.unsqueeze(-1), done_flag.unsqueeze(-1)], -1), prev)
                     obs = next_obs[:, 0]
+        success.append(getattr(env, "success", None))
+        flags = None if success[-1] is None else torch.cat([s.clone() for s in success], dim=1)  # (T, episodes)
         return Trials(torch.stack(inputs, 1), torch.stack(actions, 1), torch.stack(rewards, 1),
-                      torch.stack(masks, 1), torch.tensor(episode))
+                      torch.stack(masks, 1), torch.tensor(episode), flags)
 
     def replay(self, trials: Trials) -> tuple[Tensor, Tensor]:
         """Recompute log-probabilities and values of a trial's actions: ``(T, L)`` each."""
@@ -227,11 +233,14 @@ class RL2(RLMethod):
         return metrics["policy_loss"] + self.config.value_coef * metrics["value_loss"]
 
     def evaluate_episode(self, episode: TaskEpisode, steps: int | None = None) -> float:
-        """Return of episode ``steps + 1`` of one trial on the task (``steps`` earlier episodes of
-        experience; default: the last episode of the trial), from the task's own seed."""
+        """Return (or success, if the task is scored by ``success``) of episode ``steps + 1`` of
+        one trial on the task (``steps`` earlier episodes of experience; default: the last
+        episode of the trial), from the task's own seed."""
         k = self.config.episodes_per_trial - 1 if steps is None else steps
         if not 0 <= k < self.config.episodes_per_trial:
             raise MetalabError(f"a trial has {self.config.episodes_per_trial} episodes: steps must be in "
                                f"0..{self.config.episodes_per_trial - 1}, got {steps}")
-        returns = self.trial_returns([episode.task], torch.Generator().manual_seed(episode.seed), episode.make_env)
-        return returns[0, k].item()
+        trials = self.trial([episode.task], torch.Generator().manual_seed(episode.seed), episode.make_env)
+        returns = trials.episode_returns(self.config.episodes_per_trial)
+        success = None if trials.success is None else trials.success[:, k:k + 1]
+        return episode_score(returns[:, k:k + 1], success, episode.metric)[0].item()

@@ -12,7 +12,7 @@ from __future__ import annotations
 from typing import Any, ClassVar
 
 import torch
-from torch import nn
+from torch import Tensor, nn
 
 from metalab.algorithms.base import MetaAlgorithm, MetaOutput
 from metalab.data.benchmarks import TaskSpec
@@ -69,3 +69,13 @@ class RLMethod(MetaAlgorithm):
 
     def adapt(self, episode: Any, steps: int | None = None):
         raise MetalabError(f"{self.name} adapts by acting on the task: use evaluate_episode(task_episode, steps)")
+
+
+def episode_score(returns: Tensor, success: Tensor | None, metric: str) -> Tensor:
+    """Per task: the mean return of ``returns`` ``(T, E)``, or with ``metric="success"`` the
+    fraction of the episodes whose ``success`` ``(T, E)`` flag is set."""
+    if metric == "return":
+        return returns.mean(-1)
+    if success is None:
+        raise MetalabError("this environment reports no success flag; score its tasks by return")
+    return success.float().mean(-1)

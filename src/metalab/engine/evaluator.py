@@ -18,7 +18,8 @@ class EvalResult:
     """Summary of one evaluation.
 
     Attributes:
-        metric: ``accuracy`` (fraction in [0, 1]), ``mse`` or ``return`` (meta-RL).
+        metric: ``accuracy`` (fraction in [0, 1]), ``mse``, or for meta-RL ``return`` or
+            ``success`` (fraction of episodes).
         mean: mean of the per-episode metric.
         ci95: half-width of the 95% confidence interval of the mean.
         episodes: number of test episodes (episodes ``0..episodes-1`` of the stream).
@@ -41,7 +42,7 @@ class EvalResult:
         steps = "" if self.steps is None else f", {self.steps} steps"
         return (
             f"{self.metric} {self.mean * scale:.2f}{unit} ± {self.ci95 * scale:.2f}{unit} "
-            f"({self.episodes} episodes{steps})"
+            f"({self.episodes} {'tasks' if self.metric in ('return', 'success') else 'episodes'}{steps})"
         )
 
 
@@ -71,4 +72,5 @@ def evaluate(
         algorithm.train(was_training)
     values = distributed.gather_values(values, episodes)
     mean, ci = mean_ci95(values)
-    return EvalResult(algorithm.metric, mean, ci, episodes, steps, source.seed)
+    # a meta-RL stream may score by another measure than the method's default (Meta-World: success)
+    return EvalResult(getattr(source, "metric", algorithm.metric), mean, ci, episodes, steps, source.seed)

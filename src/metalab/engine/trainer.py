@@ -90,7 +90,7 @@ class TrainResult:
 def _better(metric: str, new: float, old: float | None) -> bool:
     if old is None:
         return True
-    return new > old if metric in ("accuracy", "return") else new < old
+    return new > old if metric in ("accuracy", "return", "success") else new < old
 
 
 def _event_writer(run_path: Path | None, resumed_at: int | None):

@@ -2,7 +2,7 @@
 
 ``nav2d`` (2D navigation), ``cheetah-vel``, ``cheetah-dir``, ``ant-dir`` (MuJoCo, the ``rl``
 extra) and ``ml1-reach`` (Meta-World ML1 reach, the ``metaworld`` extra; train tasks for
-training, the benchmark's test tasks for validation and test). Train, validation and test
+training, the benchmark's test tasks for validation and test, scored by the success rate). Train, validation and test
 streams draw tasks with seeds derived from the benchmark seed (``seed``, ``seed + 1``,
 ``seed + 2`` mixed), so they are disjoint streams of the same family (Meta-World: of its
 train / test task sets).
@@ -75,9 +75,10 @@ def _ml1(env_name: str) -> Callable[[int], RLBenchmarkParts]:
         train, test = MetaWorldTasks("ML1", env_name, "train", seed), MetaWorldTasks("ML1", env_name, "test", seed)
         probe = train.make_env()
         dims = probe.observation_space.shape[0], probe.action_space.shape[0]
+        # trained on returns; validated and tested by the success rate, Meta-World's measure
         return RLBenchmarkParts(*dims, RLTaskSource(train, _gym_env(train.make_env), derive_seed(seed, 0)),
-                                RLTaskSource(test, _gym_env(test.make_env), derive_seed(seed, 1)),
-                                RLTaskSource(test, _gym_env(test.make_env), derive_seed(seed, 2)))
+                                RLTaskSource(test, _gym_env(test.make_env), derive_seed(seed, 1), "success"),
+                                RLTaskSource(test, _gym_env(test.make_env), derive_seed(seed, 2), "success"))
     return build
 
 

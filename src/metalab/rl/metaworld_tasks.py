@@ -34,7 +34,7 @@ class MetaWorldTasks:
         benchmark: ``ML1`` or ``ML10``.
         env_name: the environment of ML1 (e.g. ``reach-v3``); ignored by ML10.
         split: ``train`` or ``test``.
-        seed: Meta-World's seed of the task parameters.
+        seed: Meta-World's seed of the task parameters (taken modulo 2^32).
         horizon: steps per episode (default: the environment's ``max_path_length``).
     """
 
@@ -46,13 +46,12 @@ class MetaWorldTasks:
             raise MetalabError(f"split must be 'train' or 'test', got {split!r}")
         if horizon is not None:
             require_positive(horizon=horizon)
+        seed = seed % 2 ** 32  # Meta-World seeds numpy's RandomState
         if benchmark == "ML1":
-            names = sorted(metaworld.ML1.ENV_NAMES) if hasattr(metaworld.ML1, "ENV_NAMES") else None
-            try:
-                self.benchmark = metaworld.ML1(env_name, seed=seed)
-            except (KeyError, ValueError, AssertionError):
-                raise MetalabError(f"Meta-World has no ML1 environment {env_name!r}"
-                                   + (f"; choose one of {names}" if names else "")) from None
+            if env_name not in metaworld.ML1.ENV_NAMES:
+                raise MetalabError(f"Meta-World has no ML1 environment {env_name!r}; choose one of "
+                                   f"{sorted(metaworld.ML1.ENV_NAMES)}")
+            self.benchmark = metaworld.ML1(env_name, seed=seed)
         else:
             self.benchmark = metaworld.ML10(seed=seed)
         self.split, self.horizon = split, horizon

@@ -18,12 +18,15 @@ class Trajectories:
         actions: ``(T, E, H, act_dim)`` the policy's actions (before the environment clips them).
         rewards: ``(T, E, H)``, 0 after an episode ended.
         mask: ``(T, E, H)``, 1.0 for the steps that happened.
+        success: ``(T, E)`` whether each episode reached the task's success condition, for
+            environments that report one (Meta-World's ``info["success"]``); else ``None``.
     """
 
     observations: Tensor
     actions: Tensor
     rewards: Tensor
     mask: Tensor
+    success: Tensor | None = None
 
     def episode_returns(self) -> Tensor:
         """Undiscounted return of each episode, ``(T, E)``."""
@@ -51,5 +54,6 @@ def rollout(env, act: Callable[[Tensor], Tensor], action_scale: float = 1.0) -> 
             obs = next_obs
             if not env.running.any():
                 break
+    success = getattr(env, "success", None)
     return Trajectories(torch.stack(observations, -2), torch.stack(actions, -2), torch.stack(rewards, -1),
-                        torch.stack(masks, -1))
+                        torch.stack(masks, -1), None if success is None else success.clone())

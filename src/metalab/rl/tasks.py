@@ -45,11 +45,14 @@ class TaskEpisode:
         task: the task's parameters.
         seed: seed of the episodes sampled on it (the same on every evaluation).
         make_env: builds the batched environment of the family.
+        metric: what an evaluation reports: ``return`` (mean episode return) or ``success``
+            (fraction of episodes that reached the task's success condition, Meta-World).
     """
 
     task: dict[str, Any]
     seed: int
     make_env: MakeEnv
+    metric: str = "return"
 
 
 @dataclass(frozen=True)
@@ -72,14 +75,16 @@ class RLTaskSource:
     ``step * B .. step * B + B - 1``.
     """
 
-    def __init__(self, distribution: TaskDistribution, make_env: MakeEnv, seed: int):
-        self.distribution, self.make_env, self.seed = distribution, make_env, seed
+    def __init__(self, distribution: TaskDistribution, make_env: MakeEnv, seed: int, metric: str = "return"):
+        if metric not in ("return", "success"):
+            raise MetalabError(f"a meta-RL stream is scored by 'return' or 'success', not {metric!r}")
+        self.distribution, self.make_env, self.seed, self.metric = distribution, make_env, seed, metric
 
     def task(self, index: int) -> dict[str, Any]:
         return self.distribution.sample_tasks(1, torch.Generator().manual_seed(derive_seed(self.seed, index)))[0]
 
     def episode(self, index: int) -> TaskEpisode:
-        return TaskEpisode(self.task(index), derive_seed(self.seed, index, 1), self.make_env)
+        return TaskEpisode(self.task(index), derive_seed(self.seed, index, 1), self.make_env, self.metric)
 
     def batch(self, step: int, meta_batch_size: int, first: int = 0, count: int | None = None) -> TaskBatch:
         count = meta_batch_size - first if count is None else count
