@@ -57,6 +57,9 @@ PAPER_HPARAMS: dict[tuple[str, str], dict[str, Any]] = {
     ("meta_sgd", "omniglot"): {"inner_steps": 1, "lr_init_range": (0.005, 0.1)},
     # Nichol et al. 2018, appendix: Adam(beta1=0) 1e-3, 5 steps of batch 10; 50 steps at test
     ("reptile", "omniglot"): {"inner_lr": 1e-3, "inner_steps": 5, "inner_batch_size": 10, "test_inner_steps": 50},
+    # MuJoCo and Meta-World actions live on [-1, 1] already (2D navigation's policy outputs are scaled by 0.1)
+    **{(method, bench): {"action_scale": 1.0} for method in ("maml_rl", "rl2")
+       for bench in ("cheetah-vel", "cheetah-dir", "ant-dir", "ml1-reach")},
 }
 HPARAM_FLAGS = ("inner_lr", "inner_steps", "test_inner_steps", "first_order", "task_mode")
 
