@@ -34,6 +34,7 @@ import records  # noqa: E402
 
 from metalab.algorithms.maml_rl import MAMLRL, MAMLRLConfig  # noqa: E402
 from metalab.algorithms.rl2 import RL2, RL2Config  # noqa: E402
+from metalab.data import TaskSpec  # noqa: E402
 from metalab.rl import Nav2DTasks  # noqa: E402
 from metalab.utils import derive_seed  # noqa: E402
 from metalab.utils.io import atomic_torch_save, atomic_write_text  # noqa: E402
@@ -61,7 +62,8 @@ def main() -> None:
     out.mkdir(parents=True, exist_ok=True)
     config = replace(MAMLRLConfig(), first_order=args.first_order) if args.method == "maml_rl" else RL2Config()
     torch.manual_seed(derive_seed(args.seed, 0))
-    algo = MAMLRL(2, 2, config) if args.method == "maml_rl" else RL2(2, 2, config)
+    nav2d = TaskSpec((2,), 2, False)
+    algo = MAMLRL(nav2d, config) if args.method == "maml_rl" else RL2(nav2d, config)
     generator = torch.Generator().manual_seed(derive_seed(args.seed, 1))
     metrics_path = out / "metrics.jsonl"
     lines, start, done = [], time.perf_counter(), 0
