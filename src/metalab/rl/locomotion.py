@@ -42,13 +42,12 @@ class _TaskReward(gym.Wrapper):
     env_id = ""
     task_key = ""
 
-    def __init__(self, task: dict[str, Any] | None = None, horizon: int = HORIZON, seed: int | None = None):
+    def __init__(self, task: dict[str, Any] | None = None, horizon: int = HORIZON):
         super().__init__(gym.make(self.env_id, max_episode_steps=horizon))
         self.horizon = horizon
         self._task: dict[str, Any] | None = None
         if task is not None:
             self.reset_task(task)
-        self._seed = seed
 
     @property
     def task(self) -> dict[str, Any] | None:
