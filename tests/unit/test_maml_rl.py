@@ -148,3 +148,18 @@ def test_tasks_scored_by_success_report_the_success_rate():
     assert by_success in (0.0, 0.5, 1.0) and by_return != by_success
     with pytest.raises(MetalabError, match="no success flag"):
         MAMLRL(NAV, SMALL).evaluate_episode(TaskEpisode(_tasks(1)[0], 3, navigation_2d, "success"), 0)
+
+
+def test_evaluation_protocol_options_change_the_episodes_and_later_rates():
+    def evaluate(scale):
+        torch.manual_seed(0)
+        algo = MAMLRL(NAV, MAMLRLConfig(hidden=(8,), episodes_per_task=3, test_episodes_per_task=5,
+                                        test_later_lr_scale=scale))
+        return algo.adaptation_episodes(_tasks(2), 2, torch.Generator().manual_seed(1))
+
+    frozen, full = evaluate(0.0), evaluate(1.0)
+    assert [t.rewards.shape[:2] for t in full] == [(2, 5)] * 3  # test_episodes_per_task
+    # the first step uses inner_lr either way; only the second differs
+    assert torch.equal(frozen[1].actions, full[1].actions) and not torch.equal(frozen[2].actions, full[2].actions)
+    with pytest.raises(MetalabError, match="test_later_lr_scale"):
+        MAMLRLConfig(test_later_lr_scale=-1.0)

@@ -21,7 +21,10 @@ backtracking line search that keeps the KL bound and an improving surrogate.
 The settings follow the authors' reference code for 2D navigation (github.com/cbfinn/maml_rl,
 ``maml_examples/maml_trpo_point.py``): 20 episodes per task, 40 tasks per meta-batch,
 ``max_kl`` 0.01, linear feature baseline, policy outputs scaled by 0.1 into the [-0.1, 0.1]
-action box (rllab's ``normalize``); the inner step size is the paper's 0.1 (section 5.3).
+action box (rllab's ``normalize``). The defaults keep the paper's text (inner step 0.1); the
+preset ``maml_rl-nav2d`` follows the run that produced Table 4 (``maml_examples/
+test_maml_point.py``): inner step 0.5 on 20 tasks x 20 episodes, and at test 40 episodes per
+step with the second and later steps at half the rate.
 
 This module runs on batched task environments (:mod:`metalab.rl`; ``make_env``, 2D
 navigation by default, MuJoCo families through :class:`metalab.rl.locomotion.BatchedGymTasks`):
@@ -70,6 +73,10 @@ class MAMLRLConfig:
         first_order: treat ``theta'`` as ``theta`` plus a constant (no second derivatives).
         action_scale: the environment executes ``action_scale * action``.
         init_log_std: initial log standard deviation of the policy.
+        test_episodes_per_task: episodes sampled per adaptation step at evaluation (``None``:
+            ``episodes_per_task``; the authors' test script: 40, twice the training batch).
+        test_later_lr_scale: at evaluation, the inner rate of the second and later steps is
+            ``inner_lr`` times this (the authors' test script: 0.5).
     """
 
     hidden: tuple[int, ...] = (100, 100)
@@ -86,8 +93,14 @@ class MAMLRLConfig:
     first_order: bool = False
     action_scale: float = 0.1
     init_log_std: float = 0.0
+    test_episodes_per_task: int | None = None
+    test_later_lr_scale: float = 1.0
 
     def __post_init__(self) -> None:
+        if self.test_episodes_per_task is not None:
+            require_positive(test_episodes_per_task=self.test_episodes_per_task)
+        if not (isinstance(self.test_later_lr_scale, (int, float)) and 0 <= self.test_later_lr_scale < math.inf):
+            raise MetalabError(f"test_later_lr_scale must be a finite number >= 0, got {self.test_later_lr_scale!r}")
         require_positive(inner_steps=self.inner_steps, episodes_per_task=self.episodes_per_task,
                          cg_iters=self.cg_iters, ls_steps=self.ls_steps)
         for name in ("inner_lr", "max_kl", "action_scale"):
@@ -170,9 +183,9 @@ class MAMLRL(RLMethod):
         return act
 
     def sample(self, params: Params, tasks: list[dict[str, Any]], generator: torch.Generator,
-               make_env: MakeEnv = navigation_2d) -> Trajectories:
+               make_env: MakeEnv = navigation_2d, episodes: int | None = None) -> Trajectories:
         detached = {k: v.detach() for k, v in params.items()}
-        env = make_env(tasks, self.config.episodes_per_task, detached["log_std"].dtype, generator)
+        env = make_env(tasks, episodes or self.config.episodes_per_task, detached["log_std"].dtype, generator)
         return rollout(env, self.sampler(detached, generator), self.config.action_scale)
 
     # ------------------------------------------------------------------ advantages and the inner step
@@ -190,7 +203,8 @@ class MAMLRL(RLMethod):
         std = (((adv - mean) * mask) ** 2).sum((1, 2), keepdim=True).div(count).sqrt()
         return (adv - mean) / (std + 1e-8) * mask
 
-    def inner_step(self, params: Params, trajectories: Trajectories, advantages: Tensor, create_graph: bool) -> Params:
+    def inner_step(self, params: Params, trajectories: Trajectories, advantages: Tensor, create_graph: bool,
+                   lr: float | None = None) -> Params:
         """``theta' = theta - alpha grad L_in`` for every task at once (stacked ``params``)."""
         logp = self.log_prob(params, trajectories.observations, trajectories.actions)
         # summed over tasks: the gradient w.r.t. each task's copy is that task's gradient
@@ -198,7 +212,8 @@ class MAMLRL(RLMethod):
                  / trajectories.mask.sum((1, 2)).clamp_min(1.0)).sum()
         names = list(params)
         grads = torch.autograd.grad(loss, [params[k] for k in names], create_graph=create_graph)
-        return {k: params[k] - self.config.inner_lr * g for k, g in zip(names, grads)}
+        lr = self.config.inner_lr if lr is None else lr
+        return {k: params[k] - lr * g for k, g in zip(names, grads)}
 
     # ------------------------------------------------------------------ meta-training
 
@@ -280,18 +295,22 @@ class MAMLRL(RLMethod):
 
     def adaptation_episodes(self, tasks: list[dict[str, Any]], steps: int, generator: torch.Generator,
                             make_env: MakeEnv = navigation_2d) -> list[Trajectories]:
-        """The episodes sampled after 0, 1, ..., ``steps`` inner steps on each task.
+        """The episodes sampled after 0, 1, ..., ``steps`` inner steps on each task (evaluation).
 
-        Each step adapts on the episodes sampled with the current parameters (as at training).
+        Each step adapts on the episodes sampled with the current parameters (as at training),
+        ``test_episodes_per_task`` of them, the second and later steps at ``inner_lr *
+        test_later_lr_scale``.
         """
+        cfg = self.config
         theta = {k: v.detach() for k, v in _stack(self.params(), len(tasks)).items()}
         out = []
         for step in range(steps + 1):
-            out.append(self.sample(theta, tasks, generator, make_env))
+            out.append(self.sample(theta, tasks, generator, make_env, cfg.test_episodes_per_task))
             if step < steps:
+                lr = cfg.inner_lr * (1.0 if step == 0 else cfg.test_later_lr_scale)
                 theta = {k: v.detach().requires_grad_() for k, v in theta.items()}
                 theta = {k: v.detach() for k, v in self.inner_step(theta, out[-1], self.advantages(out[-1]),
-                                                                   False).items()}
+                                                                   False, lr).items()}
         return out
 
     def adaptation_returns(self, tasks: list[dict[str, Any]], steps: int, generator: torch.Generator,
