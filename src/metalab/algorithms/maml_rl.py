@@ -259,10 +259,7 @@ class MAMLRL(RLMethod):
         params = list(self.parameters())
         data = self.collect(tasks, generator, make_env)
 
-        def surrogate_and_kl(create_graph: bool) -> tuple[Tensor, Tensor]:
-            return self.surrogate_and_kl(data, create_graph)
-
-        surrogate, kl = surrogate_and_kl(create_graph=True)
+        surrogate, kl = self.surrogate_and_kl(data, create_graph=True)
         g = _flat(torch.autograd.grad(surrogate, params, retain_graph=True))
         kl_grad = _flat(torch.autograd.grad(kl, params, create_graph=True))
 
@@ -280,7 +277,7 @@ class MAMLRL(RLMethod):
                 fraction = cfg.ls_ratio ** k
                 with torch.no_grad():
                     nn.utils.vector_to_parameters(old + fraction * full_step, params)
-                new_surrogate, new_kl = surrogate_and_kl(create_graph=False)
+                new_surrogate, new_kl = self.surrogate_and_kl(data, create_graph=False)
                 if new_kl.item() <= cfg.max_kl and new_surrogate.item() > old_surrogate:
                     accepted, step_kl, improvement = fraction, new_kl.item(), new_surrogate.item() - old_surrogate
                     break

@@ -14,7 +14,7 @@ from torch import Tensor
 
 from metalab.data.dataset import ClassDataset
 from metalab.data.episode import Episode, EpisodeBatch, EpisodeMeta
-from metalab.utils.errors import MetalabError, require_positive
+from metalab.utils.errors import MetalabError, batch_share, require_positive
 from metalab.utils.seeding import derive_seed
 
 
@@ -32,9 +32,7 @@ class TaskSource:
         ``first``, ``count``: only tasks ``first .. first + count - 1`` of that meta-batch (a
         data-parallel rank's share); ``count=None``: to the end.
         """
-        count = meta_batch_size - first if count is None else count
-        if not (0 <= first and 0 < count and first + count <= meta_batch_size):
-            raise ValueError(f"tasks {first}..{first + count - 1} are not in a meta-batch of {meta_batch_size}")
+        count = batch_share(meta_batch_size, first, count)
         start = step * meta_batch_size + first
         return EpisodeBatch.stack([self.episode(start + i) for i in range(count)])
 

@@ -266,19 +266,17 @@ def train(
         batch = benchmark.train.batch(step, config.meta_batch_size, first_task, tasks)
         optimizer.zero_grad(set_to_none=True)
         try:
-            try:
-                out, error = algorithm.meta_gradient(batch), None
-                _check_gradients(algorithm, step)
-            except NonFiniteError as exc:
-                out, error = None, exc
-            if distributed.average_gradients(parameters, error is not None) and error is None:
-                error = NonFiniteError(f"a non-finite loss or meta-gradient on another rank at step {step}")
-            if error is not None:
-                raise error
+            out, error = algorithm.meta_gradient(batch), None
+            _check_gradients(algorithm, step)
         except NonFiniteError as exc:
+            out, error = None, exc
+        # every rank learns whether any rank's batch was bad, so all skip (or stop on) the same one
+        if distributed.average_gradients(parameters, error is not None) and error is None:
+            error = NonFiniteError(f"a non-finite loss or meta-gradient on another rank at step {step}")
+        if error is not None:
             if not config.skip_nonfinite:
                 kept = f"; the last good checkpoint is {run_path / 'last.pt'}" if run_path is not None else ""
-                raise MetalabError(f"training stopped at step {step}: {exc}{kept}; or skip such batches "
+                raise MetalabError(f"training stopped at step {step}: {error}{kept}; or skip such batches "
                                    "(skip_nonfinite, --skip-nonfinite)") from None
             optimizer.zero_grad(set_to_none=True)
             skipped += 1

@@ -7,7 +7,7 @@ from typing import Any, Callable, Protocol, runtime_checkable
 
 import torch
 
-from metalab.utils.errors import MetalabError
+from metalab.utils.errors import MetalabError, batch_share
 from metalab.utils.seeding import derive_seed
 
 # (tasks, episodes per task, dtype, generator) -> a batched task environment with reset(), step(),
@@ -87,8 +87,6 @@ class RLTaskSource:
         return TaskEpisode(self.task(index), derive_seed(self.seed, index, 1), self.make_env, self.metric)
 
     def batch(self, step: int, meta_batch_size: int, first: int = 0, count: int | None = None) -> TaskBatch:
-        count = meta_batch_size - first if count is None else count
-        if not (0 <= first and 0 < count and first + count <= meta_batch_size):
-            raise MetalabError(f"tasks {first}..{first + count - 1} are not in a meta-batch of {meta_batch_size}")
+        count = batch_share(meta_batch_size, first, count)
         start = step * meta_batch_size + first
         return TaskBatch([self.task(start + i) for i in range(count)], derive_seed(self.seed, start, 2), self.make_env)

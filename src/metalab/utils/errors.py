@@ -17,3 +17,15 @@ def require_positive(**values: int) -> None:
 
 class NonFiniteError(MetalabError):
     """A loss or gradient became NaN or infinite (the trainer may skip the batch instead of stopping)."""
+
+
+def batch_share(meta_batch_size: int, first: int, count: int | None) -> int:
+    """The number of tasks ``first .. first + count - 1`` of a meta-batch (``count=None``: to the end).
+
+    Raises:
+        MetalabError: the share does not lie inside the meta-batch.
+    """
+    count = meta_batch_size - first if count is None else count
+    if not (0 <= first and 0 < count and first + count <= meta_batch_size):
+        raise MetalabError(f"tasks {first}..{first + count - 1} are not in a meta-batch of {meta_batch_size}")
+    return count
