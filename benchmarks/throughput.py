@@ -18,9 +18,12 @@ implementations compute the same meta-gradient in one process:
   (first order) `higher` detaches the fast weights, so the query gradient of the fast
   weights is added to the model's gradients by hand (first-order MAML);
 - ``metalab`` (record method ``maml``): ``metalab.algorithms.MAML`` with its defaults
-  (task loop, per-task backward through ``algo.meta_gradient(batch)``, default Conv4);
+  through ``algo.meta_gradient(batch)``: ``task_mode="batched"`` (the inner loops of all
+  tasks in one pass of grouped convolutions, then each task's query pass on its own, then
+  one backward pass through all the inner loops), default Conv4;
 - ``metalab channels-last`` (record method ``maml-channels-last``): the same with
-  ``Conv4(channels_last=True)``, faster but with the float32 batch-norm caveat below.
+  ``Conv4(channels_last=True)`` (the query passes channels-last), faster but with the
+  float32 batch-norm caveat below.
 
 Per row, first for every selected row (before anything is timed): the four start from the
 same weights and compute the meta-gradient of the same batch in float64; the relative
@@ -179,7 +182,7 @@ def implementations(row: Row, batch: EpisodeBatch, dtype: torch.dtype = torch.fl
     twin = copy.deepcopy(model)
     spec = metalab.TaskSpec((1, 28, 28), row.n_way, True)
     config = make_config("maml", inner_lr=INNER_LR, inner_steps=row.inner_steps, first_order=row.first_order)
-    algo = MAML(spec, config)  # the defaults: task_mode auto (the loop for images), default Conv4
+    algo = MAML(spec, config)  # the defaults: task_mode auto (batched for Conv4), default Conv4
     fast = MAML(spec, config, model=Conv4(1, 28, out_features=row.n_way, channels_last=True))
     src = list(model.parameters())
     for learner in (algo, fast):

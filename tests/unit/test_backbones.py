@@ -7,7 +7,7 @@ from torch import nn
 
 from metalab.func import forward, params_of
 from metalab.nn import MLP, Conv4
-from metalab.nn.backbones import conv3x3_few_channels
+from metalab.nn.backbones import conv3x3_batch_norm_few_channels, conv3x3_few_channels
 
 
 def _plain_conv4(in_channels: int, hidden: int, n_out: int) -> nn.Sequential:
@@ -76,6 +76,32 @@ def test_few_channel_convolution_is_conv2d_and_channels_last():
     assert out.is_contiguous(memory_format=torch.channels_last)
 
 
+def test_convolution_with_folded_batch_norm_is_conv2d_then_batch_norm():
+    g = torch.Generator().manual_seed(3)
+    x = torch.randn(3, 2, 5, 4, generator=g, dtype=torch.float64)
+    w, b, gamma, beta = (torch.randn(*shape, generator=g, dtype=torch.float64).requires_grad_()
+                         for shape in ((4, 2, 3, 3), (4,), (4,), (4,)))
+
+    def unfolded(w, b, gamma, beta):
+        return F.batch_norm(F.conv2d(x, w, b, padding=1), None, None, gamma, beta, True, 0.0, 1e-5)
+
+    def folded(w, b, gamma, beta):
+        return conv3x3_batch_norm_few_channels(x, w, b, gamma, beta, 1e-5)
+
+    out = folded(w, b, gamma, beta)
+    assert out.is_contiguous(memory_format=torch.channels_last)
+    torch.testing.assert_close(out, unfolded(w, b, gamma, beta), rtol=1e-10, atol=1e-12)
+    weights = torch.randn(out.shape, generator=g, dtype=torch.float64)
+    first = [torch.autograd.grad((f(w, b, gamma, beta) * weights).sum(), (w, b, gamma, beta), create_graph=True)
+             for f in (folded, unfolded)]
+    for a, c in zip(*first):
+        torch.testing.assert_close(a, c, rtol=1e-9, atol=1e-12)
+    # second order (MAML's Hessian-vector products): differentiate a function of the gradients
+    second = [torch.autograd.grad(sum((gr * gr).sum() for gr in grads[::2]), (w, gamma)) for grads in first]
+    for a, c in zip(*second):
+        torch.testing.assert_close(a, c, rtol=1e-8, atol=1e-10)
+
+
 def test_pure_functional_forward_equals_functional_call():
     _, fast = _pair()
     x = _images()
@@ -96,3 +122,40 @@ def test_every_block_output_is_channels_last_when_asked():
         h = block(h)
         if h.dim() == 4 and h.shape[-1] > 1:
             assert h.is_contiguous(memory_format=torch.channels_last), type(block).__name__
+
+
+@pytest.mark.parametrize("pool_blocks", [4, 2])
+@pytest.mark.parametrize("head", [True, False])
+def test_conv4_functional_tasks_equals_each_task_on_its_own(pool_blocks, head):
+    """Tasks side by side in grouped convolutions: the same outputs and gradients as one task at a time."""
+    torch.manual_seed(0)
+    model = Conv4(1, image_size=28, hidden=4, out_features=5 if head else None, pool_blocks=pool_blocks).double()
+    tasks = 3
+    params = {k: v.detach() + 0.1 * torch.randn(tasks, *v.shape, dtype=v.dtype) for k, v in params_of(model).items()}
+    x = torch.stack([_images(4), 0.5 * _images(4), _images(4).flip(-1)])
+    batched = model.functional_tasks(params, x)
+    single = torch.stack([model.functional({k: v[t] for k, v in params.items()}, x[t]) for t in range(tasks)])
+    torch.testing.assert_close(batched, single, rtol=1e-12, atol=1e-12)
+    weights = torch.randn_like(single)
+    leaves = {k: v.clone().requires_grad_() for k, v in params.items()}
+    g_batched = torch.autograd.grad((model.functional_tasks(leaves, x) * weights).sum(), list(leaves.values()))
+    g_single = torch.autograd.grad(sum((model.functional({k: v[t] for k, v in leaves.items()}, x[t]) * weights[t]).sum()
+                                       for t in range(tasks)), list(leaves.values()))
+    for a, b in zip(g_batched, g_single):
+        torch.testing.assert_close(a, b, rtol=1e-10, atol=1e-12)
+
+
+def test_mlp_functional_tasks_equals_each_task_on_its_own():
+    torch.manual_seed(0)
+    model = MLP((2, 7, 5, 3)).double()
+    params = {k: v.detach() + 0.1 * torch.randn(4, *v.shape, dtype=v.dtype) for k, v in params_of(model).items()}
+    x = torch.randn(4, 6, 2, dtype=torch.float64)
+    single = torch.stack([model.functional({k: v[t] for k, v in params.items()}, x[t]) for t in range(4)])
+    torch.testing.assert_close(model.functional_tasks(params, x), single, rtol=1e-12, atol=1e-12)
+
+
+def test_conv4_functional_tasks_needs_batch_statistics():
+    model = Conv4(1, image_size=28, hidden=4, out_features=5, track_running_stats=True)
+    params = {k: v.detach().expand(2, *v.shape) for k, v in params_of(model).items()}
+    with pytest.raises(ValueError, match="track_running_stats=False"):
+        model.functional_tasks(params, torch.zeros(2, 3, 1, 28, 28))

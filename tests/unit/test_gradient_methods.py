@@ -12,7 +12,7 @@ import torch
 from torch import nn
 
 import metalab
-from metalab.algorithms import ANIL, MAML, MetaSGD, make_config
+from metalab.algorithms import ANIL, MAML, MetaSGD, Reptile, make_config
 from metalab.data import TaskSpec
 from metalab.engine import TrainConfig, evaluate, train
 from metalab.func import SGD, Adam, Clipped, PerParameterSGD, forward, global_norm, params_of, task_loss
@@ -619,6 +619,43 @@ def test_meta_sgd_bad_lr_init_range_raises(bad):
 def test_meta_sgd_infinite_or_malformed_lr_init_range_raises_at_config_time(bad):
     with pytest.raises(MetalabError, match="lr_init_range"):
         MetaSGD(SINE, make_config("meta_sgd", lr_init_range=bad), model=_mlp())
+
+
+@pytest.mark.parametrize("per_step_lrs", [False, True])
+@pytest.mark.parametrize("first_order", [False, True])
+def test_meta_sgd_batched_equals_loop_on_conv4(first_order, per_step_lrs):
+    batch = image_batch(tasks=3)
+    results = []
+    for mode in ("loop", "batched"):
+        algo = _build(MetaSGD, _conv(), IMAGES, inner_lr=0.05, inner_steps=2, first_order=first_order,
+                      task_mode=mode, lr_init_range=(0.01, 0.1), per_step_lrs=per_step_lrs)
+        out = algo.meta_gradient(batch)
+        results.append((out.loss, flat_grad(algo)))
+    torch.testing.assert_close(results[0][0], results[1][0], rtol=1e-12, atol=1e-12)
+    torch.testing.assert_close(results[0][1], results[1][1], rtol=1e-10, atol=1e-12)
+
+
+class _ScaledInputMAML(MAML):
+    def embed(self, x):
+        return 2 * x
+
+
+@pytest.mark.parametrize("cls, hparams, reason", [
+    (ANIL, {}, "no batched form"),
+    (_ScaledInputMAML, {}, "maps the inputs first"),
+    (MAML, {"inner_grad_clip": 1.0}, "one norm per task"),
+    (Reptile, {}, "no batched form"),
+])
+def test_batched_task_mode_refuses_what_it_cannot_batch(cls, hparams, reason):
+    with pytest.raises(MetalabError, match=reason):
+        _build(cls, _conv(), IMAGES, task_mode="batched", **hparams)
+    assert _build(cls, _conv(), IMAGES, task_mode="auto", **hparams).task_mode == "loop"
+
+
+def test_batched_task_mode_refuses_running_statistics():
+    model = Conv4(1, image_size=16, hidden=2, out_features=3, track_running_stats=True).double()
+    with pytest.raises(MetalabError, match="running statistics"):
+        _build(MAML, model, IMAGES, task_mode="batched")
 
 
 @pytest.mark.parametrize("first_order", [False, True])

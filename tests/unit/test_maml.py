@@ -31,7 +31,7 @@ def test_second_order_meta_gradient_matches_finite_differences(steps):
     torch.testing.assert_close(flat_grad(algo), numeric, rtol=1e-6, atol=1e-8)
 
 
-@pytest.mark.parametrize("mode", ["loop", "vmap"])
+@pytest.mark.parametrize("mode", ["loop", "vmap", "batched"])
 def test_second_order_meta_gradient_through_batchnorm_matches_finite_differences(mode):
     algo = _conv_maml(2, mode=mode)
     batch = image_batch(tasks=2)
@@ -103,3 +103,31 @@ def test_episodes_must_match_the_output_head():
     algo = _conv_maml(1)
     with pytest.raises(ValueError, match="3-way output head but got 4-way"):
         algo.meta_loss(image_batch(tasks=1, n_way=4))
+
+
+@pytest.mark.parametrize("make, batch", [(_mlp_maml, sinusoid_batch), (_conv_maml, image_batch)])
+@pytest.mark.parametrize("first_order", [False, True])
+@pytest.mark.parametrize("steps", [1, 3])
+def test_batched_equals_loop(make, batch, first_order, steps):
+    """All tasks' inner loops in one pass: the loop's loss, metrics and meta-gradient (meta_gradient and meta_loss)."""
+    data = batch()
+    results = []
+    for mode in ("loop", "batched"):
+        for via_loss in (False, True):
+            algo = make(steps, first_order=first_order, mode=mode)
+            assert algo.task_mode == mode
+            if via_loss:
+                out = algo.meta_loss(data)
+                out.loss.backward()
+            else:
+                out = algo.meta_gradient(data)
+            results.append((out.loss.detach(), out.metrics, flat_grad(algo)))
+    for loss, metrics, grad in results[1:]:
+        torch.testing.assert_close(loss, results[0][0], rtol=1e-12, atol=1e-12)
+        assert metrics == pytest.approx(results[0][1], rel=1e-12)
+        torch.testing.assert_close(grad, results[0][2], rtol=1e-10, atol=1e-12)
+
+
+def test_auto_task_mode_batches_maml_on_conv4_and_mlp():
+    assert _conv_maml(1, mode="auto").task_mode == "batched"
+    assert _mlp_maml(1, mode="auto").task_mode == "batched"

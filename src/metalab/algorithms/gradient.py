@@ -37,6 +37,9 @@ from metalab.nn import make_backbone
 from metalab.utils.errors import MetalabError
 
 
+GRADIENT_TASK_MODES = TASK_MODES + ("batched", "auto")
+
+
 @dataclass(frozen=True)
 class GradientConfig:
     """Inner-loop options every gradient-based method honours.
@@ -49,10 +52,16 @@ class GradientConfig:
         first_order: treat inner gradients as constants (no second-order terms).
         inner_grad_clip: rescale each inner gradient to at most this global L2 norm
             (``None``: no clipping).
-        task_mode: ``loop`` or ``vmap`` over the tasks of a meta-batch (same result), or
-            ``auto``: vmap for vector inputs (MLP learners: 8x faster on a 2-core CPU)
-            and the loop for images (conv learners: vmap 2.3x slower), as measured by
-            ``benchmarks/task_modes.py``.
+        task_mode: how the tasks of a meta-batch are run (all give the same result):
+            ``loop`` one task after another; ``vmap`` through ``torch.func.vmap``;
+            ``batched`` the inner loops of all tasks in one pass of the backbone's
+            ``functional_tasks`` (grouped convolutions), then each task's query pass on
+            its own and one backward pass through all the inner loops (see
+            :meth:`GradientMethod.meta_gradient`); ``auto``: ``batched`` where it
+            applies (every parameter adapted by plain or per-parameter SGD, a backbone
+            with ``functional_tasks``), else vmap for vector inputs and the loop for
+            images, as measured by ``benchmarks/task_modes.py`` and
+            ``benchmarks/throughput.py``.
 
     Evaluation (``adapt``) always runs the inner loop without building a graph.
     """
@@ -65,8 +74,8 @@ class GradientConfig:
     task_mode: str = "auto"
 
     def __post_init__(self) -> None:
-        if self.task_mode not in TASK_MODES + ("auto",):
-            raise MetalabError(f"task_mode must be auto or one of {TASK_MODES}, got {self.task_mode!r}")
+        if self.task_mode not in GRADIENT_TASK_MODES:
+            raise MetalabError(f"task_mode must be one of {GRADIENT_TASK_MODES}, got {self.task_mode!r}")
         for name in ("inner_steps", "test_inner_steps"):
             value = getattr(self, name)
             if value is None and name == "test_inner_steps":
@@ -92,14 +101,23 @@ class GradientMethod(MetaAlgorithm):
     """
 
     config: GradientConfig
+    #: the method's inner rule is element-wise (SGD, per-parameter SGD) and its meta-gradient
+    #: is the inherited one, so ``task_mode="batched"`` applies
+    task_batched: bool = False
 
     def __init__(self, spec: TaskSpec, config: GradientConfig, model: nn.Module | None = None):
         super().__init__(spec, config)
         mode = config.task_mode
-        self.task_mode = ("vmap" if len(spec.input_shape) == 1 else "loop") if mode == "auto" else mode
+        unbatched = "vmap" if len(spec.input_shape) == 1 else "loop"
         if model is None:
-            model = make_backbone(spec.input_shape, spec.output_dim, vmap_safe=self.task_mode == "vmap")
+            model = make_backbone(spec.input_shape, spec.output_dim, vmap_safe=mode == "vmap")
         self.model = model
+        if mode == "auto":
+            mode = "batched" if self._batchable() is None else unbatched
+        elif mode == "batched" and self._batchable() is not None:
+            raise MetalabError(f"{self.name} cannot run task_mode=batched: {self._batchable()}; "
+                               "use task_mode=loop or auto")
+        self.task_mode = mode
 
     # hooks -----------------------------------------------------------------------------
     def fast_params(self) -> Params:
@@ -115,6 +133,21 @@ class GradientMethod(MetaAlgorithm):
         return SGD(self.config.inner_lr)
 
     # shared machinery --------------------------------------------------------------------
+    def _batchable(self) -> str | None:
+        """Why the tasks cannot be run side by side in one pass (``None`` if they can)."""
+        if not self.task_batched:
+            return "its meta-gradient has no batched form"
+        if not callable(getattr(self.model, "functional_tasks", None)):
+            return f"its backbone {type(self.model).__name__} has no functional_tasks"
+        hooks = ("fast_params", "embed", "predict")
+        if any(getattr(type(self), h) is not getattr(GradientMethod, h) for h in hooks):
+            return "it adapts part of the network or maps the inputs first"
+        if self.config.inner_grad_clip is not None:
+            return "inner_grad_clip takes one norm per task"
+        if any(getattr(m, "track_running_stats", False) for m in self.model.modules()):
+            return "its batch norm keeps running statistics"
+        return None
+
     def _rule(self) -> UpdateRule:
         rule = self.rule()
         return Clipped(rule, self.config.inner_grad_clip) if self.config.inner_grad_clip is not None else rule
@@ -156,13 +189,65 @@ class GradientMethod(MetaAlgorithm):
 
     def meta_loss(self, batch: EpisodeBatch) -> MetaOutput:
         self.check_head(batch.metas[0].n_way, batch.is_classification)
+        if self.task_mode == "batched":
+            adapted = self._adapted_tasks(batch)
+            pred = torch.stack([self.predict({name: p[t] for name, p in adapted.items()}, episode.query_x)
+                                for t, episode in enumerate(batch.episodes())])
+            losses = torch.stack([task_loss(p, y) for p, y in zip(pred, batch.query_y)])
+            metrics = torch.stack([task_metric(p.detach(), y) for p, y in zip(pred, batch.query_y)])
+            return self._output(finite(losses.mean(), f"{self.name}.meta_loss"), metrics, batch.is_classification)
         tensors = (batch.support_x, batch.support_y, batch.query_x, batch.query_y)
         losses, metrics = map_tasks(self._task_fn(), tensors, self.task_mode)
         loss = finite(losses.mean(), f"{self.name}.meta_loss")
         return self._output(loss, metrics, batch.is_classification)
 
+    def _adapted_tasks(self, batch: EpisodeBatch) -> Params:
+        """Every task's adapted parameters, stacked on a leading task dim, from one inner loop.
+
+        The support loss is the sum of the tasks' losses, so its gradient with respect to
+        the task-stacked parameters is each task's own gradient.
+        """
+        cfg, tasks = self.config, len(batch)
+        stacked = {name: p.expand(tasks, *p.shape) for name, p in self.fast_params().items()}
+        sx, sy = batch.support_x, batch.support_y
+
+        def support_loss(params: Params) -> Tensor:
+            pred = self.model.functional_tasks(params, sx)
+            return task_loss(pred.flatten(0, 1), sy.flatten(0, 1)) * tasks
+
+        return inner_loop(support_loss, stacked, self._rule(), cfg.inner_steps, cfg.first_order)
+
+    def _meta_gradient_batched(self, batch: EpisodeBatch) -> MetaOutput:
+        """The meta-gradient in three passes, the same as the task loop's (tested).
+
+        1. the inner loops of all tasks at once (:meth:`_adapted_tasks`), keeping their
+           graph (small: support sets only);
+        2. task by task, the query loss at the adapted parameters (detached) and its
+           gradient ``g_t`` with respect to them; each query graph is freed at once;
+        3. one backward pass of ``sum_t <adapted_t, g_t>`` through the inner loops, which
+           adds ``sum_t (d adapted_t / d theta)^T g_t`` to the meta-parameters' gradients.
+        """
+        adapted = self._adapted_tasks(batch)
+        tasks = len(batch)
+        grads = {name: torch.empty_like(p) for name, p in adapted.items()}
+        losses, metrics = [], []
+        for t, episode in enumerate(batch.episodes()):
+            leaves = {name: p[t].detach().requires_grad_() for name, p in adapted.items()}
+            pred = self.predict(leaves, episode.query_x)
+            loss = finite(task_loss(pred, episode.query_y), f"{self.name}.meta_gradient")
+            for name, g in zip(leaves, torch.autograd.grad(loss / tasks, list(leaves.values()))):
+                grads[name][t] = g
+            losses.append(loss.detach())
+            metrics.append(task_metric(pred.detach(), episode.query_y))
+        connected = [name for name, p in adapted.items() if p.requires_grad]
+        torch.autograd.backward([adapted[name] for name in connected], [grads[name] for name in connected])
+        return self._output(torch.stack(losses).mean(), torch.stack(metrics), batch.is_classification)
+
     def meta_gradient(self, batch: EpisodeBatch) -> MetaOutput:
-        """In the task loop, back-propagate each task's query loss at once (its graph is freed)."""
+        """Back-propagate task by task (loop), or in three passes (batched); each query graph is freed at once."""
+        if self.task_mode == "batched":
+            self.check_head(batch.metas[0].n_way, batch.is_classification)
+            return self._meta_gradient_batched(batch)
         if self.task_mode != "loop":
             return super().meta_gradient(batch)
         self.check_head(batch.metas[0].n_way, batch.is_classification)

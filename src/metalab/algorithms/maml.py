@@ -33,6 +33,7 @@ class MAML(GradientMethod):
 
     name = "maml"
     Config = MAMLConfig
+    task_batched = True
 
 
 @dataclass(frozen=True)

@@ -60,6 +60,7 @@ class MetaSGD(GradientMethod):
 
     name = "meta_sgd"
     Config = MetaSGDConfig
+    task_batched = True
     config: MetaSGDConfig
 
     def __init__(self, spec: TaskSpec, config: MetaSGDConfig, model: nn.Module | None = None):
