@@ -624,7 +624,7 @@ def test_meta_sgd_infinite_or_malformed_lr_init_range_raises_at_config_time(bad)
 @pytest.mark.parametrize("per_step_lrs", [False, True])
 @pytest.mark.parametrize("first_order", [False, True])
 def test_meta_sgd_batched_equals_loop_on_conv4(first_order, per_step_lrs):
-    batch = image_batch(tasks=3)
+    batch = image_batch(tasks=3, k_shot=1, n_query=4)  # groups of two tasks: 2 + 1
     results = []
     for mode in ("loop", "batched"):
         algo = _build(MetaSGD, _conv(), IMAGES, inner_lr=0.05, inner_steps=2, first_order=first_order,

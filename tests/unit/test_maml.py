@@ -105,11 +105,15 @@ def test_episodes_must_match_the_output_head():
         algo.meta_loss(image_batch(tasks=1, n_way=4))
 
 
-@pytest.mark.parametrize("make, batch", [(_mlp_maml, sinusoid_batch), (_conv_maml, image_batch)])
+@pytest.mark.parametrize("make, batch", [
+    (_mlp_maml, lambda: sinusoid_batch(tasks=5, k_shot=1, n_query=5)),  # groups of 2 tasks: 2 + 2 + 1
+    (_conv_maml, lambda: image_batch(tasks=5, k_shot=1, n_query=4)),
+    (_conv_maml, image_batch),  # groups of one task
+])
 @pytest.mark.parametrize("first_order", [False, True])
 @pytest.mark.parametrize("steps", [1, 3])
 def test_batched_equals_loop(make, batch, first_order, steps):
-    """All tasks' inner loops in one pass: the loop's loss, metrics and meta-gradient (meta_gradient and meta_loss)."""
+    """Tasks' inner loops side by side: the loop's loss, metrics and meta-gradient (meta_gradient and meta_loss)."""
     data = batch()
     results = []
     for mode in ("loop", "batched"):
@@ -131,3 +135,16 @@ def test_batched_equals_loop(make, batch, first_order, steps):
 def test_auto_task_mode_batches_maml_on_conv4_and_mlp():
     assert _conv_maml(1, mode="auto").task_mode == "batched"
     assert _mlp_maml(1, mode="auto").task_mode == "batched"
+
+
+def test_channels_last_option_gives_the_same_meta_gradient():
+    data = image_batch(tasks=3, k_shot=1, n_query=4)
+    grads = []
+    for channels_last in (False, True):
+        torch.manual_seed(0)
+        config = make_config("maml", inner_lr=0.3, inner_steps=2, channels_last=channels_last)
+        algo = MAML(TaskSpec((1, 16, 16), 3, True), config).double()
+        assert algo.model.body[1].channels_last is channels_last
+        algo.meta_gradient(data)
+        grads.append(flat_grad(algo))
+    torch.testing.assert_close(grads[1], grads[0], rtol=1e-9, atol=1e-12)
