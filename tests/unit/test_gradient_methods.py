@@ -649,7 +649,6 @@ class _ScaledInputMAML(MAML):
 def test_batched_task_mode_refuses_what_it_cannot_batch(cls, hparams, reason):
     with pytest.raises(MetalabError, match=reason):
         _build(cls, _conv(), IMAGES, task_mode="batched", **hparams)
-    assert _build(cls, _conv(), IMAGES, task_mode="auto", **hparams).task_mode == "loop"
 
 
 def test_batched_task_mode_refuses_running_statistics():

@@ -132,9 +132,9 @@ def test_batched_equals_loop(make, batch, first_order, steps):
         torch.testing.assert_close(grad, results[0][2], rtol=1e-10, atol=1e-12)
 
 
-def test_auto_task_mode_batches_maml_on_conv4_and_mlp():
-    assert _conv_maml(1, mode="auto").task_mode == "batched"
-    assert _mlp_maml(1, mode="auto").task_mode == "batched"
+def test_auto_task_mode_is_the_loop_for_images_and_vmap_for_vectors():
+    assert _conv_maml(1, mode="auto").task_mode == "loop"
+    assert _mlp_maml(1, mode="auto").task_mode == "vmap"
 
 
 def test_channels_last_option_gives_the_same_meta_gradient():

@@ -57,11 +57,14 @@ class GradientConfig:
             ``batched`` the inner loops of all tasks in one pass of the backbone's
             ``functional_tasks`` (grouped convolutions), then each task's query pass on
             its own and one backward pass through all the inner loops (see
-            :meth:`GradientMethod.meta_gradient`); ``auto``: ``batched`` where it
-            applies (every parameter adapted by plain or per-parameter SGD, a backbone
-            with ``functional_tasks``), else vmap for vector inputs and the loop for
-            images, as measured by ``benchmarks/task_modes.py`` and
-            ``benchmarks/throughput.py``.
+            :meth:`GradientMethod._meta_gradient_batched`; MAML and Meta-SGD with a
+            backbone that has ``functional_tasks``); ``auto``: vmap for vector inputs
+            and the loop for images. Measured by ``benchmarks/task_modes.py`` and
+            ``benchmarks/throughput.py`` on a 2-core CPU: vmap is 12x faster than the
+            loop for the sinusoid MLP (batched 0.8x: one query pass per task); for
+            conv4 on Omniglot, batched with ``channels_last`` is 1.1-1.7x the plain
+            loop, batched alone 0.9-1.2x with up to 2x its peak memory, so the default
+            stays the loop.
         channels_last: build the default Conv4 channels-last (:class:`metalab.nn.Conv4`):
             1.3-1.5x faster meta-training steps on CPU, but float32 meta-gradients
             differ from the exact ones by about 4e-4 (relative) on Omniglot, against 2e-6
@@ -119,7 +122,7 @@ class GradientMethod(MetaAlgorithm):
                                   channels_last=config.channels_last)
         self.model = model
         if mode == "auto":
-            mode = "batched" if self._batchable() is None else unbatched
+            mode = unbatched
         elif mode == "batched" and self._batchable() is not None:
             raise MetalabError(f"{self.name} cannot run task_mode=batched: {self._batchable()}; "
                                "use task_mode=loop or auto")
