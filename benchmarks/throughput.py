@@ -31,12 +31,12 @@ same weights and compute the meta-gradient of the same batch in float64; the rel
 error ||g - g_ref|| / ||g_ref|| (all parameters flattened) of `higher` and metalab against
 the reference must be at most 1e-9, otherwise the script exits with code 1 and times
 nothing. The float32 runs' distances to that float64 result are printed and recorded
-(``grad_rel_err_float32``) but not checked. They are not all rounding: Omniglot's flat
-background makes many 2x2 max-pool windows (near-)ties, and a float32 computation whose
-operations are ordered unlike the float64 reference's can pick another element of a
-window, which routes that gradient elsewhere; with several inner steps at rate 0.4 the
-inner loop amplifies such differences (the reference itself is 1.5e-3 off at 5-way 5
-steps). Measured: the reference and metalab's default 1e-6 to 3e-3; channels-last (with
+(``grad_rel_err_float32``) but not checked. They are larger than rounding alone would
+give; our unverified explanation: Omniglot's flat background makes many 2x2 max-pool
+windows near-ties, a float32 computation whose operations are ordered unlike the float64
+reference's can pick another element of such a window and route that gradient
+elsewhere, and several inner steps at rate 0.4 amplify the difference (the reference
+itself is 1.5e-3 off at 5-way 5 steps). Measured: the reference and metalab's default 1e-6 to 3e-3; channels-last (with
 a float64 batch norm just as much, so not its statistics) 2e-4 to 4e-3 at one step;
 batched up to 4e-2 at 20-way 5 steps.
 

@@ -7,7 +7,7 @@ from torch import nn
 
 from metalab.func import forward, params_of
 from metalab.nn import MLP, Conv4
-from metalab.nn.backbones import conv3x3_batch_norm_few_channels, conv3x3_few_channels
+from metalab.nn.backbones import conv3x3_few_channels
 
 
 def _plain_conv4(in_channels: int, hidden: int, n_out: int) -> nn.Sequential:
@@ -74,32 +74,6 @@ def test_few_channel_convolution_is_conv2d_and_channels_last():
     out = conv3x3_few_channels(x, w, b)
     torch.testing.assert_close(out, F.conv2d(x, w, b, padding=1), rtol=1e-12, atol=1e-12)
     assert out.is_contiguous(memory_format=torch.channels_last)
-
-
-def test_convolution_with_folded_batch_norm_is_conv2d_then_batch_norm():
-    g = torch.Generator().manual_seed(3)
-    x = torch.randn(3, 2, 5, 4, generator=g, dtype=torch.float64)
-    w, b, gamma, beta = (torch.randn(*shape, generator=g, dtype=torch.float64).requires_grad_()
-                         for shape in ((4, 2, 3, 3), (4,), (4,), (4,)))
-
-    def unfolded(w, b, gamma, beta):
-        return F.batch_norm(F.conv2d(x, w, b, padding=1), None, None, gamma, beta, True, 0.0, 1e-5)
-
-    def folded(w, b, gamma, beta):
-        return conv3x3_batch_norm_few_channels(x, w, b, gamma, beta, 1e-5)
-
-    out = folded(w, b, gamma, beta)
-    assert out.is_contiguous(memory_format=torch.channels_last)
-    torch.testing.assert_close(out, unfolded(w, b, gamma, beta), rtol=1e-10, atol=1e-12)
-    weights = torch.randn(out.shape, generator=g, dtype=torch.float64)
-    first = [torch.autograd.grad((f(w, b, gamma, beta) * weights).sum(), (w, b, gamma, beta), create_graph=True)
-             for f in (folded, unfolded)]
-    for a, c in zip(*first):
-        torch.testing.assert_close(a, c, rtol=1e-9, atol=1e-12)
-    # second order (MAML's Hessian-vector products): differentiate a function of the gradients
-    second = [torch.autograd.grad(sum((gr * gr).sum() for gr in grads[::2]), (w, gamma)) for grads in first]
-    for a, c in zip(*second):
-        torch.testing.assert_close(a, c, rtol=1e-8, atol=1e-10)
 
 
 def test_pure_functional_forward_equals_functional_call():

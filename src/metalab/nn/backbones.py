@@ -32,45 +32,12 @@ def conv3x3_few_channels(x: Tensor, weight: Tensor, bias: Tensor) -> Tensor:
     output is laid out ``(N, H, W, C)``. Same result as ``F.conv2d(x, weight, bias,
     padding=1)`` up to float rounding (tested).
     """
-    cols = _patches(x)
-    out = torch.addmm(bias, cols, weight.reshape(weight.shape[0], -1).t().contiguous())
-    return _channels_last_view(out, x)
-
-
-def _patches(x: Tensor) -> Tensor:
-    """The 3x3 patches (padding 1) of ``x`` ``(n, c, h, w)`` as rows: ``(n*h*w, c*9)``."""
     n, c, h, w = x.shape
-    return F.unfold(x, 3, padding=1).transpose(1, 2).reshape(n * h * w, c * 9)
-
-
-def _channels_last_view(rows: Tensor, x: Tensor) -> Tensor:
-    """Rows ``(n*h*w, C)`` in the spatial order of ``x`` as an ``(n, C, h, w)`` channels-last tensor."""
-    n, _, h, w = x.shape
-    return rows.view(n, h, w, -1).permute(0, 3, 1, 2)
-
-
-def conv3x3_batch_norm_few_channels(x: Tensor, weight: Tensor, bias: Tensor, gamma: Tensor, beta: Tensor,
-                                    eps: float) -> Tensor:
-    """3x3 convolution (padding 1) then batch norm with the batch's statistics, in one matrix product.
-
-    The convolution is linear in the patches ``p`` of ``x``, so its per-channel batch mean
-    is ``W mean(p) + b`` and its variance ``W Cov(p) W^T``: the statistics come from the
-    ``c*9 x c*9`` covariance of the patches, and the normalised output is
-    ``(p - mean(p)) (gamma / sqrt(var + eps) * W)^T + beta``, a single product whose
-    output is written once (no full-size intermediate for batch norm to read, normalise
-    and write again, and none to keep for its backward pass). The conv bias cancels, as in
-    the unfolded version (its gradient is zero). Same result and gradients as
-    ``F.batch_norm(F.conv2d(x, weight, bias, padding=1), None, None, gamma, beta, True,
-    0.0, eps)`` up to float rounding (tested); output channels-last.
-    """
-    cols = _patches(x)
-    centred = cols - cols.mean(0)
-    cov = centred.t() @ centred / centred.shape[0]
-    w = weight.reshape(weight.shape[0], -1)
-    var = ((w @ cov) * w).sum(1)
-    scaled = w * (gamma * torch.rsqrt(var + eps)).unsqueeze(1)
-    out = torch.addmm(beta + 0.0 * bias, centred, scaled.t().contiguous())  # 0 * bias: it cancels
-    return _channels_last_view(out, x)
+    cols = F.unfold(x, 3, padding=1).transpose(1, 2).reshape(n * h * w, c * 9)
+    # a contiguous (c*9, out) operand: its gradient is then cols^T @ grad, the fast form of
+    # a product with a long inner dimension (the transposed one is about 6x slower)
+    out = torch.addmm(bias, cols, weight.reshape(weight.shape[0], -1).t().contiguous())
+    return out.view(n, h, w, -1).permute(0, 3, 1, 2)
 
 
 def sub_params(params: Params, prefix: str) -> Params:
@@ -85,10 +52,8 @@ class ConvBlock(nn.Module):
     The paper's order is conv -> BN -> ReLU -> pool; ReLU and max-pool commute (both are
     monotone, element-wise vs. window max, and ties break the same way), so pooling first
     gives the same output and gradients with a quarter of the ReLU work. With
-    ``channels_last`` the first convolution of few channels runs as im2col + matmul (with
-    batch statistics, batch norm folded into it:
-    :func:`conv3x3_batch_norm_few_channels`) and the block keeps the channels-last layout
-    (see :class:`Conv4`).
+    ``channels_last`` the first convolution of few channels runs as im2col + matmul and
+    the block keeps the channels-last layout (see :class:`Conv4`).
     """
 
     def __init__(self, in_channels: int, out_channels: int, track_running_stats: bool, vmap_safe: bool,
@@ -102,13 +67,11 @@ class ConvBlock(nn.Module):
     def functional(self, params: Params, x: Tensor) -> Tensor:
         """The block with ``params`` (``conv.weight``, ``conv.bias``, ``norm.weight``, ``norm.bias``)."""
         weight, bias = params["conv.weight"], params["conv.bias"]
-        few = self.channels_last and x.shape[1] <= 3
-        if few and not self.norm.track_running_stats:
-            x = conv3x3_batch_norm_few_channels(x, weight, bias, params["norm.weight"], params["norm.bias"],
-                                                self.norm.eps)
+        if self.channels_last and x.shape[1] <= 3:
+            x = conv3x3_few_channels(x, weight, bias)
         else:
-            x = conv3x3_few_channels(x, weight, bias) if few else F.conv2d(x, weight, bias, padding=1)
-            x = self.norm.functional(x, params["norm.weight"], params["norm.bias"])
+            x = F.conv2d(x, weight, bias, padding=1)
+        x = self.norm.functional(x, params["norm.weight"], params["norm.bias"])
         return F.relu(F.max_pool2d(x, 2) if self.pool else x)
 
     def functional_tasks(self, params: Params, x: Tensor, tasks: int) -> Tensor:
@@ -146,12 +109,15 @@ class Conv4(nn.Module):
         track_running_stats, vmap_safe: see :class:`metalab.nn.BatchNorm`.
         pool_blocks: how many blocks (from the first) end with a 2x2 max-pool, 0 to 4.
         channels_last: lay activations out channels-last and compute the first convolution
-            as im2col + matmul. 0.75-1.45x the speed of the plain loop on a 2-core CPU
-            (``benchmarks/throughput.py``), but PyTorch's channels-last batch-norm kernel
-            accumulates the batch statistics in float32 in one pass, so float32 MAML
-            meta-gradients on Omniglot drift from the float64 ones by 4e-4 (5-way, 1
-            step) up to 0.36 (20-way, 5 steps), against 8e-6 to 4e-3 for the default
-            layout (same benchmark). Off by default.
+            as im2col + one matrix product. Faster on
+            CPU (MAML steps 1.1-1.6x the plain loop on a 2-core CPU,
+            ``benchmarks/throughput.py``) and equal in float64, but float32 MAML
+            meta-gradients on Omniglot are 2e-4 to 3e-3 (relative) from the float64 ones
+            at one inner step, against 2e-6 to 2e-4 in the default layout. Not from the
+            batch-norm statistics (a float64 batch norm gives the same); probably
+            (unverified) near-tied max-pool windows on Omniglot's flat background that
+            float32 operations in another order resolve unlike the reference. Off by
+            default.
 
     :meth:`functional` is the network as a pure function of a parameter dict: unlike
     ``torch.func.functional_call`` it does not swap the module's attributes.
