@@ -62,13 +62,12 @@ class GradientConfig:
             and the loop for images. Measured by ``benchmarks/task_modes.py`` and
             ``benchmarks/throughput.py`` on a 2-core CPU: vmap is 12x faster than the
             loop for the sinusoid MLP (batched 0.8x: one query pass per task); for
-            conv4 on Omniglot, batched with ``channels_last`` is 1.1-1.7x the plain
-            loop, batched alone 0.9-1.2x with up to 2x its peak memory, so the default
-            stays the loop.
+            conv4 on Omniglot, batched with ``channels_last`` is 0.9-1.5x the plain
+            loop with 1.2-2.3x its peak memory, batched alone 0.9-1.2x, so the
+            default stays the loop.
         channels_last: build the default Conv4 channels-last (:class:`metalab.nn.Conv4`):
-            1.3-1.5x faster meta-training steps on CPU, but float32 meta-gradients
-            differ from the exact ones by about 4e-4 (relative) on Omniglot, against 2e-6
-            in the default layout (``benchmarks/throughput.py``).
+            often faster on CPU, but its float32 meta-gradients are further from the
+            exact ones (see there and ``benchmarks/throughput.py``).
 
     Evaluation (``adapt``) always runs the inner loop without building a graph.
     """
@@ -237,9 +236,9 @@ class GradientMethod(MetaAlgorithm):
 
         A group's support sets hold half as many examples as one query set (at least one
         task per group), so the inner-loop graph kept alive (with its second-order terms)
-        is about as large as one task's query graph: on Omniglot 5-way 1-shot, groups of 7
-        tasks keep the peak memory within 1.25x the plain loop's, groups of 15 cost 2.2x
-        for 15% more speed (``benchmarks/throughput.py``).
+        stays near one task's query graph: on Omniglot 5-way 1-shot, groups of 7 tasks
+        measured 1.2-1.6x the plain loop's peak memory at one inner step, groups of 15
+        2.2x for about 15% more speed (``benchmarks/throughput.py``).
         """
         tasks = len(batch)
         group = max(1, batch.query_x.shape[1] // (2 * max(batch.support_x.shape[1], 1)))

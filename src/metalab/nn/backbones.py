@@ -109,15 +109,13 @@ class Conv4(nn.Module):
         track_running_stats, vmap_safe: see :class:`metalab.nn.BatchNorm`.
         pool_blocks: how many blocks (from the first) end with a 2x2 max-pool, 0 to 4.
         channels_last: lay activations out channels-last and compute the first convolution
-            as im2col + one matrix product. Faster on
-            CPU (MAML steps 1.1-1.6x the plain loop on a 2-core CPU,
-            ``benchmarks/throughput.py``) and equal in float64, but float32 MAML
-            meta-gradients on Omniglot are 2e-4 to 3e-3 (relative) from the float64 ones
-            at one inner step, against 2e-6 to 2e-4 in the default layout. Not from the
-            batch-norm statistics (a float64 batch norm gives the same); probably
-            (unverified) near-tied max-pool windows on Omniglot's flat background that
-            float32 operations in another order resolve unlike the reference. Off by
-            default.
+            as im2col + one matrix product. Often faster on CPU (MAML steps 0.8-1.4x
+            the plain loop on a 2-core CPU, ``benchmarks/throughput.py``) and equal in
+            float64, but float32 MAML meta-gradients on Omniglot are 4e-4 to 1e-2
+            (relative) from the float64 ones at one inner step and up to 0.35 at five,
+            against 2e-6 to 1.5e-4 in the default layout. Not from the batch-norm
+            statistics (a float64 batch norm gives the same); the cause is not found
+            yet. Off by default.
 
     :meth:`functional` is the network as a pure function of a parameter dict: unlike
     ``torch.func.functional_call`` it does not swap the module's attributes.
