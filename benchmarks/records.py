@@ -3,6 +3,7 @@
 from __future__ import annotations
 
 import os
+import shlex
 import sys
 from pathlib import Path
 
@@ -14,7 +15,7 @@ REPO = Path(__file__).resolve().parents[1]
 
 def command() -> str:
     """The running benchmark's command line, relative to the repository root."""
-    return "python " + " ".join([os.path.relpath(sys.argv[0], REPO)] + sys.argv[1:])
+    return "python " + shlex.join([os.path.relpath(sys.argv[0], REPO)] + sys.argv[1:])
 
 
 def record(benchmark: str, method: str, setting: str, metric: str, value: float, ci95: float | None,
