@@ -37,8 +37,8 @@ windows near-ties, a float32 computation whose operations are ordered unlike the
 reference's can pick another element of such a window and route that gradient
 elsewhere, and several inner steps at rate 0.4 amplify the difference (the reference
 itself is 1.5e-3 off at 5-way 5 steps). Measured: the reference and metalab's default 1.6e-6 to 3e-3; channels-last
-4e-4 to 1e-2 at one step and up to 0.36 at five (with a float64 batch norm just as much,
-so not its statistics); batched channels-last 1e-4 to 2e-3 at one step, up to 4e-2 at
+4e-4 to 1e-2 at one step and up to 0.36 at five (a float64 batch norm swapped in by hand
+changed nothing, so not its statistics); batched channels-last 1e-4 to 2e-3 at one step, up to 4e-2 at
 five.
 
 Then per row and implementation: one warm-up iteration and ``--reps`` timed iterations (zero the gradients, forward/backward of the whole meta-batch); the median is

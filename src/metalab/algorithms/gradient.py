@@ -63,7 +63,9 @@ class GradientConfig:
             ``benchmarks/throughput.py`` on a 2-core CPU: vmap is 12x faster than the
             loop for the sinusoid MLP (batched 0.8x: one query pass per task); for
             conv4 on Omniglot, batched with ``channels_last`` is 0.9-1.5x the plain
-            loop with 1.1-2.3x its peak memory, batched alone 0.9-1.2x, so the
+            loop with 1.1-2.3x its peak memory, batched in the default layout
+            0.86-1.23x (the ``maml`` records of commit 4847887 in
+            ``benchmarks/results/throughput.jsonl``, when it was the default), so the
             default stays the loop.
         channels_last: build the default Conv4 channels-last (:class:`metalab.nn.Conv4`):
             often faster on CPU, but its float32 meta-gradients are further from the
@@ -122,9 +124,8 @@ class GradientMethod(MetaAlgorithm):
         self.model = model
         if mode == "auto":
             mode = unbatched
-        elif mode == "batched" and self._batchable() is not None:
-            raise MetalabError(f"{self.name} cannot run task_mode=batched: {self._batchable()}; "
-                               "use task_mode=loop or auto")
+        elif mode == "batched" and (reason := self._batchable()) is not None:
+            raise MetalabError(f"{self.name} cannot run task_mode=batched: {reason}; use task_mode=loop or auto")
         self.task_mode = mode
 
     # hooks -----------------------------------------------------------------------------
@@ -237,8 +238,8 @@ class GradientMethod(MetaAlgorithm):
         A group's support sets hold half as many examples as one query set (at least one
         task per group), so the inner-loop graph kept alive (with its second-order terms)
         stays near one task's query graph: on Omniglot 5-way 1-shot, groups of 7 tasks
-        measured 1.2-1.6x the plain loop's peak memory at one inner step, groups of 15
-        2.4x for 15-20% more speed (``benchmarks/throughput.py``).
+        measured 1.2-1.6x the plain loop's peak memory at one inner step
+        (``benchmarks/throughput.py``); larger groups are somewhat faster and use more.
         """
         tasks = len(batch)
         group = max(1, batch.query_x.shape[1] // (2 * max(batch.support_x.shape[1], 1)))

@@ -35,7 +35,7 @@ def conv3x3_few_channels(x: Tensor, weight: Tensor, bias: Tensor) -> Tensor:
     n, c, h, w = x.shape
     cols = F.unfold(x, 3, padding=1).transpose(1, 2).reshape(n * h * w, c * 9)
     # a contiguous (c*9, out) operand: its gradient is then cols^T @ grad, the fast form of
-    # a product with a long inner dimension (the transposed one is about 6x slower)
+    # a product with a long inner dimension (the transposed form is several times slower)
     out = torch.addmm(bias, cols, weight.reshape(weight.shape[0], -1).t().contiguous())
     return out.view(n, h, w, -1).permute(0, 3, 1, 2)
 
@@ -114,7 +114,7 @@ class Conv4(nn.Module):
             float64, but float32 MAML meta-gradients on Omniglot are 4e-4 to 1e-2
             (relative) from the float64 ones at one inner step and up to 0.35 at five,
             against 2e-6 to 1.5e-4 in the default layout. Not from the batch-norm
-            statistics (a float64 batch norm gives the same); the cause is not found
+            statistics (swapping in a float64 batch norm by hand changed nothing); the cause is not found
             yet. Off by default.
 
     :meth:`functional` is the network as a pure function of a parameter dict: unlike
