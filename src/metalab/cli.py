@@ -16,12 +16,13 @@ import time
 from pathlib import Path
 from typing import Any, Sequence
 
+import torch
 
 from metalab import algorithms, config
 from metalab.experiment import ALL_BENCHMARKS, TABLES, build_benchmark, reproduce, run_experiment
 from metalab.data.benchmarks import BenchmarkConfig
 from metalab.engine import TrainConfig, evaluate, load_checkpoint
-from metalab.engine.distributed import DEFAULT_TIMEOUT, Distributed
+from metalab.engine.distributed import DEFAULT_TIMEOUT, DEVICES, Distributed, backend_for, resolve_device
 from metalab.utils.errors import MetalabError
 from metalab.utils.io import atomic_write_text
 from metalab.utils.seeding import derive_seed
@@ -109,6 +110,12 @@ def _dataclass_flags(parser: argparse.ArgumentParser, section: str, cls: type, s
                                 metavar=f.name.upper(), help=help_text.replace("%", "%%"))
 
 
+def _device_flag(parser: argparse.ArgumentParser) -> None:
+    parser.add_argument("--device", default="cpu", metavar="DEVICE",
+                        help=f"where to run: {', '.join(DEVICES)} (default cpu). Under torchrun, cuda gives each "
+                             "rank the GPU of its LOCAL_RANK and the ranks talk over NCCL (gloo on the CPU)")
+
+
 def _build_parser() -> argparse.ArgumentParser:
     parser = _Parser(prog="metalab", description="Meta-train and evaluate few-shot learners.")
     sub = parser.add_subparsers(dest="command", required=True, parser_class=_Parser)
@@ -139,6 +146,7 @@ def _build_parser() -> argparse.ArgumentParser:
                    help="continue the killed or finished run in RUN_DIR exactly where its last checkpoint left off "
                         "(with its own settings; --steps and --max-minutes may extend it)")
     t.add_argument("--quiet", action="store_true", help="no progress bar")
+    _device_flag(t)
     t.add_argument("--dist-timeout", type=float, default=DEFAULT_TIMEOUT, metavar="SECONDS",
                    help="under torchrun: how long a rank waits for the others before the run stops with an error "
                         f"(default {DEFAULT_TIMEOUT:g})")
@@ -151,6 +159,7 @@ def _build_parser() -> argparse.ArgumentParser:
     e.add_argument("--cache-dir", help="override the cache folder stored in the checkpoint")
     e.add_argument("--out", help="write the results JSON here")
     e.add_argument("--quiet", action="store_true", help="no progress bar")
+    _device_flag(e)
 
     r = sub.add_parser("reproduce", help="train (or load) every method of a paper table and write it as markdown")
     r.add_argument("table", choices=sorted(TABLES), help="which table")
@@ -166,6 +175,7 @@ def _build_parser() -> argparse.ArgumentParser:
     r.add_argument("--page", help="with --records: render every record there into this markdown page "
                                   "(the repository's: docs/RESULTS.md)")
     r.add_argument("--quiet", action="store_true", help="no progress bars")
+    _device_flag(r)
 
     pl = sub.add_parser("plot", help="figures of run folders (needs the [plot] extra)")
     pl.add_argument("runs", nargs="+", help="run folders written by `metalab train`")
@@ -281,15 +291,16 @@ def _resumed_config(args: argparse.Namespace, run_dir: Path) -> dict[str, Any]:
 
 def _train(args: argparse.Namespace) -> int:
     # a single process unless launched by torchrun, which sets WORLD_SIZE (and RANK, MASTER_ADDR, ...)
-    distributed = Distributed.join(int(os.environ.get("WORLD_SIZE", "1")), args.dist_timeout,
-                                   local_rank=int(os.environ.get("LOCAL_RANK", "0")))
+    world_size, local_rank = int(os.environ.get("WORLD_SIZE", "1")), int(os.environ.get("LOCAL_RANK", "0"))
+    device = resolve_device(args.device, local_rank, world_size)
+    distributed = Distributed.join(world_size, args.dist_timeout, backend_for(device), local_rank)
     try:
-        return _train_in(args, distributed)
+        return _train_in(args, distributed, device)
     finally:
         distributed.close()
 
 
-def _train_in(args: argparse.Namespace, distributed: Distributed) -> int:
+def _train_in(args: argparse.Namespace, distributed: Distributed, device: torch.device) -> int:
     if distributed.active and args.out is None and args.resume is None:
         raise MetalabError("under torchrun, name the run folder with --out so that every rank uses the same one")
     if args.resume is not None:
@@ -308,7 +319,7 @@ def _train_in(args: argparse.Namespace, distributed: Distributed) -> int:
     if distributed.active:
         cfg["world_size"] = distributed.world_size
     run_experiment(cfg, run_dir, resume=args.resume is not None, progress=progress,
-                   log=lambda line: print(line, flush=True), distributed=distributed)
+                   log=lambda line: print(line, flush=True), distributed=distributed, device=device)
     if distributed.is_main:
         print(f"results: {run_dir / 'results.json'}")
     return 0
@@ -321,12 +332,14 @@ def _reproduce(args: argparse.Namespace) -> int:
     reproduce(args.table, Path(args.out or f"runs/reproduce-{args.table}"), args.minutes, overrides,
               progress=not args.quiet and sys.stderr.isatty(), log=lambda line: print(line, flush=True),
               records_dir=args.records and Path(args.records), page=args.page and Path(args.page),
-              command=" ".join(["metalab", *args.argv]), only=args.only)
+              command=" ".join(["metalab", *args.argv]), only=args.only, device=resolve_device(args.device))
     return 0
 
 
 def _eval(args: argparse.Namespace) -> int:
+    device = resolve_device(args.device)
     algorithm, record = load_checkpoint(args.checkpoint)
+    algorithm.to(device)  # a meta-RL method refuses anything but the CPU when it evaluates
     fields = dict(record["benchmark"])
     for name in ("data_dir", "cache_dir"):
         if getattr(args, name) is not None:

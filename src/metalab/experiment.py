@@ -16,6 +16,7 @@ from typing import Any, Callable
 import torch
 
 from metalab import algorithms, config, results
+from metalab.algorithms.rl_base import RUNS_ON_CPU
 from metalab.data.benchmarks import BENCHMARKS, Benchmark, BenchmarkConfig, TaskSpec, make_benchmark
 from metalab.engine import TrainConfig, evaluate, load_checkpoint, train
 from metalab.engine.distributed import SINGLE, Distributed
@@ -56,7 +57,8 @@ def build_benchmark(cfg: BenchmarkConfig, progress: bool = False) -> Benchmark:
 
 
 def run_experiment(cfg: dict[str, Any], run_dir: Path, resume: bool = False, progress: bool = False,
-                   log: Callable[[str], None] = print, distributed: Distributed = SINGLE) -> dict[str, Any]:
+                   log: Callable[[str], None] = print, distributed: Distributed = SINGLE,
+                   device: torch.device | str = "cpu") -> dict[str, Any]:
     """Train ``cfg`` into ``run_dir`` (or continue it), evaluate the best checkpoint, write results.json.
 
     Args:
@@ -66,6 +68,9 @@ def run_experiment(cfg: dict[str, Any], run_dir: Path, resume: bool = False, pro
         progress: progress bars.
         log: where the one-line summaries go.
         distributed: this process's place in a data-parallel run; only rank 0 writes and logs.
+        device: where to train and evaluate (:func:`metalab.engine.distributed.resolve_device`
+            turns ``--device`` into it); checkpoints load onto any device, so a run may be
+            continued on another one.
 
     Returns:
         The content of ``results.json``.
@@ -78,11 +83,14 @@ def run_experiment(cfg: dict[str, Any], run_dir: Path, resume: bool = False, pro
                            f"{bench_cfg.name} a {'meta-RL' if bench_cfg.name in RL_BENCHMARKS else 'supervised'} "
                            f"benchmark; meta-RL methods ({', '.join(algorithms.names('rl'))}) run on "
                            f"{', '.join(sorted(RL_BENCHMARKS))}")
+    device = torch.device(device)
+    if kind == "rl" and device.type != "cpu":
+        raise MetalabError(RUNS_ON_CPU)
     method_config = algorithms.make_config(cfg["algorithm"], **cfg["hparams"])
     benchmark = build_benchmark(bench_cfg, progress)
     with torch.random.fork_rng(devices=[]):
         torch.manual_seed(derive_seed(train_cfg.seed, 0))
-        algorithm = algorithms.get(cfg["algorithm"])(benchmark.spec, method_config)
+        algorithm = algorithms.get(cfg["algorithm"])(benchmark.spec, method_config).to(device)
     if not distributed.is_main:
         progress, log = False, _silent
     else:
@@ -92,7 +100,7 @@ def run_experiment(cfg: dict[str, Any], run_dir: Path, resume: bool = False, pro
                    checkpoint_extra={"benchmark": cfg["benchmark"]}, resume=resume, distributed=distributed)
     log(f"trained {cfg['algorithm']} on {bench_cfg.name}: {result.steps} steps in {result.seconds:.1f} s; "
         f"best validation {result.best}")
-    best, _ = load_checkpoint(run_dir / "best.pt")
+    best = load_checkpoint(run_dir / "best.pt")[0].to(device)
     tests = []
     for steps in cfg["eval_steps"]:
         test = evaluate(best, benchmark.test, cfg["test_episodes"], steps, progress=progress, desc="test",
@@ -144,7 +152,8 @@ def _format(metric: str, value: float | None) -> str:
 
 def reproduce(table: str, out: Path, minutes: float | None, overrides: dict[str, dict[str, Any]],
               progress: bool = False, log: Callable[[str], None] = print, records_dir: Path | None = None,
-              page: Path | None = None, command: str | None = None, only: list[str] | None = None) -> Path:
+              page: Path | None = None, command: str | None = None, only: list[str] | None = None,
+              device: torch.device | str = "cpu") -> Path:
     """Run (or load, or continue) every preset of ``table`` and write ``out/<table>.md``.
 
     A preset whose run folder ``out/<preset>`` already holds results of the same settings is
@@ -160,6 +169,7 @@ def reproduce(table: str, out: Path, minutes: float | None, overrides: dict[str,
         command: the command line written into the records and the page.
         only: run (or load) only these presets of the table, e.g. to train its rows in parallel
             processes into the same ``out``; the table then holds just those rows.
+        device: where the runs train and evaluate (see :func:`run_experiment`).
     """
     if table not in TABLES:
         raise MetalabError(f"unknown table {table!r}; choose one of {sorted(TABLES)}")
@@ -182,7 +192,7 @@ def reproduce(table: str, out: Path, minutes: float | None, overrides: dict[str,
             if (run_dir / "last.pt").exists() and not resume:
                 raise MetalabError(f"{run_dir} holds a run with other settings; remove it or pick another --out")
             log(f"[{number}/{len(names)}] {'continuing' if resume else 'training'} {name}")
-            summary = run_experiment(cfg, run_dir, resume=resume, progress=progress, log=log)
+            summary = run_experiment(cfg, run_dir, resume=resume, progress=progress, log=log, device=device)
         else:
             log(f"[{number}/{len(names)}] loaded {name} from {run_dir / 'results.json'}")
         paper = config.load_preset(name).get("paper")

@@ -1,11 +1,13 @@
 """One rank of the data-parallel tests (tests/integration/test_distributed.py launches two).
 
-    RANK=r WORLD_SIZE=2 MASTER_ADDR=127.0.0.1 MASTER_PORT=p python dist_worker.py MODE OUT [TIMEOUT]
+    RANK=r WORLD_SIZE=2 MASTER_ADDR=127.0.0.1 MASTER_PORT=p python dist_worker.py MODE OUT [TIMEOUT [DEVICE]]
 
 MODE ``train``: MAML on sinusoid episodes in float64, 3 meta-iterations of a meta-batch of 4
 (split over the ranks; one process when WORLD_SIZE=1); rank 0 saves the parameters to OUT.
 MODE ``die`` / ``hang``: rank 1 exits / stops answering when it fetches its step-2 tasks;
 rank 0 must stop with a clear error (exit code 2, the message on stderr).
+DEVICE (default ``cpu``, gloo) may be ``cuda``: each rank on the GPU of its LOCAL_RANK, NCCL
+(tests/integration/test_gpu.py).
 """
 
 from __future__ import annotations
@@ -20,7 +22,7 @@ import torch
 from metalab import BenchmarkConfig, TrainConfig, build, make_benchmark, train
 from metalab.data.benchmarks import Benchmark
 from metalab.data.sampler import TaskSource
-from metalab.engine.distributed import Distributed
+from metalab.engine.distributed import Distributed, backend_for, resolve_device
 from metalab.utils.errors import MetalabError
 
 
@@ -48,8 +50,10 @@ class Float64(TaskSource):
 def main() -> int:
     mode, out = sys.argv[1], sys.argv[2]
     timeout = float(sys.argv[3]) if len(sys.argv) > 3 else 60.0
+    world, local_rank = int(os.environ["WORLD_SIZE"]), int(os.environ.get("LOCAL_RANK", "0"))
+    device = resolve_device(sys.argv[4] if len(sys.argv) > 4 else "cpu", local_rank, world)
     torch.set_num_threads(1)
-    distributed = Distributed.join(int(os.environ["WORLD_SIZE"]), timeout)
+    distributed = Distributed.join(world, timeout, backend_for(device), local_rank)
     try:
         bench = make_benchmark(BenchmarkConfig("sinusoid", k_shot=5, seed=3))
         fail = mode if mode in ("die", "hang") and distributed.rank == 1 else ""
@@ -57,12 +61,12 @@ def main() -> int:
         wrapped = Benchmark(bench.name, bench.spec, bench.metric, train_source,
                             Float64(bench.val), Float64(bench.test))
         torch.manual_seed(0)
-        model = build("maml", bench.spec, inner_lr=0.01, inner_steps=1).double()
+        model = build("maml", bench.spec, inner_lr=0.01, inner_steps=1).double().to(device)
         cfg = TrainConfig(steps=3 if mode == "train" else 6, meta_batch_size=4, val_every=0, val_episodes=3,
                           log_every=1)
         train(model, wrapped, cfg, None, progress=False, distributed=distributed)
         if distributed.is_main:
-            torch.save({k: v.detach().clone() for k, v in model.state_dict().items()}, out)
+            torch.save({k: v.detach().cpu().clone() for k, v in model.state_dict().items()}, out)
         return 0
     except MetalabError as exc:
         print(f"error: {exc}", file=sys.stderr, flush=True)

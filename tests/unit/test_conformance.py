@@ -1,5 +1,7 @@
 """Every registered algorithm honours the MetaAlgorithm contract."""
 
+import math
+
 import pytest
 import torch
 
@@ -9,7 +11,7 @@ from metalab.algorithms import build, names
 from metalab.data import TaskSpec
 from metalab.engine import load_checkpoint, save_checkpoint
 
-from .helpers import image_batch
+from .helpers import image_batch, sinusoid_batch
 
 SPEC = TaskSpec((1, 16, 16), 3, True)
 
@@ -116,3 +118,38 @@ def test_meta_gradient_of_a_batch_is_the_mean_over_its_halves(name):
     halves = [grads(batch.split(2, i)) for i in range(2)]
     for g, a, b in zip(whole, *halves, strict=True):
         torch.testing.assert_close((a + b) / 2, g, rtol=1e-9, atol=1e-12)
+
+
+DEVICE_CASES = [(name, {}) for name in names("supervised")] + [
+    ("maml", {"task_mode": "batched"}), ("meta_sgd", {"task_mode": "batched"}), ("maml", {"channels_last": True}),
+    ("matching_net", {"fce": True}), ("mann", {"key_strength": True})]
+VECTOR_CASES = ["maml", "anil", "meta_sgd", "reptile", "meta_lstm"]  # the vmapped path of regression tasks
+
+
+@pytest.mark.parametrize(("name", "hparams", "data"), [(n, h, "images") for n, h in DEVICE_CASES] +
+                         [(n, {}, "vectors") for n in VECTOR_CASES],
+                         ids=lambda v: v if isinstance(v, str) else ",".join(f"{k}={x}" for k, x in v.items()) or "-")
+def test_every_tensor_is_made_on_the_device_of_the_data(name, hparams, data, batch):
+    """What training on a GPU needs, checked without one: with the default device set to ``meta``
+    (tensors without data), any tensor a method makes without ``device=`` lands there and its
+    first use beside the CPU data raises, so passing means every tensor follows the data's
+    device (and a CPU generator's draws are moved to it)."""
+    if data == "vectors":
+        spec, batch = TaskSpec((1,), 1, False), sinusoid_batch(tasks=3, dtype=torch.float32)
+    else:
+        spec = SPEC
+    torch.manual_seed(0)
+    algo = build(name, spec, **hparams).train()
+    with torch.device("meta"):
+        out = algo.meta_gradient(batch)
+        algo.eval()
+        score = algo.evaluate_episode(batch[0])
+    assert torch.isfinite(out.loss) and math.isfinite(score)
+    assert all(p.grad is None or p.grad.device.type == "cpu" for p in algo.parameters())
+
+
+def test_the_device_probe_catches_a_tensor_made_on_the_default_device(batch):
+    """The check above can fail: a tensor made without ``device=`` breaks a step under it."""
+    x = batch.support_x
+    with pytest.raises((RuntimeError, NotImplementedError)), torch.device("meta"):
+        (x + torch.ones(x.shape[-1])).sum().item()

@@ -1,4 +1,5 @@
 import json
+import re
 import subprocess
 import sys
 
@@ -185,3 +186,52 @@ def test_tensorboard_events_mirror_the_metrics_when_the_extra_is_installed(sinus
     val = [(r["step"], r["val_mse"]) for r in logged if "val_mse" in r]
     assert [(e.step, pytest.approx(e.value)) for e in events.Scalars("val_mse")] == val
     assert [e.step for e in events.Scalars("train_loss")] == [5, 10]
+
+
+def test_devices_resolve_or_are_refused_with_what_to_do():
+    from metalab.engine.distributed import backend_for, resolve_device
+
+    assert resolve_device("cpu") == torch.device("cpu") and backend_for(torch.device("cpu")) == "gloo"
+    assert resolve_device("auto") == (torch.device("cuda", 0) if torch.cuda.is_available() else torch.device("cpu"))
+    with pytest.raises(MetalabError, match="unknown device 'tpu'; choose one of cpu, cuda, cuda:N, auto"):
+        resolve_device("tpu")
+    with pytest.raises(MetalabError, match="unknown device"):
+        resolve_device("cuda:x")
+    if not torch.cuda.is_available():
+        with pytest.raises(MetalabError, match="torch sees no CUDA GPU here.*--device cpu"):
+            resolve_device("cuda")
+    else:
+        assert backend_for(resolve_device("cuda")) == "nccl"
+        with pytest.raises(MetalabError, match="names one GPU, but 2 processes run"):
+            resolve_device("cuda:0", world_size=2)
+        with pytest.raises(MetalabError, match="torch sees"):
+            resolve_device("cuda", local_rank=torch.cuda.device_count())
+
+
+def test_episodes_follow_the_method_to_its_device(sinusoid):
+    """The trainer and evaluator feed episodes through ``on_device``; ``meta`` stands in for a GPU."""
+    algo = _maml(sinusoid.spec)
+    batch = sinusoid.train.batch(0, 2)
+    assert algo.on_device(batch) == batch.to("cpu") and algo.on_device(batch).support_x.device.type == "cpu"
+    moved = algo.to("meta").on_device(batch)
+    assert {t.device.type for t in (moved.support_x, moved.support_y, moved.query_x, moved.query_y)} == {"meta"}
+    assert moved.metas == batch.metas
+
+
+def test_meta_rl_methods_stay_on_the_cpu(tmp_path):
+    from metalab.algorithms.rl_base import RUNS_ON_CPU
+    from metalab.experiment import build_benchmark, run_experiment
+    from metalab.cli import main
+
+    nav = build_benchmark(BenchmarkConfig("nav2d"))
+    policy = build("maml_rl", nav.spec)
+    task = nav.train.batch(0, 1)
+    assert policy.on_device(task) is task
+    with pytest.raises(MetalabError, match="run on the CPU"):
+        policy.to("meta").on_device(task)
+    cfg = {"algorithm": "maml_rl", "hparams": {}, "benchmark": {"name": "nav2d"}, "train": {"steps": 1},
+           "eval_steps": [0], "test_episodes": 2}
+    with pytest.raises(MetalabError, match=re.escape(RUNS_ON_CPU)):
+        run_experiment(cfg, tmp_path / "run", device="meta")
+    assert not (tmp_path / "run").exists()  # refused before anything is written
+    assert main(["train", "maml_rl", "--benchmark", "nav2d", "--device", "nope", "--out", str(tmp_path / "x")]) == 2

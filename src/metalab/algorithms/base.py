@@ -55,6 +55,16 @@ class MetaAlgorithm(nn.Module):
         """What :meth:`evaluate_episode` returns: ``accuracy``, ``mse`` or (meta-RL) ``return``."""
         return metric_name(self.spec.classification)
 
+    @property
+    def device(self) -> torch.device:
+        """Where the meta-parameters live (``algorithm.to(device)`` moves them)."""
+        return next(self.parameters()).device
+
+    def on_device(self, data: Episode | EpisodeBatch) -> Episode | EpisodeBatch:
+        """``data`` moved to :attr:`device`: the trainer and the evaluator feed every episode
+        through this, so a method moved to a GPU trains and evaluates there."""
+        return data.to(self.device)
+
     def meta_loss(self, batch: EpisodeBatch) -> MetaOutput:
         raise NotImplementedError
 

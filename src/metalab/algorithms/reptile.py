@@ -96,7 +96,7 @@ def minibatches(n: int, batch_size: int | None, steps: int, seed: int) -> Tensor
     b = n if batch_size is None else min(batch_size, n)
     generator = make_generator(seed)
     epochs = max(1, -(-steps * b // n))
-    stream = torch.cat([torch.randperm(n, generator=generator) for _ in range(epochs)])
+    stream = torch.cat([torch.randperm(n, generator=generator, device="cpu") for _ in range(epochs)])
     return stream[: steps * b].view(steps, b)
 
 

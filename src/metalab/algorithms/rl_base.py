@@ -20,6 +20,10 @@ from metalab.rl.tasks import MakeEnv, TaskBatch
 from metalab.utils.errors import MetalabError
 
 
+RUNS_ON_CPU = ("the meta-RL methods run on the CPU, where their environments step (their policies are small); "
+               "train them with --device cpu")
+
+
 class RLMethod(MetaAlgorithm):
     """Base of the meta-RL methods (``kind = "rl"``, metric ``return``)."""
 
@@ -34,6 +38,12 @@ class RLMethod(MetaAlgorithm):
     @property
     def metric(self) -> str:
         return "return"
+
+    def on_device(self, data: Any) -> Any:
+        """Tasks stay as they are; the method must be on the CPU, where the environments step."""
+        if self.device.type != "cpu":
+            raise MetalabError(RUNS_ON_CPU)
+        return data
 
     def meta_step(self, tasks: list[dict[str, Any]], generator: torch.Generator, make_env: MakeEnv) -> dict[str, float]:
         """Sample on ``tasks`` and update the parameters in place; return the metrics to log."""

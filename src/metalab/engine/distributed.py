@@ -78,8 +78,9 @@ class Distributed:
         The rank and the rendezvous (``RANK``, ``MASTER_ADDR``, ``MASTER_PORT``) are what torchrun
         put in the environment, read by ``torch.distributed`` itself (``env://``); the command
         line reads ``WORLD_SIZE`` and ``LOCAL_RANK``. With ``world_size <= 1`` this is a single
-        process and nothing is initialised. The backend is gloo: the trainer keeps parameters
-        and episodes on the CPU (NCCL, which needs them on the GPU, is ``backend="nccl"``).
+        process and nothing is initialised. The backend is gloo for runs on the CPU and NCCL
+        (``backend="nccl"``, each rank on GPU ``local_rank``) for runs on GPUs, as
+        :func:`backend_for` picks it.
         """
         if world_size <= 1:
             return cls(0, 1, timeout)
@@ -222,3 +223,45 @@ class Distributed:
 
 
 SINGLE = Distributed()
+
+DEVICES = ("cpu", "cuda", "cuda:N", "auto")
+
+
+def resolve_device(name: str, local_rank: int = 0, world_size: int = 1) -> torch.device:
+    """The device a run (or this rank of it) trains on, from ``--device``.
+
+    Args:
+        name: ``cpu``; ``cuda`` (GPU ``local_rank``: under torchrun each rank takes the GPU of
+            its local rank, alone GPU 0); ``cuda:N`` (GPU ``N``, one process only); ``auto``
+            (``cuda`` when torch sees a GPU, else ``cpu``).
+        local_rank: this process's rank on its node (torchrun's ``LOCAL_RANK``).
+        world_size: processes in the run.
+
+    Raises:
+        MetalabError: an unknown name, a GPU that this torch build or machine does not have,
+            ``cuda:N`` in a run of several processes.
+    """
+    text = str(name).strip().lower()
+    if text == "auto":
+        text = "cuda" if torch.cuda.is_available() else "cpu"
+    if text == "cpu":
+        return torch.device("cpu")
+    kind, _, index = text.partition(":")
+    if kind != "cuda" or (index and not index.isdigit()):
+        raise MetalabError(f"unknown device {name!r}; choose one of {', '.join(DEVICES)}")
+    if not torch.cuda.is_available():
+        raise MetalabError(f"device {name!r}: torch sees no CUDA GPU here (torch.cuda.is_available() is False); "
+                           "train with --device cpu, or install a CUDA build of torch on a machine with a GPU")
+    if index and world_size > 1:
+        raise MetalabError(f"device {name!r} names one GPU, but {world_size} processes run; give --device cuda "
+                           "and each rank takes the GPU of its LOCAL_RANK")
+    gpu = int(index) if index else local_rank
+    if gpu >= torch.cuda.device_count():
+        raise MetalabError(f"device {name!r} needs GPU {gpu}, but torch sees {torch.cuda.device_count()} GPU(s); "
+                           "start at most one process per GPU (torchrun --nproc_per_node)")
+    return torch.device("cuda", gpu)
+
+
+def backend_for(device: torch.device) -> str:
+    """The collective backend of a run on ``device``: NCCL for GPUs, gloo for the CPU."""
+    return "nccl" if device.type == "cuda" else "gloo"

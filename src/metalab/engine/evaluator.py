@@ -58,7 +58,8 @@ def evaluate(
     """Adapt to each of the first ``episodes`` episodes of ``source`` and score its query set.
 
     The algorithm is put in evaluation mode for the duration (batch norm with running
-    statistics uses them) and restored afterwards. In a data-parallel run every rank scores
+    statistics uses them) and restored afterwards; episodes are moved to the algorithm's
+    device. In a data-parallel run every rank scores
     its share of the episodes and all ranks return the result over all of them.
     """
     require_positive(episodes=episodes)
@@ -67,7 +68,7 @@ def evaluate(
     values = []
     try:
         for index in tqdm(distributed.episode_indices(episodes), desc=desc, disable=not progress, leave=False):
-            values.append(algorithm.evaluate_episode(source.episode(index), steps))
+            values.append(algorithm.evaluate_episode(algorithm.on_device(source.episode(index)), steps))
     finally:
         algorithm.train(was_training)
     values = distributed.gather_values(values, episodes)

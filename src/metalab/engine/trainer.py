@@ -209,6 +209,9 @@ def train(
     dropped, so the continued run logs exactly what an uninterrupted one would have (the
     episode stream is addressed by step, so it needs no state of its own).
 
+    Training runs where the algorithm's parameters are (``algorithm.to(device)`` first for a
+    GPU): every batch is moved there (:meth:`MetaAlgorithm.on_device`).
+
     With ``distributed`` (a data-parallel run, :mod:`metalab.engine.distributed`) each rank
     trains on its share of every meta-batch, the meta-gradients are averaged before the
     step, validation is split across ranks, and only rank 0 writes to ``run_dir`` (every rank
@@ -263,7 +266,7 @@ def train(
     parameters = [p for p in algorithm.parameters() if p.requires_grad]
     done = first
     for step in bar:
-        batch = benchmark.train.batch(step, config.meta_batch_size, first_task, tasks)
+        batch = algorithm.on_device(benchmark.train.batch(step, config.meta_batch_size, first_task, tasks))
         optimizer.zero_grad(set_to_none=True)
         try:
             out, error = algorithm.meta_gradient(batch), None
