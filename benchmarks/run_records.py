@@ -1,8 +1,9 @@
 """Result records from a finished `metalab train` run folder (its results.json and config.json).
 
-    python benchmarks/run_records.py runs/maml_rl-cheetah-vel [--paper 1=-11.68,...]
+    python benchmarks/run_records.py runs/maml_rl-cheetah-vel [--paper 1=-11.68,...] [--method pretrained]
 
-One record per test entry: benchmark = the run's benchmark, method = its algorithm, setting
+One record per test entry: benchmark = the run's benchmark, method = its algorithm (or the
+label --method gives, e.g. `pretrained` for maml_rl trained with inner_steps=0), setting
 `<k>steps` for an evaluation after k adaptation steps (`trial` for RL²'s last episode, the
 bare `k_shot`-way setting for classifiers), metric and mean ± 95% CI from results.json, the
 training time and steps used, and as command the command lines that produced the run (from
@@ -27,6 +28,7 @@ def main() -> None:
     p = argparse.ArgumentParser(description=__doc__.splitlines()[0])
     p.add_argument("run", help="a run folder written by `metalab train`")
     p.add_argument("--paper", default="", help="published numbers by setting, e.g. 0steps=-40.41,1steps=-11.68")
+    p.add_argument("--method", help="the method label of the records (default: the run's algorithm)")
     args = p.parse_args()
     run = Path(args.run)
     try:
@@ -49,7 +51,7 @@ def main() -> None:
         rows.append((setting, test))
     if rows and rows[-1][1]["metric"] == "success":
         rows.append(("test", rows[-1][1]))
-    out = [results.record(bench["name"], summary["algorithm"], setting, test["metric"], test["mean"], test["ci95"],
+    out = [results.record(bench["name"], args.method or summary["algorithm"], setting, test["metric"], test["mean"], test["ci95"],
                           paper.get(setting), summary["train_seconds"], summary["steps"], command,
                           test_episodes=test["episodes"], run=str(run))
            for setting, test in rows]

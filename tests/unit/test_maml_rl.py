@@ -163,3 +163,38 @@ def test_evaluation_protocol_options_change_the_episodes_and_later_rates():
     assert torch.equal(frozen[1].actions, full[1].actions) and not torch.equal(frozen[2].actions, full[2].actions)
     with pytest.raises(MetalabError, match="test_later_lr_scale"):
         MAMLRLConfig(test_later_lr_scale=-1.0)
+
+
+def test_no_inner_step_is_the_pretrained_baseline_a_plain_policy_gradient_on_the_task_mixture():
+    """inner_steps=0 (float64): the outer surrogate's gradient at the sampling policy is the
+    vanilla policy gradient of the pre-update episodes, i.e. minus the inner step's gradient
+    averaged over tasks; one meta-step trains it, and it adapts at test like MAML-RL."""
+    from metalab.algorithms.maml_rl import _stack
+    from metalab.rl.nav2d import BatchedNavigation2D
+
+    def short(tasks, episodes, dtype, generator):
+        return BatchedNavigation2D(tasks, episodes, horizon=8, dtype=dtype)
+
+    torch.manual_seed(0)
+    algo = MAMLRL(NAV, MAMLRLConfig(hidden=(5,), episodes_per_task=3, inner_steps=0)).double()
+    tasks = _tasks(2)
+    data = algo.collect(tasks, torch.Generator().manual_seed(4), short)
+    assert data.inner == []
+    surrogate, kl = algo.surrogate_and_kl(data, create_graph=True)
+    assert kl.item() == pytest.approx(0.0, abs=1e-12)
+    params = list(algo.parameters())
+    outer = torch.autograd.grad(surrogate, params)
+    stacked = _stack(algo.params(), len(tasks))
+    adapted = algo.inner_step(stacked, data.post, data.post_advantages, create_graph=False, lr=1.0)
+    # theta' = theta - 1 * grad L_in per task: the task-mean of (theta - theta') is grad L_in
+    for p, g, name in zip(params, outer, algo.params()):
+        inner_grad = (stacked[name] - adapted[name]).mean(0)
+        torch.testing.assert_close(g, -inner_grad, rtol=1e-9, atol=1e-12)
+    before = torch.nn.utils.parameters_to_vector(params).clone()
+    metrics = algo.meta_step(tasks, torch.Generator().manual_seed(4), short)
+    assert metrics["return_pre"] == metrics["return_post"] and metrics["ls_fraction"] > 0
+    assert not torch.equal(before, torch.nn.utils.parameters_to_vector(params))
+    returns = algo.adaptation_returns(tasks, 1, torch.Generator().manual_seed(5), short)
+    assert returns.shape == (2, 2) and torch.isfinite(returns).all()
+    with pytest.raises(MetalabError, match="inner_steps must be an integer >= 0"):
+        MAMLRLConfig(inner_steps=-1)

@@ -63,7 +63,10 @@ class MAMLRLConfig:
     Attributes:
         hidden: hidden layer widths of the policy.
         inner_lr: ``alpha``, the inner policy-gradient step size.
-        inner_steps: inner steps in meta-training.
+        inner_steps: inner steps in meta-training. 0: no adaptation in meta-training, TRPO on
+            the pre-update policy over the task mixture: the paper's "pretrained" baseline
+            (one policy trained on all tasks, fine-tuned at test by the same policy-gradient
+            steps: evaluate it after 1, 2, ... steps).
         episodes_per_task: episodes sampled per task for each inner step and for the outer step.
         gamma, gae_lambda: discount and GAE parameter of the advantages.
         max_kl: TRPO's trust region on the mean KL divergence.
@@ -101,8 +104,10 @@ class MAMLRLConfig:
             require_positive(test_episodes_per_task=self.test_episodes_per_task)
         if not (isinstance(self.test_later_lr_scale, (int, float)) and 0 <= self.test_later_lr_scale < math.inf):
             raise MetalabError(f"test_later_lr_scale must be a finite number >= 0, got {self.test_later_lr_scale!r}")
-        require_positive(inner_steps=self.inner_steps, episodes_per_task=self.episodes_per_task,
-                         cg_iters=self.cg_iters, ls_steps=self.ls_steps)
+        if isinstance(self.inner_steps, bool) or not isinstance(self.inner_steps, int) or self.inner_steps < 0:
+            raise MetalabError(f"inner_steps must be an integer >= 0 (0: the pretrained baseline), got "
+                               f"{self.inner_steps!r}")
+        require_positive(episodes_per_task=self.episodes_per_task, cg_iters=self.cg_iters, ls_steps=self.ls_steps)
         for name in ("inner_lr", "max_kl", "action_scale"):
             value = getattr(self, name)
             if not (isinstance(value, (int, float)) and 0 < value < math.inf):
@@ -284,7 +289,8 @@ class MAMLRL(RLMethod):
             else:
                 with torch.no_grad():
                     nn.utils.vector_to_parameters(old, params)
-        return {"return_pre": data.inner[0][0].episode_returns().mean().item(),
+        pre = data.inner[0][0] if data.inner else data.post  # no inner step: the sampled episodes are both
+        return {"return_pre": pre.episode_returns().mean().item(),
                 "return_post": data.post.episode_returns().mean().item(),
                 "surrogate_gain": improvement, "kl": step_kl, "ls_fraction": accepted}
 
