@@ -18,7 +18,6 @@ presentation of a class, mean ± 95% CI over episodes. Appends one record per pr
 from __future__ import annotations
 
 import argparse
-import ast
 import sys
 from pathlib import Path
 
@@ -31,6 +30,7 @@ from omniglot import logged_result  # noqa: E402
 from metalab import BenchmarkConfig, EpisodeBatch, TrainConfig, build, load_checkpoint, make_benchmark, train  # noqa: E402
 from metalab.data.sampler import TaskSource  # noqa: E402
 from metalab.data.sequences import presentation_numbers  # noqa: E402
+from metalab.config import parse_assignments  # noqa: E402
 from metalab.utils import derive_seed  # noqa: E402
 from metalab.utils.stats import mean_ci95  # noqa: E402
 
@@ -90,7 +90,7 @@ def main() -> None:
     args = p.parse_args()
     torch.set_num_threads(args.threads)
     out = Path(args.out or f"runs/bench-mann-{args.method}-{args.classes}class")
-    hparams = {k: ast.literal_eval(v) for k, v in (kv.split("=") for kv in args.hparams.split(",") if kv)}
+    hparams = parse_assignments(args.hparams)
     instances = tuple(k for k in INSTANCES if k <= args.instances)
 
     bench = make_benchmark(BenchmarkConfig("omniglot-online", data_dir=args.data_dir, cache_dir=args.cache_dir,

@@ -13,7 +13,6 @@ results/omniglot.jsonl, with the training time and steps actually used.
 from __future__ import annotations
 
 import argparse
-import ast
 import json
 import sys
 from pathlib import Path
@@ -25,6 +24,7 @@ import records  # noqa: E402
 
 from metalab import BenchmarkConfig, TrainConfig, build, evaluate, load_checkpoint, make_benchmark, train  # noqa: E402
 from metalab.engine.trainer import TrainResult  # noqa: E402
+from metalab.config import parse_assignments  # noqa: E402
 from metalab.utils import derive_seed  # noqa: E402
 
 PAPER = {  # accuracy, Omniglot, as published
@@ -105,7 +105,7 @@ def main() -> None:
     args = p.parse_args()
     torch.set_num_threads(args.threads)
     out = Path(args.out or f"runs/bench-omniglot-{args.method}")
-    hparams = {k: ast.literal_eval(v) for k, v in (kv.split("=") for kv in args.hparams.split(",") if kv)}
+    hparams = parse_assignments(args.hparams)
 
     def config(n_way: int, k_shot: int) -> BenchmarkConfig:
         return BenchmarkConfig("omniglot", data_dir=args.data_dir, cache_dir=args.cache_dir, n_way=n_way,

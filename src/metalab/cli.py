@@ -7,7 +7,6 @@ argv is read here and nowhere else. Bad arguments and bad input exit with code 2
 from __future__ import annotations
 
 import argparse
-import ast
 import dataclasses
 import json
 import os
@@ -84,11 +83,7 @@ def _hparam(text: str) -> tuple[str, Any]:
     key, sep, value = text.partition("=")
     if not sep or not key.strip():
         raise argparse.ArgumentTypeError(f"expected KEY=VALUE, got {text!r}")
-    try:
-        parsed = ast.literal_eval(value)
-    except (ValueError, SyntaxError):
-        parsed = value  # a plain string, e.g. inner_optimizer=sgd
-    return key.strip(), parsed
+    return key.strip(), config.parse_value(value)
 
 
 def _dataclass_flags(parser: argparse.ArgumentParser, section: str, cls: type, skip: Sequence[str]) -> None:

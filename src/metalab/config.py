@@ -11,6 +11,7 @@ what it takes.
 
 from __future__ import annotations
 
+import ast
 import dataclasses
 import math
 import re
@@ -78,6 +79,38 @@ def coerce(cls: type, name: str, value: Any, where: str) -> Any:
     wanted = {int: "an integer", float: "a number", str: "a string", bool: "true or false"}[kind]
     raise MetalabError(f"{where}: {cls.__name__}.{name} must be {wanted}{' or omitted' if optional else ''}, "
                        f"got {value!r}")
+
+
+def parse_value(text: str) -> Any:
+    """A hyper-parameter value from the command line: a Python literal (``0.4``, ``(0.005, 0.1)``,
+    ``True``, ``None``, ``'batched'``), ``true``/``false`` in any case, or else the text itself."""
+    text = text.strip()
+    if text.lower() in ("true", "false"):
+        return text.lower() == "true"
+    try:
+        return ast.literal_eval(text)
+    except (ValueError, SyntaxError):
+        return text  # a plain string, e.g. inner_optimizer=sgd
+
+
+def parse_assignments(text: str) -> dict[str, Any]:
+    """``"a=1,b=(2, 3),c=sgd"`` -> ``{"a": 1, "b": (2, 3), "c": "sgd"}`` (:func:`parse_value` each);
+    commas inside brackets belong to the value."""
+    pairs, depth, start = [], 0, 0
+    for i, char in enumerate(text + ","):
+        depth += char in "([{"
+        depth -= char in ")]}"
+        if char == "," and depth == 0:
+            if text[start:i].strip():
+                pairs.append(text[start:i])
+            start = i + 1
+    out = {}
+    for pair in pairs:
+        key, sep, value = pair.partition("=")
+        if not sep or not key.strip():
+            raise MetalabError(f"expected KEY=VALUE, got {pair.strip()!r}")
+        out[key.strip()] = parse_value(value)
+    return out
 
 
 def check_run(run: dict[str, Any], where: str) -> dict[str, Any]:

@@ -51,3 +51,27 @@ def test_every_field_is_documented_for_the_cli_help(cls):
     docs = field_docs(cls)
     assert set(docs) == {f.name for f in dataclasses.fields(cls)}
     assert all(len(text) > 10 for text in docs.values())
+
+
+def test_command_line_values_parse_as_literals_and_commas_inside_brackets_stay():
+    from metalab.config import parse_assignments, parse_value
+
+    assert parse_value("0.4") == 0.4 and parse_value(" True") is True and parse_value("false") is False
+    assert parse_value("'batched'") == "batched" == parse_value("batched") and parse_value("None") is None
+    assert parse_assignments("inner_lr=0.4,lr_init_range=(0.005, 0.1),channels_last=true,opt=sgd,") == {
+        "inner_lr": 0.4, "lr_init_range": (0.005, 0.1), "channels_last": True, "opt": "sgd"}
+    assert parse_assignments("") == {}
+    with pytest.raises(MetalabError, match="expected KEY=VALUE, got 'inner_lr'"):
+        parse_assignments("inner_lr,steps=1")
+
+
+def test_hyper_parameters_of_the_wrong_simple_type_are_named():
+    from metalab.algorithms import make_config
+
+    assert make_config("maml", inner_lr=1, first_order=True).inner_lr == 1
+    for field, value, wanted in (("first_order", "true", "true or false"), ("inner_steps", 1.5, "an integer"),
+                                 ("inner_steps", True, "an integer"), ("task_mode", 3, "a string")):
+        with pytest.raises(MetalabError, match=f"maml: hyper-parameter {field} must be {wanted}"):
+            make_config("maml", **{field: value})
+    with pytest.raises(MetalabError, match="inner_lr must be a finite number"):  # a compound type checks itself
+        make_config("maml", inner_lr="fast")

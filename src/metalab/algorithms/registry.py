@@ -39,10 +39,30 @@ def make_config(name: str, **hparams: Any):
     unknown = sorted(set(hparams) - fields)
     if unknown:
         raise MetalabError(f"{name} has no hyper-parameter {unknown}; it takes {sorted(fields)}")
+    for field in dataclasses.fields(config_cls):
+        if field.name in hparams and not _fits(str(field.type), hparams[field.name]):
+            raise MetalabError(f"{name}: hyper-parameter {field.name} must be {_WANTED[str(field.type)]}, got "
+                               f"{hparams[field.name]!r}")
     try:
         return config_cls(**hparams)
     except TypeError as exc:  # e.g. a string where a number belongs
         raise MetalabError(f"bad hyper-parameter for {name}: {exc}; given {hparams}") from None
+
+
+_WANTED = {"bool": "true or false", "int": "an integer", "float": "a number", "str": "a string"}
+
+
+def _fits(annotation: str, value: Any) -> bool:
+    """Whether ``value`` has the simple type ``annotation`` names (other annotations: not checked here)."""
+    if annotation == "bool":
+        return isinstance(value, bool)
+    if annotation == "int":
+        return isinstance(value, int) and not isinstance(value, bool)
+    if annotation == "float":
+        return isinstance(value, (int, float)) and not isinstance(value, bool)
+    if annotation == "str":
+        return isinstance(value, str)
+    return True
 
 
 def build(name: str, spec: TaskSpec, **hparams: Any) -> MetaAlgorithm:
