@@ -249,8 +249,10 @@ def _plain(data: Any) -> Any:
     return json.loads(json.dumps(data))
 
 
-# settings that may differ when a run is resumed: where the data is, and how long to go on
-_RESUME_FREE = {("benchmark", "data_dir"), ("benchmark", "cache_dir"), ("train", "steps"), ("train", "max_seconds")}
+# settings that may differ when a run is resumed: where the data is, how the environments are stepped, and how long
+# to go on
+_RESUME_FREE = {("benchmark", "data_dir"), ("benchmark", "cache_dir"), ("benchmark", "env_workers"), ("train", "steps"),
+                ("train", "max_seconds")}
 
 
 def _resumed_config(args: argparse.Namespace, run_dir: Path) -> dict[str, Any]:
@@ -276,7 +278,7 @@ def _resumed_config(args: argparse.Namespace, run_dir: Path) -> dict[str, Any]:
             raise MetalabError(f"{run_dir} belongs to another configuration ({', '.join(changed)} differ); "
                                "resume with `metalab train --resume RUN_DIR` alone or start a new --out folder")
     for key, value in vars(args).items():  # the settings a resumed run may change
-        if key in ("benchmark.data_dir", "benchmark.cache_dir", "train.steps", "train.max_seconds"):
+        if key in ("benchmark.data_dir", "benchmark.cache_dir", "benchmark.env_workers", "train.steps", "train.max_seconds"):
             section, name = key.split(".")
             stored[section][name] = value
     if "max_minutes" in vars(args):

@@ -50,8 +50,11 @@ def build_benchmark(cfg: BenchmarkConfig, progress: bool = False) -> Benchmark:
     data folders) are unused.
     """
     if cfg.name not in RL_BENCHMARKS:
+        if cfg.env_workers:
+            raise MetalabError(f"env_workers is for the meta-RL benchmarks on MuJoCo and Meta-World, not {cfg.name}; "
+                               "leave it at 0")
         return make_benchmark(cfg, progress)
-    parts = rl_benchmark_parts(cfg.name, cfg.seed)
+    parts = rl_benchmark_parts(cfg.name, cfg.seed, cfg.env_workers)
     return Benchmark(cfg.name, TaskSpec((parts.observation_dim,), parts.action_dim, False), "return",
                      parts.train, parts.val, parts.test)
 

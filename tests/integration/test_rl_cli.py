@@ -52,10 +52,28 @@ def test_maml_rl_runs_data_parallel_with_the_tasks_split_over_ranks(tmp_path):
     assert [t["episodes"] for t in results["test"]] == [4, 4, 4, 4]
 
 
+def test_mujoco_environments_stepped_by_worker_processes_give_the_same_run(tmp_path):
+    pytest.importorskip("mujoco")
+    runs = []
+    for workers in ("0", "2"):
+        run = tmp_path / f"workers{workers}"
+        done = metalab("train", "maml_rl", "--benchmark", "cheetah-vel", "--env-workers", workers, "--steps", "2",
+                       "--meta-batch-size", "2", "--val-every", "2", "--val-episodes", "2", "--test-episodes", "2",
+                       "--log-every", "1", "--hparam", "episodes_per_task=2", "--hparam", "action_scale=1.0",
+                       "--quiet", "--out", str(run))
+        assert done.returncode == 0, done.stderr
+        runs.append(run)
+    assert logged(runs[0]) == logged(runs[1])
+    tests = [json.loads((run / "results.json").read_text())["test"] for run in runs]
+    assert tests[0] == tests[1] and [t["steps"] for t in tests[0]] == [0, 1]
+
+
 @pytest.mark.parametrize("args, message", [
     (["train", "maml", "--benchmark", "nav2d", "--steps", "1"], "maml is a supervised method"),
     (["train", "rl2", "--benchmark", "sinusoid", "--steps", "1"], "rl2 is a meta-RL method"),
     (["train", "maml_rl", "--benchmark", "nav2d", "--steps", "1", "--hparam", "max_kl=0"], "max_kl"),
+    (["train", "maml_rl", "--benchmark", "nav2d", "--steps", "1", "--env-workers", "2"], "env_workers must be 0"),
+    (["train", "maml", "--benchmark", "sinusoid", "--steps", "1", "--env-workers", "2"], "not sinusoid"),
 ])
 def test_mismatched_methods_and_benchmarks_exit_2(tmp_path, args, message):
     done = metalab(*args, "--out", str(tmp_path / "x"))

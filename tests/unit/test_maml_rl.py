@@ -169,7 +169,7 @@ def test_no_inner_step_is_the_pretrained_baseline_a_plain_policy_gradient_on_the
     """inner_steps=0 (float64): the outer surrogate's gradient at the sampling policy is the
     vanilla policy gradient of the pre-update episodes, i.e. minus the inner step's gradient
     averaged over tasks; one meta-step trains it, and it adapts at test like MAML-RL."""
-    from metalab.algorithms.maml_rl import _stack
+    from metalab.algorithms.maml_rl import per_task
     from metalab.rl.nav2d import BatchedNavigation2D
 
     def short(tasks, episodes, dtype, generator):
@@ -184,7 +184,7 @@ def test_no_inner_step_is_the_pretrained_baseline_a_plain_policy_gradient_on_the
     assert kl.item() == pytest.approx(0.0, abs=1e-12)
     params = list(algo.parameters())
     outer = torch.autograd.grad(surrogate, params)
-    stacked = _stack(algo.params(), len(tasks))
+    stacked = per_task(algo.params(), len(tasks))
     adapted = algo.inner_step(stacked, data.post, data.post_advantages, create_graph=False, lr=1.0)
     # theta' = theta - 1 * grad L_in per task: the task-mean of (theta - theta') is grad L_in
     for p, g, name in zip(params, outer, algo.params()):

@@ -210,6 +210,37 @@ def test_batched_gym_tasks_steps_every_copy_and_seeds_resets():
         a.step(torch.zeros(2, 2, 6))
 
 
+def test_environment_workers_step_the_same_episodes_in_parallel_and_fail_clearly():
+    pytest.importorskip("mujoco")
+    from metalab.rl.locomotion import BatchedGymTasks, HalfCheetahVelocity
+    from metalab.rl.rollout import rollout
+
+    tasks = [{"velocity": 0.5}, {"velocity": 1.5}, {"velocity": 1.0}]
+
+    def episodes(workers):
+        env = BatchedGymTasks(lambda: HalfCheetahVelocity(horizon=6), tasks, episodes=3, seed=4, workers=workers)
+        g = torch.Generator().manual_seed(0)
+        try:
+            return rollout(env, lambda obs: torch.randn(3, 3, 6, generator=g)), env
+        finally:
+            env.close()
+
+    alone, _ = episodes(0)
+    for workers in (2, 4, 20):  # 20 > 9 environments: one worker per environment
+        parallel, env = episodes(workers)
+        assert len(env.blocks) == min(workers, 9) and not any(b.process.is_alive() for b in env.blocks)
+        for field in ("observations", "actions", "rewards", "mask"):
+            assert torch.equal(getattr(parallel, field), getattr(alone, field)), field
+    env = BatchedGymTasks(lambda: HalfCheetahVelocity(horizon=6), tasks, episodes=1, workers=2)
+    env.blocks[1].process.kill()
+    env.blocks[1].process.join()
+    with pytest.raises(MetalabError, match="environment worker 1 died.*--env-workers"):
+        env.step(torch.zeros(3, 1, 6))
+    env.close()
+    with pytest.raises(MetalabError, match="workers must be an integer >= 0"):
+        BatchedGymTasks(lambda: HalfCheetahVelocity(horizon=6), tasks, episodes=1, workers=-1)
+
+
 def test_gaussian_log_prob_and_kl_match_torch_distributions():
     from torch.distributions import Independent, Normal, kl_divergence
 
@@ -275,3 +306,7 @@ def test_task_streams_are_addressed_by_index_so_shards_and_resumes_agree():
         parts.train.batch(0, 4, 3, 2)
     with pytest.raises(MetalabError, match="unknown meta-RL benchmark"):
         rl_benchmark_parts("nav3d", 0)
+    with pytest.raises(MetalabError, match="env_workers must be 0"):
+        rl_benchmark_parts("nav2d", 0, env_workers=2)
+    with pytest.raises(MetalabError, match="env_workers must be an integer >= 0"):
+        rl_benchmark_parts("cheetah-vel", 0, env_workers=-1)

@@ -129,7 +129,7 @@ class Collected:
     old_logp: Tensor
 
 
-def _stack(params: Params, tasks: int) -> Params:
+def per_task(params: Params, tasks: int) -> Params:
     """One copy of every parameter per task (views: gradients flow back to ``params``)."""
     return {k: v.unsqueeze(0).expand(tasks, *v.shape) for k, v in params.items()}
 
@@ -226,7 +226,7 @@ class MAMLRL(RLMethod):
                 make_env: MakeEnv = navigation_2d) -> "Collected":
         """Sample the data of one meta-iteration: the pre-update episodes of every inner step
         (each with the parameters adapted so far) and the post-update episodes."""
-        inner_data, current = [], _stack(self.params(), len(tasks))
+        inner_data, current = [], per_task(self.params(), len(tasks))
         for _ in range(self.config.inner_steps):
             traj = self.sample(current, tasks, generator, make_env)
             inner_data.append((traj, self.advantages(traj)))
@@ -241,7 +241,7 @@ class MAMLRL(RLMethod):
         """The post-update surrogate and mean KL to the sampling policy, as functions of the
         current parameters through the inner steps on ``data`` (second order with ``create_graph``
         unless ``first_order``: without it the inner gradients are constants, d theta'/d theta = I)."""
-        theta = _stack(self.params(), data.tasks)
+        theta = per_task(self.params(), data.tasks)
         for traj, adv in data.inner:
             theta = self.inner_step(theta, traj, adv, create_graph=create_graph and not self.config.first_order)
         post = data.post
@@ -305,7 +305,7 @@ class MAMLRL(RLMethod):
         test_later_lr_scale``.
         """
         cfg = self.config
-        theta = {k: v.detach() for k, v in _stack(self.params(), len(tasks)).items()}
+        theta = {k: v.detach() for k, v in per_task(self.params(), len(tasks)).items()}
         out = []
         for step in range(steps + 1):
             out.append(self.sample(theta, tasks, generator, make_env, cfg.test_episodes_per_task))

@@ -56,6 +56,8 @@ class BenchmarkConfig:
         seed: seed of the training stream.
         image_size: side of the (square) Omniglot images; ``None``: 28 for ``omniglot``,
             20 for ``omniglot-online``.
+        env_workers: meta-RL on MuJoCo and Meta-World: step the environments in this many
+            worker processes (0: in the training process); the episodes are the same.
     """
 
     name: str = "sinusoid"
@@ -70,6 +72,7 @@ class BenchmarkConfig:
     train_n_query: int | None = None
     seed: int = 0
     image_size: int | None = None
+    env_workers: int = 0
 
 
 @dataclass(frozen=True)

@@ -38,22 +38,24 @@ def _streams(train_dist, test_dist, make_env: MakeEnv, seed: int) -> tuple[RLTas
             RLTaskSource(test_dist, make_env, derive_seed(seed, 2)))
 
 
-def _nav2d(seed: int) -> RLBenchmarkParts:
+def _nav2d(seed: int, workers: int) -> RLBenchmarkParts:
+    if workers:
+        raise MetalabError("nav2d steps its environments as tensors in the training process; env_workers must be 0")
     return RLBenchmarkParts(2, 2, *_streams(Nav2DTasks(), Nav2DTasks(), navigation_2d, seed))
 
 
-def _gym_env(make_one: Callable[[], Any]) -> MakeEnv:
+def _gym_env(make_one: Callable[[], Any], workers: int = 0) -> MakeEnv:
     from metalab.rl.locomotion import BatchedGymTasks
 
     def make_env(tasks, episodes, dtype, generator):
         start = int(torch.randint(2 ** 31 - 1, (1,), generator=generator))  # seeds of the episodes' resets
-        return BatchedGymTasks(make_one, tasks, episodes, seed=start, dtype=dtype)
+        return BatchedGymTasks(make_one, tasks, episodes, seed=start, dtype=dtype, workers=workers)
 
     return make_env
 
 
-def _locomotion(name: str) -> Callable[[int], RLBenchmarkParts]:
-    def build(seed: int) -> RLBenchmarkParts:
+def _locomotion(name: str) -> Callable[[int, int], RLBenchmarkParts]:
+    def build(seed: int, workers: int) -> RLBenchmarkParts:
         try:
             from metalab.rl.locomotion import FAMILIES
         except ImportError:
@@ -62,12 +64,12 @@ def _locomotion(name: str) -> Callable[[int], RLBenchmarkParts]:
         probe = family()
         dims = probe.observation_space.shape[0], probe.action_space.shape[0]
         probe.close()
-        return RLBenchmarkParts(*dims, *_streams(family(), family(), _gym_env(family), seed))
+        return RLBenchmarkParts(*dims, *_streams(family(), family(), _gym_env(family, workers), seed))
     return build
 
 
-def _ml1(env_name: str) -> Callable[[int], RLBenchmarkParts]:
-    def build(seed: int) -> RLBenchmarkParts:
+def _ml1(env_name: str) -> Callable[[int, int], RLBenchmarkParts]:
+    def build(seed: int, workers: int) -> RLBenchmarkParts:
         try:
             from metalab.rl.metaworld_tasks import MetaWorldTasks
         except ImportError:
@@ -76,13 +78,13 @@ def _ml1(env_name: str) -> Callable[[int], RLBenchmarkParts]:
         probe = train.make_env()
         dims = probe.observation_space.shape[0], probe.action_space.shape[0]
         # trained on returns; validated and tested by the success rate, Meta-World's measure
-        return RLBenchmarkParts(*dims, RLTaskSource(train, _gym_env(train.make_env), derive_seed(seed, 0)),
-                                RLTaskSource(test, _gym_env(test.make_env), derive_seed(seed, 1), "success"),
-                                RLTaskSource(test, _gym_env(test.make_env), derive_seed(seed, 2), "success"))
+        return RLBenchmarkParts(*dims, RLTaskSource(train, _gym_env(train.make_env, workers), derive_seed(seed, 0)),
+                                RLTaskSource(test, _gym_env(test.make_env, workers), derive_seed(seed, 1), "success"),
+                                RLTaskSource(test, _gym_env(test.make_env, workers), derive_seed(seed, 2), "success"))
     return build
 
 
-RL_BENCHMARKS: dict[str, Callable[[int], RLBenchmarkParts]] = {
+RL_BENCHMARKS: dict[str, Callable[[int, int], RLBenchmarkParts]] = {
     "nav2d": _nav2d,
     "cheetah-vel": _locomotion("cheetah-vel"),
     "cheetah-dir": _locomotion("cheetah-dir"),
@@ -91,9 +93,13 @@ RL_BENCHMARKS: dict[str, Callable[[int], RLBenchmarkParts]] = {
 }
 
 
-def rl_benchmark_parts(name: str, seed: int) -> RLBenchmarkParts:
+def rl_benchmark_parts(name: str, seed: int, env_workers: int = 0) -> RLBenchmarkParts:
+    """The task streams of benchmark ``name``; ``env_workers``: worker processes that step the
+    MuJoCo / Meta-World environments (:class:`metalab.rl.locomotion.BatchedGymTasks`)."""
     try:
         build = RL_BENCHMARKS[name]
     except KeyError:
         raise MetalabError(f"unknown meta-RL benchmark {name!r}; choose one of {sorted(RL_BENCHMARKS)}") from None
-    return build(seed)
+    if isinstance(env_workers, bool) or not isinstance(env_workers, int) or env_workers < 0:
+        raise MetalabError(f"env_workers must be an integer >= 0 (0: in-process), got {env_workers!r}")
+    return build(seed, env_workers)

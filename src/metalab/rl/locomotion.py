@@ -20,6 +20,8 @@ so MAML-RL runs on it unchanged.
 
 from __future__ import annotations
 
+import multiprocessing
+import weakref
 from typing import Any, Callable
 
 import numpy as np
@@ -125,10 +127,115 @@ FAMILIES: dict[str, type[_TaskReward]] = {"cheetah-vel": HalfCheetahVelocity, "c
                                           "ant-dir": AntDirection}
 
 
+class _EnvBlock:
+    """Environments stepped one after the other in this process, bookkept in numpy arrays."""
+
+    def __init__(self, make: Callable[[], _TaskReward], tasks: list[dict[str, Any]]):
+        self.envs = [make() for _ in tasks]
+        for env, task in zip(self.envs, tasks):
+            env.reset_task(task)
+
+    def reset(self, seeds: list[int]) -> np.ndarray:
+        return np.stack([env.reset(seed=int(seed))[0] for env, seed in zip(self.envs, seeds)])
+
+    def step(self, actions: np.ndarray, running: np.ndarray) -> tuple[np.ndarray, ...]:
+        """Step the environments whose ``running`` flag is set: observations (those of the others:
+        ``nan``), rewards (0 for the others), ended and success flags."""
+        n = len(self.envs)
+        obs = np.full((n, *self.envs[0].observation_space.shape), np.nan)
+        reward, ended, success = np.zeros(n), np.zeros(n, dtype=bool), np.zeros(n, dtype=bool)
+        for k in np.flatnonzero(running):
+            obs[k], reward[k], terminated, truncated, info = self.envs[k].step(actions[k])  # clipped by the env
+            ended[k] = terminated or truncated
+            success[k] = info.get("success", 0) > 0
+        return obs, reward, ended, success
+
+    def close(self) -> None:
+        for env in self.envs:
+            env.close()
+
+
+def _serve(conn, make: Callable[[], _TaskReward], tasks: list[dict[str, Any]]) -> None:
+    """A worker process: owns an :class:`_EnvBlock` and answers ``(command, *args)`` until told to
+    close or until its parent is gone (the pipe ends)."""
+    block = _EnvBlock(make, tasks)
+    try:
+        while True:
+            try:
+                command, *args = conn.recv()
+            except (EOFError, OSError):
+                return
+            if command == "close":
+                return
+            try:
+                conn.send(("ok", getattr(block, command)(*args)))
+            except Exception as exc:  # the parent raises it with the worker's message
+                conn.send(("error", f"{type(exc).__name__}: {exc}"))
+    finally:
+        block.close()
+
+
+class _WorkerBlock:
+    """An :class:`_EnvBlock` in a worker process (forked: ``make`` needs no pickling)."""
+
+    def __init__(self, make: Callable[[], _TaskReward], tasks: list[dict[str, Any]], index: int):
+        context = multiprocessing.get_context("fork")
+        self.conn, child = context.Pipe()
+        self.index = index
+        self.process = context.Process(target=_serve, args=(child, make, tasks), daemon=True,
+                                       name=f"metalab-env-worker-{index}")
+        self.process.start()
+        child.close()
+
+    def send(self, command: str, *args: Any) -> None:
+        try:
+            self.conn.send((command, *args))
+        except (BrokenPipeError, OSError):
+            raise self._gone() from None
+
+    def receive(self) -> Any:
+        try:
+            status, value = self.conn.recv()
+        except (EOFError, OSError):
+            raise self._gone() from None
+        if status == "error":
+            raise MetalabError(f"environment worker {self.index}: {value}")
+        return value
+
+    def _gone(self) -> MetalabError:
+        return MetalabError(f"environment worker {self.index} died (exit code {self.process.exitcode}); "
+                            "run with fewer env_workers (--env-workers) or 0 to step the environments in-process")
+
+    def close(self) -> None:
+        try:
+            self.conn.send(("close",))
+        except (BrokenPipeError, OSError):
+            pass
+        self.process.join(timeout=10)
+        if self.process.is_alive():
+            self.process.kill()
+        self.conn.close()
+
+
+class _LocalBlock(_EnvBlock):
+    """:class:`_EnvBlock` with the worker's send/receive calls: the command runs on receive."""
+
+    def send(self, command: str, *args: Any) -> None:
+        self._pending = (command, args)
+
+    def receive(self) -> Any:
+        command, args = self._pending
+        return getattr(self, command)(*args)
+
+
 class BatchedGymTasks:
     """``episodes`` environments per task, stepped together: the batched interface on gymnasium envs.
 
     ``success`` ``(T, E)`` records whether an episode's info ever flagged ``success`` (Meta-World).
+    With ``workers``, the ``T * E`` environments are split into that many contiguous blocks,
+    each stepped by a worker process (forked from this one) while the others step theirs: the
+    same episodes as in-process, in parallel. The workers end with :meth:`close` (or when this
+    object is collected, or this process ends).
 
     Args:
         make: builds one environment of the family (e.g. :class:`HalfCheetahVelocity`, or
@@ -136,29 +243,46 @@ class BatchedGymTasks:
         tasks: one task per row.
         episodes: episodes (environment copies) per task.
         seed: the environments' reset seeds are ``seed + i``.
+        workers: worker processes (0: step every environment in this process).
     """
 
     def __init__(self, make: Callable[[], _TaskReward], tasks: list[dict[str, Any]], episodes: int, seed: int = 0,
-                 dtype: torch.dtype = torch.float32):
+                 dtype: torch.dtype = torch.float32, workers: int = 0):
         require_positive(episodes=episodes)
+        if isinstance(workers, bool) or not isinstance(workers, int) or workers < 0:
+            raise MetalabError(f"workers must be an integer >= 0 (0: in-process), got {workers!r}")
         self.tasks, self.episodes, self.seed, self.dtype = list(tasks), episodes, seed, dtype
-        self.envs = [[make() for _ in range(episodes)] for _ in self.tasks]
-        for task, row in zip(self.tasks, self.envs):
-            for env in row:
-                env.reset_task(task)
-        first = self.envs[0][0]
-        self.horizon = first.horizon
-        self.observation_dim = first.observation_space.shape[0]
-        self.action_dim = first.action_space.shape[0]
+        per_env = [task for task in self.tasks for _ in range(episodes)]  # flat index i * episodes + j
+        probe = make()
+        self.horizon = probe.horizon
+        self.observation_dim = probe.observation_space.shape[0]
+        self.action_dim = probe.action_space.shape[0]
+        probe.close()
+        parts = min(workers, len(per_env))
+        if parts:
+            bounds = [len(per_env) * k // parts for k in range(parts + 1)]
+            self.blocks = [_WorkerBlock(make, per_env[a:b], k) for k, (a, b) in enumerate(zip(bounds, bounds[1:]))]
+            self._finalizer = weakref.finalize(self, _close_all, self.blocks)
+        else:
+            bounds = [0, len(per_env)]
+            self.blocks = [_LocalBlock(make, per_env)]
+        self.bounds = bounds
         self.reset()
 
+    def _run(self, command: str, *columns: np.ndarray) -> list[Any]:
+        """``command`` on every block at once, each given its slice of ``columns``; their answers."""
+        for block, a, b in zip(self.blocks, self.bounds, self.bounds[1:]):
+            block.send(command, *(c[a:b] for c in columns))
+        return [block.receive() for block in self.blocks]
+
     def reset(self) -> Tensor:
-        obs = [[env.reset(seed=self.seed + i * self.episodes + j)[0] for j, env in enumerate(row)]
-               for i, row in enumerate(self.envs)]
-        self.running = torch.ones(len(self.tasks), self.episodes, dtype=torch.bool)
-        self.success = torch.zeros(len(self.tasks), self.episodes, dtype=torch.bool)  # info["success"] seen
+        seeds = np.arange(len(self.tasks) * self.episodes) + self.seed
+        obs = np.concatenate(self._run("reset", seeds))
+        shape = (len(self.tasks), self.episodes)
+        self.running = torch.ones(shape, dtype=torch.bool)
+        self.success = torch.zeros(shape, dtype=torch.bool)  # info["success"] seen
         self.t = 0
-        self._obs = torch.as_tensor(np.array(obs), dtype=self.dtype)
+        self._obs = torch.as_tensor(obs, dtype=self.dtype).view(*shape, -1)
         return self._obs.clone()
 
     def step(self, action: Tensor) -> tuple[Tensor, Tensor, Tensor]:
@@ -166,18 +290,23 @@ class BatchedGymTasks:
         if self.t >= self.horizon:
             raise MetalabError(f"the episodes are over ({self.horizon} steps); call reset()")
         was_running = self.running.clone()
-        reward = torch.zeros(len(self.tasks), self.episodes, dtype=self.dtype)
-        actions = action.detach().cpu().numpy()
-        for i, row in enumerate(self.envs):
-            for j, env in enumerate(row):
-                if not was_running[i, j]:
-                    continue
-                obs, r, terminated, truncated, info = env.step(actions[i, j])  # clipped by the env
-                self._obs[i, j] = torch.as_tensor(obs, dtype=self.dtype)
-                reward[i, j] = r
-                if info.get("success", 0) > 0:
-                    self.success[i, j] = True
-                if terminated or truncated:
-                    self.running[i, j] = False
+        running = was_running.flatten().numpy()
+        actions = action.detach().cpu().to(torch.float64).reshape(running.shape[0], -1).numpy()
+        obs, reward, ended, success = (np.concatenate(column) for column in zip(*self._run("step", actions, running)))
+        shape = self.running.shape
+        stepped = torch.as_tensor(running).view(shape)
+        self._obs[stepped] = torch.as_tensor(obs, dtype=self.dtype).view(*shape, -1)[stepped]
+        self.success |= torch.as_tensor(success).view(shape)
+        self.running &= ~torch.as_tensor(ended).view(shape)
         self.t += 1
-        return self._obs.clone(), reward, was_running
+        return self._obs.clone(), torch.as_tensor(reward, dtype=self.dtype).view(shape), was_running
+
+    def close(self) -> None:
+        """End the worker processes (nothing to do in-process)."""
+        if hasattr(self, "_finalizer"):
+            self._finalizer()
+
+
+def _close_all(blocks: list[_WorkerBlock]) -> None:
+    for block in blocks:
+        block.close()
