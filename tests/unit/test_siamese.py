@@ -209,6 +209,29 @@ def test_meta_loss_pairs_are_deterministic_and_follow_the_episode_seed():
         torch.testing.assert_close(third.detach(), _expected_meta_loss(algo, reseeded)[0])
 
 
+def test_all_pairs_loss_weighs_same_and_different_pairs_equally_by_a_loop():
+    torch.manual_seed(0)
+    algo = build("siamese", SPEC, pairs="all").double().train()
+    batch = image_batch(tasks=2)
+    out = algo.meta_loss(batch)
+    expected = []
+    with torch.no_grad():
+        for task in batch.episodes():
+            labels = torch.cat([task.support_y, task.query_y])
+            z = algo.encoder(torch.cat([task.support_x, task.query_x]))
+            same, different = [], []
+            for i in range(labels.numel()):
+                for j in range(i + 1, labels.numel()):
+                    target = float(labels[i] == labels[j])
+                    (same if target else different).append(_bce(_pair_logit(algo, z[i], z[j]), target))
+            expected.append(0.5 * (sum(same) / len(same) + sum(different) / len(different)))
+    torch.testing.assert_close(out.loss.detach(), sum(expected) / len(expected))
+    out.loss.backward()
+    assert all(p.grad is not None and p.grad.abs().sum() > 0 for p in algo.parameters())
+    with pytest.raises(MetalabError, match="pairs must be one of"):
+        build("siamese", SPEC, pairs="some")
+
+
 def test_meta_loss_gradients_reach_every_parameter_including_the_head():
     algo = _siamese().train()
     algo.meta_loss(image_batch(tasks=2)).loss.backward()
