@@ -133,3 +133,45 @@ def test_conv4_functional_tasks_needs_batch_statistics():
     params = {k: v.detach().expand(2, *v.shape) for k, v in params_of(model).items()}
     with pytest.raises(ValueError, match="track_running_stats=False"):
         model.functional_tasks(params, torch.zeros(2, 3, 1, 28, 28))
+
+
+@pytest.mark.parametrize("op", ["conv", "batch_norm", "max_pool", "relu"])
+def test_channels_last_ops_match_channels_first_to_float32_rounding_through_double_backward(op):
+    """Each op of a conv4 block, in float32 and either layout, against float64: the output, its
+    input gradient (kept as a graph) and the gradients of a function of that gradient (what a
+    second-order meta-gradient differentiates). Where the channels-last meta-gradient drifts from
+    float64 far more than the loop's (README, speed notes), it is not one of these ops alone."""
+    g = torch.Generator().manual_seed(0)
+    x0 = torch.rand(5, 64, 14, 14, generator=g, dtype=torch.float64)
+    w0 = 0.1 * torch.randn(64, 64, 3, 3, generator=g, dtype=torch.float64)
+    gamma0, beta0 = torch.rand(64, generator=g, dtype=torch.float64) + 0.5, torch.randn(64, generator=g, dtype=torch.float64)
+    ops = {"conv": lambda x, w, a, b: F.conv2d(x, w, padding=1),
+           "batch_norm": lambda x, w, a, b: F.batch_norm(x, None, None, a, b, training=True),
+           "max_pool": lambda x, w, a, b: F.max_pool2d(x, 2), "relu": lambda x, w, a, b: F.relu(x - 0.5)}
+
+    def run(dtype, layout):
+        x, w = (t.to(dtype).contiguous(memory_format=layout).requires_grad_() for t in (x0, w0))
+        gamma, beta = (t.to(dtype).requires_grad_() for t in (gamma0, beta0))
+        y = ops[op](x, w, gamma, beta)
+        weights = torch.linspace(-1, 1, y.numel(), dtype=dtype).view_as(y)
+        (gx,) = torch.autograd.grad((y * weights).sum(), x, create_graph=True)
+        used = {"conv": [x, w], "batch_norm": [x, gamma]}.get(op, [x])  # (beta leaves no trace in gx)
+        second = torch.autograd.grad((gx * torch.sin(x)).sum(), used)
+        return [y, gx, *second]
+
+    exact = run(torch.float64, torch.contiguous_format)
+    for layout in (torch.contiguous_format, torch.channels_last):
+        for got, want in zip(run(torch.float32, layout), exact, strict=True):
+            assert ((got.double() - want).norm() / want.norm()).item() < 1e-4, (op, layout)
+
+
+def test_max_pool_breaks_ties_the_same_way_in_both_layouts_and_precisions():
+    """Omniglot's flat background makes whole pooling windows equal: the gradient must go to the
+    same element whatever the layout or precision."""
+    grads = []
+    for dtype in (torch.float32, torch.float64):
+        for layout in (torch.contiguous_format, torch.channels_last):
+            x = torch.ones(2, 64, 6, 6, dtype=dtype).contiguous(memory_format=layout).requires_grad_()
+            F.max_pool2d(x, 2).sum().backward()
+            grads.append(x.grad.double().contiguous())
+    assert all(torch.equal(g, grads[0]) for g in grads) and grads[0].sum() == 2 * 64 * 9
