@@ -67,9 +67,10 @@ class GradientConfig:
             0.86-1.23x (the ``maml`` records of commit 4847887 in
             ``benchmarks/results/throughput.jsonl``, when it was the default), so the
             default stays the loop.
-        channels_last: build the default Conv4 channels-last (:class:`metalab.nn.Conv4`):
-            often faster on CPU, but its float32 meta-gradients are further from the
-            exact ones (see there and ``benchmarks/throughput.py``).
+        channels_last: build the default Conv4 channels-last (:class:`metalab.nn.Conv4`;
+            its batch norm then uses ``var_mean``, see
+            :func:`metalab.nn.batchnorm.batch_statistics_norm`); measured by
+            ``benchmarks/throughput.py``.
 
     Evaluation (``adapt``) always runs the inner loop without building a graph.
     """

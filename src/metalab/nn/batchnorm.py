@@ -21,6 +21,26 @@ import torch.nn.functional as F
 from torch import Tensor, nn
 
 
+def batch_statistics_norm(x: Tensor, weight: Tensor, bias: Tensor, eps: float) -> Tensor:
+    """Batch norm of ``x`` ``(N, C, *)`` with its own statistics (no running averages).
+
+    ``F.batch_norm`` for channels-first inputs; for channels-last ones ``var_mean`` and
+    element-wise arithmetic: PyTorch's channels-last CPU kernel computes the statistics with
+    far less float32 precision (``python benchmarks/bn_precision.py``, records in
+    ``benchmarks/results/numerics.jsonl``), which made channels-last meta-gradients drift from
+    float64 by up to percents while the channels-first ones stayed at rounding level.
+    """
+    if x.dim() < 3 or x.is_contiguous() or not x.is_contiguous(memory_format=torch.channels_last):
+        return F.batch_norm(x, None, None, weight, bias, True, 0.0, eps)
+    return _normalise(x, *torch.var_mean(x, dim=[0, *range(2, x.dim())], correction=0), weight, bias, eps)
+
+
+def _normalise(x: Tensor, var: Tensor, mean: Tensor, weight: Tensor, bias: Tensor, eps: float) -> Tensor:
+    shape = (1, -1) + (1,) * (x.dim() - 2)
+    scale = torch.rsqrt(var + eps) * weight
+    return (x - mean.view(shape)) * scale.view(shape) + bias.view(shape)
+
+
 class BatchNorm(nn.Module):
     """Normalises over every dim but the channel dim 1; input ``(N, C, *)``."""
 
@@ -47,10 +67,10 @@ class BatchNorm(nn.Module):
     def functional(self, x: Tensor, weight: Tensor, bias: Tensor) -> Tensor:
         """Batch norm with the given affine parameters (running statistics are this module's)."""
         if not self.vmap_safe:
-            use_batch = self.training or not self.track_running_stats
-            running = (self.running_mean, self.running_var) if self.track_running_stats else (None, None)
-            return F.batch_norm(x, *running, weight, bias, use_batch, self.momentum, self.eps)
-        shape = (1, -1) + (1,) * (x.dim() - 2)
+            if not self.track_running_stats:
+                return batch_statistics_norm(x, weight, bias, self.eps)
+            return F.batch_norm(x, self.running_mean, self.running_var, weight, bias, self.training, self.momentum,
+                                self.eps)
         dims = [0] + list(range(2, x.dim()))
         if self.training or not self.track_running_stats:
             var, mean = torch.var_mean(x, dim=dims, correction=0)
@@ -61,8 +81,7 @@ class BatchNorm(nn.Module):
                     self.running_var.lerp_(var.detach() * n / max(n - 1, 1), self.momentum)
         else:
             var, mean = self.running_var, self.running_mean
-        scale = torch.rsqrt(var + self.eps) * weight
-        return (x - mean.view(shape)) * scale.view(shape) + bias.view(shape)
+        return _normalise(x, var, mean, weight, bias, self.eps)
 
     def extra_repr(self) -> str:
         return (f"{self.num_features}, eps={self.eps}, track_running_stats={self.track_running_stats}, "
