@@ -278,8 +278,8 @@ def _resumed_config(args: argparse.Namespace, run_dir: Path) -> dict[str, Any]:
             raise MetalabError(f"{run_dir} belongs to another configuration ({', '.join(changed)} differ); "
                                "resume with `metalab train --resume RUN_DIR` alone or start a new --out folder")
     for key, value in vars(args).items():  # the settings a resumed run may change
-        if key in ("benchmark.data_dir", "benchmark.cache_dir", "benchmark.env_workers", "train.steps", "train.max_seconds"):
-            section, name = key.split(".")
+        if tuple(key.split(".", 1)) in _RESUME_FREE:
+            section, name = key.split(".", 1)
             stored[section][name] = value
     if "max_minutes" in vars(args):
         stored["train"]["max_seconds"] = 60 * args.max_minutes
