@@ -34,7 +34,7 @@ from metalab.func import (
     task_metric,
 )
 from metalab.nn import make_backbone
-from metalab.utils.errors import MetalabError
+from metalab.utils.errors import MetalabError, require_non_negative
 
 
 GRADIENT_TASK_MODES = TASK_MODES + ("batched", "auto")
@@ -86,12 +86,8 @@ class GradientConfig:
     def __post_init__(self) -> None:
         if self.task_mode not in GRADIENT_TASK_MODES:
             raise MetalabError(f"task_mode must be one of {GRADIENT_TASK_MODES}, got {self.task_mode!r}")
-        for name in ("inner_steps", "test_inner_steps"):
-            value = getattr(self, name)
-            if value is None and name == "test_inner_steps":
-                continue
-            if isinstance(value, bool) or not isinstance(value, int) or value < 0:
-                raise MetalabError(f"{name} must be an integer >= 0, got {value!r}")
+        require_non_negative(inner_steps=self.inner_steps,
+                             **({} if self.test_inner_steps is None else {"test_inner_steps": self.test_inner_steps}))
         rates = self.inner_lr if isinstance(self.inner_lr, (tuple, list)) else (self.inner_lr,)
         if not rates or not all(isinstance(r, (int, float)) and math.isfinite(r) for r in rates):
             raise MetalabError(f"inner_lr must be a finite number or a non-empty list of them, got {self.inner_lr!r}")

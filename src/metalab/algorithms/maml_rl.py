@@ -51,7 +51,7 @@ from metalab.rl.nav2d import navigation_2d
 from metalab.rl.tasks import MakeEnv, TaskEpisode
 from metalab.rl.returns import LinearFeatureBaseline, discounted_returns, gae
 from metalab.rl.rollout import Trajectories, rollout
-from metalab.utils.errors import MetalabError, require_positive
+from metalab.utils.errors import MetalabError, require_non_negative, require_positive
 
 Params = dict[str, Tensor]
 
@@ -104,9 +104,7 @@ class MAMLRLConfig:
             require_positive(test_episodes_per_task=self.test_episodes_per_task)
         if not (isinstance(self.test_later_lr_scale, (int, float)) and 0 <= self.test_later_lr_scale < math.inf):
             raise MetalabError(f"test_later_lr_scale must be a finite number >= 0, got {self.test_later_lr_scale!r}")
-        if isinstance(self.inner_steps, bool) or not isinstance(self.inner_steps, int) or self.inner_steps < 0:
-            raise MetalabError(f"inner_steps must be an integer >= 0 (0: the pretrained baseline), got "
-                               f"{self.inner_steps!r}")
+        require_non_negative("the pretrained baseline", inner_steps=self.inner_steps)
         require_positive(episodes_per_task=self.episodes_per_task, cg_iters=self.cg_iters, ls_steps=self.ls_steps)
         for name in ("inner_lr", "max_kl", "action_scale"):
             value = getattr(self, name)

@@ -17,7 +17,7 @@ from metalab.data.benchmarks import Benchmark
 from metalab.engine.checkpoint import read_checkpoint, save_checkpoint
 from metalab.engine.distributed import SINGLE, Distributed
 from metalab.engine.evaluator import EvalResult, evaluate
-from metalab.utils.errors import MetalabError, NonFiniteError, require_positive
+from metalab.utils.errors import MetalabError, NonFiniteError, require_non_negative, require_positive
 from metalab.utils.io import atomic_write_text
 
 
@@ -65,10 +65,8 @@ class TrainConfig:
     def __post_init__(self) -> None:
         require_positive(steps=self.steps, meta_batch_size=self.meta_batch_size, val_episodes=self.val_episodes,
                          log_every=self.log_every)
-        for name in ("val_every", "checkpoint_every", "lr_decay_every"):
-            value = getattr(self, name)
-            if isinstance(value, bool) or not isinstance(value, int) or value < 0:
-                raise MetalabError(f"{name} must be an integer >= 0 (0: never), got {value!r}")
+        require_non_negative("never", val_every=self.val_every, checkpoint_every=self.checkpoint_every,
+                             lr_decay_every=self.lr_decay_every)
         if not (isinstance(self.outer_lr, (int, float)) and 0 < self.outer_lr < math.inf):
             raise MetalabError(f"outer_lr must be a positive finite number, got {self.outer_lr!r}")
         if self.grad_clip is not None and not 0 < self.grad_clip < math.inf:

@@ -111,7 +111,7 @@ class Conv4(nn.Module):
             as im2col + one matrix product; batch norm then runs as ``var_mean`` plus
             element-wise arithmetic (:func:`metalab.nn.batchnorm.batch_statistics_norm`:
             PyTorch's channels-last batch-norm kernel once put float32 meta-gradients on
-            Omniglot 1e-3..1e-2 away from float64). Timed by ``benchmarks/throughput.py``.
+            Omniglot 4e-4..1e-2 away from float64 at one inner step). Timed by ``benchmarks/throughput.py``.
             Off by default.
 
     :meth:`functional` is the network as a pure function of a parameter dict: unlike

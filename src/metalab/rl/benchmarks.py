@@ -17,7 +17,7 @@ import torch
 
 from metalab.rl.nav2d import Nav2DTasks, navigation_2d
 from metalab.rl.tasks import MakeEnv, RLTaskSource
-from metalab.utils.errors import MetalabError
+from metalab.utils.errors import MetalabError, require_non_negative
 from metalab.utils.seeding import derive_seed
 
 
@@ -100,6 +100,5 @@ def rl_benchmark_parts(name: str, seed: int, env_workers: int = 0) -> RLBenchmar
         build = RL_BENCHMARKS[name]
     except KeyError:
         raise MetalabError(f"unknown meta-RL benchmark {name!r}; choose one of {sorted(RL_BENCHMARKS)}") from None
-    if isinstance(env_workers, bool) or not isinstance(env_workers, int) or env_workers < 0:
-        raise MetalabError(f"env_workers must be an integer >= 0 (0: in-process), got {env_workers!r}")
+    require_non_negative("in-process", env_workers=env_workers)
     return build(seed, env_workers)

@@ -28,7 +28,7 @@ import numpy as np
 import torch
 from torch import Tensor
 
-from metalab.utils.errors import MetalabError, require_positive
+from metalab.utils.errors import MetalabError, require_non_negative, require_positive
 
 try:
     import gymnasium as gym
@@ -249,8 +249,7 @@ class BatchedGymTasks:
     def __init__(self, make: Callable[[], _TaskReward], tasks: list[dict[str, Any]], episodes: int, seed: int = 0,
                  dtype: torch.dtype = torch.float32, workers: int = 0):
         require_positive(episodes=episodes)
-        if isinstance(workers, bool) or not isinstance(workers, int) or workers < 0:
-            raise MetalabError(f"workers must be an integer >= 0 (0: in-process), got {workers!r}")
+        require_non_negative("in-process", workers=workers)
         self.tasks, self.episodes, self.seed, self.dtype = list(tasks), episodes, seed, dtype
         per_env = [task for task in self.tasks for _ in range(episodes)]  # flat index i * episodes + j
         probe = make()

@@ -15,6 +15,15 @@ def require_positive(**values: int) -> None:
             raise MetalabError(f"{name} must be a positive integer, got {value!r}")
 
 
+def require_non_negative(zero_means: str = "", **values: int) -> None:
+    """Raise :class:`MetalabError` unless every keyword value is an integer >= 0; ``zero_means``
+    says what 0 stands for in the message (e.g. ``"never"``)."""
+    for name, value in values.items():
+        if isinstance(value, bool) or not isinstance(value, int) or value < 0:
+            meaning = f" (0: {zero_means})" if zero_means else ""
+            raise MetalabError(f"{name} must be an integer >= 0{meaning}, got {value!r}")
+
+
 class NonFiniteError(MetalabError):
     """A loss or gradient became NaN or infinite (the trainer may skip the batch instead of stopping)."""
 
