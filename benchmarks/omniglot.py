@@ -25,6 +25,7 @@ import records  # noqa: E402
 from metalab import BenchmarkConfig, TrainConfig, build, evaluate, load_checkpoint, make_benchmark, train  # noqa: E402
 from metalab.engine.trainer import TrainResult  # noqa: E402
 from metalab.config import parse_assignments  # noqa: E402
+from metalab.plot import validation_curve  # noqa: E402
 from metalab.utils import derive_seed  # noqa: E402
 
 PAPER = {  # accuracy, Omniglot, as published
@@ -124,6 +125,10 @@ def main() -> None:
     result = logged_result(out) if args.eval_only else train(algo, bench, cfg, out, progress=sys.stderr.isatty())
     print(f"trained {args.method}: {result.steps} steps, {result.seconds:.0f} s, best {result.best}", flush=True)
     best, _ = load_checkpoint(out / "best.pt")
+    # the validation curve travels with the records: the results page projects from it the time a run would need
+    # to reach the published number
+    curve = validation_curve(out)
+    val_curve = [[round(60 * m, 1), round(a, 5)] for m, a in zip(curve.minutes, curve.means)]
     rows = []
     for setting in args.settings.split(","):
         n_way, k_shot = parse_setting(setting)
@@ -142,6 +147,7 @@ def main() -> None:
             train_episodes=f"{args.train_n_way}-way {args.train_k_shot}-shot {args.train_n_query}-query "
                            f"x {args.meta_batch_size} per step", best_val_step=result.best and result.best["step"],
             train_episodes_seen=result.steps * args.meta_batch_size, paper_train_episodes=PAPER_EPISODES.get(args.method),
+            val_curve=val_curve, val_setting=f"{args.n_way}w{args.k_shot}s",
             **({"budget": args.budget_label} if args.budget_label else {})))
     print(records.append("omniglot", rows))
 

@@ -13,6 +13,7 @@ from __future__ import annotations
 
 import datetime
 import json
+import math
 import os
 import platform
 import subprocess
@@ -108,6 +109,68 @@ def load(directory: Path) -> list[dict[str, Any]]:
     return records
 
 
+# a run's validation curve is fitted from this fraction of its training time on: the steep start is left out
+PROJECTION_FIT_FROM = 0.25
+
+
+def power_law_exponent(seconds: Iterable[float], errors: Iterable[float],
+                       fit_from: float = PROJECTION_FIT_FROM) -> float | None:
+    """The exponent ``b`` of ``error ≈ a · t^(-b)``, fitted by least squares to ``log error`` against ``log t``.
+
+    Args:
+        seconds: training time of each point of a validation curve.
+        errors: the validation error (1 - accuracy) at those times.
+        fit_from: only points at or after this fraction of the last time are fitted.
+
+    Returns:
+        ``b`` (positive while the error falls), or None when fewer than three points with a
+        positive time and error are left to fit.
+    """
+    points = [(t, e) for t, e in zip(seconds, errors) if t > 0 and e > 0]
+    if not points:
+        return None
+    start = fit_from * max(t for t, _ in points)
+    logs = [(math.log(t), math.log(e)) for t, e in points if t >= start]
+    if len(logs) < 3:
+        return None
+    mean_x = sum(x for x, _ in logs) / len(logs)
+    mean_y = sum(y for _, y in logs) / len(logs)
+    var_x = sum((x - mean_x) ** 2 for x, _ in logs)
+    if var_x == 0:
+        return None
+    return -sum((x - mean_x) * (y - mean_y) for x, y in logs) / var_x
+
+
+def projected_seconds(seconds: float, error: float, target_error: float, exponent: float | None) -> float | None:
+    """When ``error`` reached after ``seconds`` falls to ``target_error`` if it keeps falling as ``t^(-exponent)``.
+
+    ``seconds`` itself when the target is already met; None when the error does not fall
+    (no exponent, or one that is not positive) or the target is 0.
+    """
+    if error <= target_error:
+        return seconds
+    if exponent is None or exponent <= 0 or target_error <= 0:
+        return None
+    return seconds * (error / target_error) ** (1 / exponent)
+
+
+def _projections(rows: list[dict[str, Any]]) -> list[str]:
+    """Lines projecting, for each accuracy below its published number, the training time that would reach it."""
+    lines = []
+    for r in rows:
+        curve, paper = r.get("val_curve"), r.get("paper")
+        if r["metric"] != "accuracy" or not curve or paper is None or r["value"] >= paper or not r.get("train_seconds"):
+            continue
+        exponent = power_law_exponent([t for t, _ in curve], [1 - a for _, a in curve])
+        when = projected_seconds(r["train_seconds"], 1 - r["value"], 1 - paper, exponent)
+        setting = r["setting"] + (f" ({r['budget']})" if r.get("budget") else "")
+        reached = f"{_fmt('accuracy', r['value'])} after {r['train_seconds'] / 60:.1f} min"
+        lines.append(f"- {r['method']} {setting}: " + (
+            f"no projection: the validation error did not fall over the fitted part ({reached})" if when is None else
+            f"{when / 3600:.1f} h to {_fmt('accuracy', paper)} (b = {exponent:.2f}; {reached})"))
+    return lines
+
+
 def _fmt(metric: str, value: float | None) -> str:
     if value is None:
         return "–"
@@ -171,6 +234,13 @@ def render(records: Iterable[dict[str, Any]], generator: str, plots: Iterable[st
             lines += [f"- {method}: {seconds / seen * paper / 3600:.0f} h for {paper:,} episodes "
                       f"({seen:,} episodes took {seconds / 60:.1f} min here)"
                       for method, seen, seconds, paper in projected]
+        reaching = _projections(rows)
+        if reaching:
+            lines += ["", "Projected training time to the published number, where a row is below it: the time at which "
+                      "this run's test error would equal the paper's if it kept falling as t^(-b), with b fitted to "
+                      f"the run's validation error from {PROJECTION_FIT_FROM:.0%} of its training time on (log-log "
+                      "least squares; a power law without a floor, so an optimistic projection). Plots of the curves "
+                      "are under Learning curves.", ""] + reaching
         lines += ["", "Commands (run from the repository root):", ""]
         for command, what in commands.items():
             lines.append(f"- `{command}` → {', '.join(sorted(set(what)))}")

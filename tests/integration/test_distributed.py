@@ -114,6 +114,26 @@ def test_torchrun_train_matches_one_process_and_resumes_either_way(tmp_path):
         assert a.keys() == b.keys() and all(a[k] == pytest.approx(b[k], rel=1e-4) for k in a)
 
 
+def test_two_nodes_joined_by_torchrun_rendezvous_train_like_one_process(tmp_path):
+    """Multi-node launch: two torchrun agents (one process each) meet through the c10d rendezvous of the docs."""
+    two_nodes, single = tmp_path / "two_nodes", tmp_path / "single"
+    endpoint = f"127.0.0.1:{free_port()}"
+    agents = [subprocess.Popen([sys.executable, "-m", "torch.distributed.run", "--nnodes", "2", "--nproc_per_node", "1",
+                                "--node_rank", str(node), "--rdzv_backend", "c10d", "--rdzv_endpoint", endpoint,
+                                "--rdzv_id", "metalab-test", "-m", "metalab", *TRAIN, "--steps", "20",
+                                "--out", str(two_nodes)],
+                               stdout=subprocess.PIPE, stderr=subprocess.PIPE, text=True, env=ENV)
+              for node in (0, 1)]
+    outputs = [agent.communicate(timeout=600) for agent in agents]
+    for agent, (_, err) in zip(agents, outputs):
+        assert agent.returncode == 0, err
+    assert sum(out.count("results:") for out, _ in outputs) == 1  # only the global rank 0 reports
+    assert json.loads((two_nodes / "config.json").read_text())["world_size"] == 2
+    assert metalab(*TRAIN, "--steps", "20", "--out", str(single)).returncode == 0
+    for a, b in zip(logged(two_nodes), logged(single), strict=True):
+        assert a.keys() == b.keys() and all(a[k] == pytest.approx(b[k], rel=1e-4) for k in a)
+
+
 def test_torchrun_errors_are_clear(tmp_path):
     odd = torchrun(*TRAIN[:4], "--meta-batch-size", "5", "--steps", "2", "--out", str(tmp_path / "odd"), "--quiet")
     assert odd.returncode != 0 and "meta_batch_size=5 does not split evenly over 2 processes" in odd.stderr

@@ -44,3 +44,34 @@ def test_a_bad_records_line_is_named(tmp_path, line, message):
     (tmp_path / "x.jsonl").write_text(json.dumps(_rec(0.9, "2026")) + "\n" + line + "\n")
     with pytest.raises(MetalabError, match=rf"x\.jsonl:2 .*{message}"):
         results.load(tmp_path)
+
+
+def test_power_law_exponent_recovers_an_exact_power_law_from_the_fitted_part_only():
+    seconds = [10.0 * i for i in range(1, 21)]
+    errors = [0.3 * t ** -0.5 for t in seconds]
+    errors[0] = errors[1] = 0.9  # the steep start before 25% of the run is left out of the fit
+    assert results.power_law_exponent(seconds, errors) == pytest.approx(0.5, abs=1e-12)
+    assert results.power_law_exponent(seconds, [0.1] * 20) == pytest.approx(0.0, abs=1e-12)
+    assert results.power_law_exponent([100.0, 200.0], [0.2, 0.1]) is None  # fewer than three points
+
+
+def test_projected_seconds_is_where_the_power_law_reaches_the_target():
+    # error 0.04 after 1 h falling as t^-0.5 reaches 0.01 after (0.04 / 0.01)^2 = 16 h
+    assert results.projected_seconds(3600.0, 0.04, 0.01, 0.5) == pytest.approx(16 * 3600.0)
+    assert results.projected_seconds(3600.0, 0.01, 0.02, 0.5) == 3600.0  # already there
+    assert results.projected_seconds(3600.0, 0.04, 0.01, -0.1) is None
+    assert results.projected_seconds(3600.0, 0.04, 0.01, None) is None
+
+
+def test_rows_below_the_paper_with_a_validation_curve_get_a_projected_time_on_the_page():
+    below, above, flat = _rec(0.96, "2026-01-01"), _rec(0.99, "2026-01-01", setting="5w5s"), _rec(0.9, "2026-01-01",
+                                                                                                  setting="20w1s")
+    below["train_seconds"] = 3600.0
+    below["val_curve"] = [[t, 1 - 0.04 * (t / 3600.0) ** -0.5] for t in (900.0, 1800.0, 2700.0, 3600.0)]
+    above["val_curve"] = below["val_curve"]
+    flat["val_curve"] = [[t, 0.9] for t in (900.0, 1800.0, 2700.0, 3600.0)]
+    page = results.render([below, above, flat], "gen")
+    # test error 4% -> paper 1.3%: (4 / 1.3)^2 h
+    assert f"- maml 5w1s: {(0.04 / 0.013) ** 2:.1f} h to 98.70% (b = 0.50; 96.00% after 60.0 min)" in page
+    assert "- maml 20w1s: no projection: the validation error did not fall" in page
+    assert "- maml 5w5s" not in page
