@@ -1,6 +1,7 @@
 """Result records from a finished `metalab train` run folder (its results.json and config.json).
 
-    python benchmarks/run_records.py runs/maml_rl-cheetah-vel [--paper 1=-11.68,...] [--method pretrained]
+    python benchmarks/run_records.py runs/maml_rl-cheetah-vel [--paper 1=-11.68,...] [--method pretrained] \
+        [--budget-label '300 iterations']
 
 One record per test entry: benchmark = the run's benchmark, method = its algorithm (or the
 label --method gives, e.g. `pretrained` for maml_rl trained with inner_steps=0), setting
@@ -29,6 +30,8 @@ def main() -> None:
     p.add_argument("run", help="a run folder written by `metalab train`")
     p.add_argument("--paper", default="", help="published numbers by setting, e.g. 0steps=-40.41,1steps=-11.68")
     p.add_argument("--method", help="the method label of the records (default: the run's algorithm)")
+    p.add_argument("--budget-label", help="label the records as a run of another budget or setting (e.g. "
+                                          "'300 iterations'), so that they keep rows of their own")
     args = p.parse_args()
     run = Path(args.run)
     try:
@@ -53,7 +56,8 @@ def main() -> None:
         rows.append(("test", rows[-1][1]))
     out = [results.record(bench["name"], args.method or summary["algorithm"], setting, test["metric"], test["mean"], test["ci95"],
                           paper.get(setting), summary["train_seconds"], summary["steps"], command,
-                          test_episodes=test["episodes"], run=str(run))
+                          test_episodes=test["episodes"], run=str(run),
+                          **({"budget": args.budget_label} if args.budget_label else {}))
            for setting, test in rows]
     print(records.append(bench["name"], out))
 
