@@ -226,14 +226,17 @@ def render(records: Iterable[dict[str, Any]], generator: str, plots: Iterable[st
             what.append(f"{r['method']} {setting}")
             if r.get("train_episodes"):
                 what.append(f"training episodes: {r['train_episodes']}")
-        projected = sorted({(r["method"], r["train_episodes_seen"], r["train_seconds"], r["paper_train_episodes"])
-                            for r in rows if r.get("paper_train_episodes") and r.get("train_episodes_seen")})
+        projected: dict[tuple, list[str]] = {}
+        for r in rows:
+            if r.get("paper_train_episodes") and r.get("train_episodes_seen"):
+                run = (r["method"], r["train_episodes_seen"], r["train_seconds"], r["paper_train_episodes"])
+                projected.setdefault(run, []).append(r["setting"] + (f" ({r['budget']})" if r.get("budget") else ""))
         if projected:
             lines += ["", "Projected training time at the published run's length (measured seconds per training "
                       "episode × the paper's training episodes):", ""]
-            lines += [f"- {method}: {seconds / seen * paper / 3600:.0f} h for {paper:,} episodes "
-                      f"({seen:,} episodes took {seconds / 60:.1f} min here)"
-                      for method, seen, seconds, paper in projected]
+            lines += [f"- {method} ({', '.join(settings)}): {seconds / seen * paper / 3600:.0f} h for {paper:,} "
+                      f"episodes ({seen:,} episodes took {seconds / 60:.1f} min here)"
+                      for (method, seen, seconds, paper), settings in sorted(projected.items())]
         reaching = _projections(rows)
         if reaching:
             lines += ["", "Projected training time to the published number, where a row is below it: the time at which "

@@ -75,3 +75,11 @@ def test_rows_below_the_paper_with_a_validation_curve_get_a_projected_time_on_th
     assert f"- maml 5w1s: {(0.04 / 0.013) ** 2:.1f} h to 98.70% (b = 0.50; 96.00% after 60.0 min)" in page
     assert "- maml 20w1s: no projection: the validation error did not fall" in page
     assert "- maml 5w5s" not in page
+
+
+def test_the_paper_length_projection_names_the_settings_of_each_run():
+    rows = [_rec(0.96, "2026-01-01"), _rec(0.9, "2026-01-01", setting="20w1s")]
+    for r in rows:
+        r.update(train_seconds=600.0, train_episodes_seen=1000, paper_train_episodes=60_000)
+    page = results.render(rows, "gen")
+    assert "- maml (5w1s, 20w1s): 10 h for 60,000 episodes (1,000 episodes took 10.0 min here)" in page
