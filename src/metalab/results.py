@@ -163,12 +163,17 @@ def _projections(rows: list[dict[str, Any]]) -> list[str]:
             continue
         exponent = power_law_exponent([t for t, _ in curve], [1 - a for _, a in curve])
         when = projected_seconds(r["train_seconds"], 1 - r["value"], 1 - paper, exponent)
-        setting = r["setting"] + (f" ({r['budget']})" if r.get("budget") else "")
+        setting = _label(r)
         reached = f"{_fmt('accuracy', r['value'])} after {r['train_seconds'] / 60:.1f} min"
         lines.append(f"- {r['method']} {setting}: " + (
             f"no projection: the validation error did not fall over the fitted part ({reached})" if when is None else
             f"{when / 3600:.1f} h to {_fmt('accuracy', paper)} (b = {exponent:.2f}; {reached})"))
     return lines
+
+
+def _label(r: dict[str, Any]) -> str:
+    """A record's setting as the page shows it: with its budget label, if any."""
+    return r["setting"] + (f" ({r['budget']})" if r.get("budget") else "")
 
 
 def _fmt(metric: str, value: float | None) -> str:
@@ -219,7 +224,7 @@ def render(records: Iterable[dict[str, Any]], generator: str, plots: Iterable[st
         for r in rows:
             ci = "" if r.get("ci95") is None else f" ± {_fmt(r['metric'], r['ci95'])}"
             train = "–" if r.get("train_seconds") is None else f"{r['train_seconds'] / 60:.1f} min"
-            setting = r["setting"] + (f" ({r['budget']})" if r.get("budget") else "")
+            setting = _label(r)
             lines.append(f"| {r['method']} | {setting} | {r['metric']} | {_fmt(r['metric'], r['value'])}{ci} | "
                          f"{_fmt(r['metric'], r.get('paper'))} | {train} | {r.get('steps') or '–'} | {r.get('commit', '–')} |")
             what = commands.setdefault(r["command"], [])
@@ -230,7 +235,7 @@ def render(records: Iterable[dict[str, Any]], generator: str, plots: Iterable[st
         for r in rows:
             if r.get("paper_train_episodes") and r.get("train_episodes_seen"):
                 run = (r["method"], r["train_episodes_seen"], r["train_seconds"], r["paper_train_episodes"])
-                projected.setdefault(run, []).append(r["setting"] + (f" ({r['budget']})" if r.get("budget") else ""))
+                projected.setdefault(run, []).append(_label(r))
         if projected:
             lines += ["", "Projected training time at the published run's length (measured seconds per training "
                       "episode × the paper's training episodes):", ""]
