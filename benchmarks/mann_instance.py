@@ -87,7 +87,14 @@ def main() -> None:
     p.add_argument("--eval-only", action="store_true",
                    help="skip training: evaluate --out/best.pt of a finished or stopped run; the training steps and "
                         "time recorded are read from its metrics.jsonl")
+    p.add_argument("--resume", action="store_true",
+                   help="continue the stopped or finished run in --out from its last.pt (same flags; --max-minutes "
+                        "and --steps count the whole run, the time before the stop included)")
     args = p.parse_args()
+    if args.resume and args.eval_only:
+        p.error("--resume and --eval-only exclude each other: resume trains on, --eval-only only evaluates")
+    if args.resume and not (Path(args.out or ".") / "last.pt").is_file():
+        p.error(f"--resume needs --out naming a run folder with last.pt; {args.out!r} has none")
     torch.set_num_threads(args.threads)
     out = Path(args.out or f"runs/bench-mann-{args.method}-{args.classes}class")
     hparams = parse_assignments(args.hparams)
@@ -103,7 +110,10 @@ def main() -> None:
                       val_every=args.val_every, val_episodes=args.val_episodes, log_every=50,
                       grad_clip=args.grad_clip, seed=args.seed,
                       max_seconds=None if args.max_minutes is None else 60 * args.max_minutes)
-    result = logged_result(out) if args.eval_only else train(algo, bench, cfg, out, progress=sys.stderr.isatty())
+    if args.eval_only:
+        result = logged_result(out)
+    else:
+        result = train(algo, bench, cfg, out, progress=sys.stderr.isatty(), resume=args.resume)
     print(f"trained {args.method}: {result.steps} steps, {result.seconds:.0f} s, best {result.best}", flush=True)
     best, _ = load_checkpoint(out / "best.pt")
     accuracy = instance_accuracy(best, bench.test, args.test_episodes, instances)

@@ -198,3 +198,23 @@ def test_no_inner_step_is_the_pretrained_baseline_a_plain_policy_gradient_on_the
     assert returns.shape == (2, 2) and torch.isfinite(returns).all()
     with pytest.raises(MetalabError, match="inner_steps must be an integer >= 0"):
         MAMLRLConfig(inner_steps=-1)
+
+
+def test_the_authors_initialisation_starts_the_mean_at_zero_at_the_origin():
+    """Default ``init="xavier"``: Glorot-uniform weights within their bound and zero biases, so
+    the pre-update mean at the start state (the origin) is exactly 0, as in the authors' policy;
+    ``init="torch"`` keeps ``nn.Linear``'s default (non-zero biases)."""
+    torch.manual_seed(0)
+    algo = MAMLRL(NAV, MAMLRLConfig(hidden=(100, 100)))
+    for i, (n_in, n_out) in enumerate([(2, 100), (100, 100), (100, 2)]):
+        w, b = getattr(algo, f"w{i}"), getattr(algo, f"b{i}")
+        bound = math.sqrt(6 / (n_in + n_out))
+        assert w.abs().max() <= bound and w.abs().max() > 0.9 * bound and torch.equal(b, torch.zeros_like(b))
+    params = {k: v.unsqueeze(0) for k, v in algo.params().items()}
+    mean, _ = algo.distribution(params, torch.zeros(1, 1, 2))
+    assert torch.equal(mean, torch.zeros_like(mean))
+    torch.manual_seed(0)
+    legacy = MAMLRL(NAV, MAMLRLConfig(hidden=(100, 100), init="torch"))
+    assert legacy.b2.abs().max() > 0 and legacy.w0.abs().max() > math.sqrt(6 / 102)
+    with pytest.raises(MetalabError, match="init must be one of"):
+        MAMLRLConfig(init="orthogonal")

@@ -54,6 +54,7 @@ from metalab.rl.rollout import Trajectories, rollout
 from metalab.utils.errors import MetalabError, require_non_negative, require_positive
 
 Params = dict[str, Tensor]
+INITS = ("xavier", "torch")
 
 
 @dataclass(frozen=True)
@@ -76,6 +77,10 @@ class MAMLRLConfig:
         first_order: treat ``theta'`` as ``theta`` plus a constant (no second derivatives).
         action_scale: the environment executes ``action_scale * action``.
         init_log_std: initial log standard deviation of the policy.
+        init: initialisation of the policy's layers: ``"xavier"`` (Glorot-uniform weights, zero
+            biases, as the authors' policy, ``maml_minimal_gauss_mlp_policy.py``: the mean at
+            the origin starts at exactly 0) or ``"torch"`` (``nn.Linear``'s default, the
+            setting of the records made before this option existed).
         test_episodes_per_task: episodes sampled per adaptation step at evaluation (``None``:
             ``episodes_per_task``; the authors' test script: 40, twice the training batch).
         test_later_lr_scale: at evaluation, the inner rate of the second and later steps is
@@ -96,6 +101,7 @@ class MAMLRLConfig:
     first_order: bool = False
     action_scale: float = 0.1
     init_log_std: float = 0.0
+    init: str = "xavier"
     test_episodes_per_task: int | None = None
     test_later_lr_scale: float = 1.0
 
@@ -105,6 +111,8 @@ class MAMLRLConfig:
         if not (isinstance(self.test_later_lr_scale, (int, float)) and 0 <= self.test_later_lr_scale < math.inf):
             raise MetalabError(f"test_later_lr_scale must be a finite number >= 0, got {self.test_later_lr_scale!r}")
         require_non_negative("the pretrained baseline", inner_steps=self.inner_steps)
+        if self.init not in INITS:
+            raise MetalabError(f"init must be one of {sorted(INITS)}, got {self.init!r}")
         require_positive(episodes_per_task=self.episodes_per_task, cg_iters=self.cg_iters, ls_steps=self.ls_steps)
         for name in ("inner_lr", "max_kl", "action_scale"):
             value = getattr(self, name)
@@ -153,6 +161,9 @@ class MAMLRL(RLMethod):
         self.layers = len(widths) - 1
         for i, (n_in, n_out) in enumerate(zip(widths[:-1], widths[1:])):
             layer = nn.Linear(n_in, n_out)  # torch's default initialisation
+            if self.config.init == "xavier":
+                nn.init.xavier_uniform_(layer.weight)
+                nn.init.zeros_(layer.bias)
             self.register_parameter(f"w{i}", layer.weight)
             self.register_parameter(f"b{i}", layer.bias)
         self.log_std = nn.Parameter(torch.full((spec.output_dim,), float(self.config.init_log_std)))
