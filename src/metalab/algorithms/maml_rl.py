@@ -21,7 +21,11 @@ backtracking line search that keeps the KL bound and an improving surrogate.
 The settings follow the authors' reference code for 2D navigation (github.com/cbfinn/maml_rl,
 ``maml_examples/maml_trpo_point.py``): 20 episodes per task, 40 tasks per meta-batch,
 ``max_kl`` 0.01, linear feature baseline, policy outputs scaled by 0.1 into the [-0.1, 0.1]
-action box (rllab's ``normalize``). The defaults keep the paper's text (inner step 0.1); the
+action box (rllab's ``normalize``), Glorot-uniform weights and zero biases (``init="xavier"``,
+so the pre-update mean at the start state is 0). The initialisation matters here: with
+``nn.Linear``'s default (``init="torch"``) two of three seeds ended in a basin where the
+pre-update mean saturates far outside the action box and the policy runs off to a corner, from
+where one inner step recovers only part of the return (docs/RESULTS.md, "torch init" rows). The defaults keep the paper's text (inner step 0.1); the
 preset ``maml_rl-nav2d`` follows the run that produced Table 4 (``maml_examples/
 test_maml_point.py``): inner step 0.5 on 20 tasks x 20 episodes, and at test 40 episodes per
 step with the second and later steps at half the rate.
