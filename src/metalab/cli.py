@@ -44,6 +44,8 @@ BENCHMARK_DEFAULTS: dict[str, dict[str, Any]] = {
                 "val_episodes": 20, "test_episodes": 40},
     "ml1-reach": {"k_shot": 1, "steps": 50, "meta_batch_size": 10, "val_every": 25, "eval_steps": [0, 1],
                   "val_episodes": 10, "test_episodes": 50},
+    "ml10": {"k_shot": 1, "steps": 50, "meta_batch_size": 10, "val_every": 25, "eval_steps": [0, 1],
+             "val_episodes": 10, "test_episodes": 50},
 }
 # Hyper-parameters of the papers that depend on the benchmark (used unless given).
 PAPER_HPARAMS: dict[tuple[str, str], dict[str, Any]] = {
@@ -59,7 +61,7 @@ PAPER_HPARAMS: dict[tuple[str, str], dict[str, Any]] = {
     ("reptile", "omniglot"): {"inner_lr": 1e-3, "inner_steps": 5, "inner_batch_size": 10, "test_inner_steps": 50},
     # MuJoCo and Meta-World actions live on [-1, 1] already (2D navigation's policy outputs are scaled by 0.1)
     **{(method, bench): {"action_scale": 1.0} for method in ("maml_rl", "rl2")
-       for bench in ("cheetah-vel", "cheetah-dir", "ant-dir", "ml1-reach")},
+       for bench in ("cheetah-vel", "cheetah-dir", "ant-dir", "ml1-reach", "ml10")},
 }
 HPARAM_FLAGS = ("inner_lr", "inner_steps", "test_inner_steps", "first_order", "task_mode")
 

@@ -310,3 +310,36 @@ def test_task_streams_are_addressed_by_index_so_shards_and_resumes_agree():
         rl_benchmark_parts("nav2d", 0, env_workers=2)
     with pytest.raises(MetalabError, match="env_workers must be an integer >= 0"):
         rl_benchmark_parts("cheetah-vel", 0, env_workers=-1)
+
+
+def test_metaworld_ml10_holds_out_whole_environments():
+    """ML10: the test split's environments are not among the training ones; one adapter switches
+    between environments of its split, and the ``ml10`` benchmark trains on the train split and
+    validates and tests on the test split by success rate."""
+    pytest.importorskip("metaworld")
+    import numpy as np
+
+    from metalab.rl.benchmarks import rl_benchmark_parts
+    from metalab.rl.metaworld_tasks import MetaWorldTasks
+
+    parts = rl_benchmark_parts("ml10", seed=0)  # builds ML10 once (seconds)
+    assert (parts.observation_dim, parts.action_dim) == (39, 4)
+    assert parts.train.metric == "return" and parts.val.metric == parts.test.metric == "success"
+    train, test = parts.train.distribution, parts.test.distribution
+    assert isinstance(test, MetaWorldTasks) and test.split == "test" and test.benchmark is train.benchmark
+    train_envs = {t.env_name for t in train.task_list}
+    test_envs = {t.env_name for t in test.task_list}
+    assert len(train_envs) == 10 and len(test_envs) == 5 and not train_envs & test_envs
+    env = test.make_env()
+    first = {}
+    for name in sorted(test_envs)[:2]:
+        index = next(i for i, t in enumerate(test.task_list) if t.env_name == name)
+        obs, info = env.reset(seed=0, options={"task": {"env": name, "index": index}})
+        assert obs.shape == (39,) and info["task"] == {"env": name, "index": index}
+        first[name] = obs
+        *_, info = env.step(np.zeros(4, dtype=np.float32))
+        assert "success" in info
+    a, b = first.values()
+    assert not np.allclose(a, b)  # another environment, another scene
+    with pytest.raises(MetalabError, match="task 0 of this split is"):
+        env.reset_task({"env": "not-" + test.task_list[0].env_name, "index": 0})

@@ -1,7 +1,8 @@
 """The meta-RL benchmarks by name: task streams, the environment family and its dimensions.
 
 ``nav2d`` (2D navigation), ``cheetah-vel``, ``cheetah-dir``, ``ant-dir`` (MuJoCo, the ``rl``
-extra) and ``ml1-reach`` (Meta-World ML1 reach, the ``metaworld`` extra; train tasks for
+extra), ``ml1-reach`` (Meta-World ML1 reach) and ``ml10`` (Meta-World ML10: 10 training
+environments, 5 held-out test environments; both the ``metaworld`` extra, train tasks for
 training, the benchmark's test tasks for validation and test, scored by the success rate). Train, validation and test
 streams draw tasks with seeds derived from the benchmark seed (``seed``, ``seed + 1``,
 ``seed + 2`` mixed), so they are disjoint streams of the same family (Meta-World: of its
@@ -68,13 +69,14 @@ def _locomotion(name: str) -> Callable[[int, int], RLBenchmarkParts]:
     return build
 
 
-def _ml1(env_name: str) -> Callable[[int, int], RLBenchmarkParts]:
+def _metaworld(benchmark: str, env_name: str = "reach-v3") -> Callable[[int, int], RLBenchmarkParts]:
     def build(seed: int, workers: int) -> RLBenchmarkParts:
         try:
             from metalab.rl.metaworld_tasks import MetaWorldTasks
         except ImportError:
             raise MetalabError("the Meta-World benchmarks need metaworld: pip install 'metalab[metaworld]'") from None
-        train, test = MetaWorldTasks("ML1", env_name, "train", seed), MetaWorldTasks("ML1", env_name, "test", seed)
+        train = MetaWorldTasks(benchmark, env_name, "train", seed)
+        test = MetaWorldTasks(benchmark, env_name, "test", seed, source=train.benchmark)
         probe = train.make_env()
         dims = probe.observation_space.shape[0], probe.action_space.shape[0]
         # trained on returns; validated and tested by the success rate, Meta-World's measure
@@ -89,7 +91,8 @@ RL_BENCHMARKS: dict[str, Callable[[int, int], RLBenchmarkParts]] = {
     "cheetah-vel": _locomotion("cheetah-vel"),
     "cheetah-dir": _locomotion("cheetah-dir"),
     "ant-dir": _locomotion("ant-dir"),
-    "ml1-reach": _ml1("reach-v3"),
+    "ml1-reach": _metaworld("ML1", "reach-v3"),
+    "ml10": _metaworld("ML10"),
 }
 
 

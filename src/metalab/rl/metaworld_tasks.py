@@ -36,10 +36,13 @@ class MetaWorldTasks:
         split: ``train`` or ``test``.
         seed: Meta-World's seed of the task parameters (taken modulo 2^32).
         horizon: steps per episode (default: the environment's ``max_path_length``).
+        source: the Meta-World benchmark object to draw from, when one of the same ``benchmark``,
+            ``env_name`` and ``seed`` is built already (e.g. ``train.benchmark`` for the test split:
+            building ML10 takes seconds); ``None`` builds it.
     """
 
     def __init__(self, benchmark: str = "ML1", env_name: str = "reach-v3", split: str = "train", seed: int = 0,
-                 horizon: int | None = None):
+                 horizon: int | None = None, source: Any = None):
         if benchmark not in BENCHMARKS:
             raise MetalabError(f"unknown Meta-World benchmark {benchmark!r}; choose one of {BENCHMARKS}")
         if split not in ("train", "test"):
@@ -47,7 +50,9 @@ class MetaWorldTasks:
         if horizon is not None:
             require_positive(horizon=horizon)
         seed = seed % 2 ** 32  # Meta-World seeds numpy's RandomState
-        if benchmark == "ML1":
+        if source is not None:
+            self.benchmark = source
+        elif benchmark == "ML1":
             if env_name not in metaworld.ML1.ENV_NAMES:
                 raise MetalabError(f"Meta-World has no ML1 environment {env_name!r}; choose one of "
                                    f"{sorted(metaworld.ML1.ENV_NAMES)}")
