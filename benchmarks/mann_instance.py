@@ -25,9 +25,9 @@ import torch
 
 sys.path.insert(0, str(Path(__file__).resolve().parent))
 import records  # noqa: E402
-from omniglot import logged_result  # noqa: E402
+from omniglot import add_run_flags, train_or_load  # noqa: E402
 
-from metalab import BenchmarkConfig, EpisodeBatch, TrainConfig, build, load_checkpoint, make_benchmark, train  # noqa: E402
+from metalab import BenchmarkConfig, EpisodeBatch, TrainConfig, build, load_checkpoint, make_benchmark  # noqa: E402
 from metalab.data.sampler import TaskSource  # noqa: E402
 from metalab.data.sequences import presentation_numbers  # noqa: E402
 from metalab.config import parse_assignments  # noqa: E402
@@ -84,17 +84,8 @@ def main() -> None:
                    help="label of a variant's records (e.g. 'key strength' with --hparams key_strength=True), shown "
                         "beside the setting, so they do not replace the default model's records")
     p.add_argument("--results-dir", default=str(records.RESULTS_DIR), help="where mann-instance.jsonl is appended")
-    p.add_argument("--eval-only", action="store_true",
-                   help="skip training: evaluate --out/best.pt of a finished or stopped run; the training steps and "
-                        "time recorded are read from its metrics.jsonl")
-    p.add_argument("--resume", action="store_true",
-                   help="continue the stopped or finished run in --out from its last.pt (same flags; --max-minutes "
-                        "and --steps count the whole run, the time before the stop included)")
+    add_run_flags(p)
     args = p.parse_args()
-    if args.resume and args.eval_only:
-        p.error("--resume and --eval-only exclude each other: resume trains on, --eval-only only evaluates")
-    if args.resume and not (Path(args.out or ".") / "last.pt").is_file():
-        p.error(f"--resume needs --out naming a run folder with last.pt; {args.out!r} has none")
     torch.set_num_threads(args.threads)
     out = Path(args.out or f"runs/bench-mann-{args.method}-{args.classes}class")
     hparams = parse_assignments(args.hparams)
@@ -110,10 +101,7 @@ def main() -> None:
                       val_every=args.val_every, val_episodes=args.val_episodes, log_every=50,
                       grad_clip=args.grad_clip, seed=args.seed,
                       max_seconds=None if args.max_minutes is None else 60 * args.max_minutes)
-    if args.eval_only:
-        result = logged_result(out)
-    else:
-        result = train(algo, bench, cfg, out, progress=sys.stderr.isatty(), resume=args.resume)
+    result = train_or_load(p, args, out, algo, bench, cfg)
     print(f"trained {args.method}: {result.steps} steps, {result.seconds:.0f} s, best {result.best}", flush=True)
     best, _ = load_checkpoint(out / "best.pt")
     accuracy = instance_accuracy(best, bench.test, args.test_episodes, instances)

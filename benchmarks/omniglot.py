@@ -72,6 +72,28 @@ def logged_result(out: Path) -> TrainResult:
     return TrainResult(train_rows[-1]["step"], train_rows[-1]["seconds"], best, None)
 
 
+def add_run_flags(p: argparse.ArgumentParser) -> None:
+    """``--eval-only`` and ``--resume``: evaluate a run folder as it is, or train it on from its last.pt."""
+    p.add_argument("--eval-only", action="store_true",
+                   help="skip training: evaluate --out/best.pt of a finished or stopped run; the training steps and "
+                        "time recorded are read from its metrics.jsonl")
+    p.add_argument("--resume", action="store_true",
+                   help="continue the stopped or finished run in --out from its last.pt (same flags; --max-minutes "
+                        "and --steps count the whole run, the time before the stop included)")
+
+
+def train_or_load(p: argparse.ArgumentParser, args: argparse.Namespace, out: Path, algo, bench,
+                  cfg: TrainConfig) -> TrainResult:
+    """Train (``--resume``: on from ``out/last.pt``), or with ``--eval-only`` read what the run logged."""
+    if args.resume and args.eval_only:
+        p.error("--resume and --eval-only exclude each other: resume trains on, --eval-only only evaluates")
+    if args.resume and not (out / "last.pt").is_file():
+        p.error(f"--resume needs --out naming a run folder with last.pt; {str(out)!r} has none")
+    if args.eval_only:
+        return logged_result(out)
+    return train(algo, bench, cfg, out, progress=sys.stderr.isatty(), resume=args.resume)
+
+
 def main() -> None:
     p = argparse.ArgumentParser(description=__doc__.splitlines()[0])
     p.add_argument("--method", default="protonet")
@@ -100,9 +122,7 @@ def main() -> None:
     p.add_argument("--budget-label", default=None,
                    help="label the records as a same-budget comparison run (e.g. '20 min') so they do not replace "
                         "the method's main result")
-    p.add_argument("--eval-only", action="store_true",
-                   help="skip training: evaluate --out/best.pt of a finished or stopped run; the training steps and "
-                        "time recorded are read from its metrics.jsonl")
+    add_run_flags(p)
     args = p.parse_args()
     torch.set_num_threads(args.threads)
     out = Path(args.out or f"runs/bench-omniglot-{args.method}")
@@ -122,7 +142,7 @@ def main() -> None:
                       val_every=args.val_every, grad_clip=args.grad_clip,
                       val_episodes=args.val_episodes, log_every=50, seed=args.seed,
                       max_seconds=None if args.max_minutes is None else 60 * args.max_minutes)
-    result = logged_result(out) if args.eval_only else train(algo, bench, cfg, out, progress=sys.stderr.isatty())
+    result = train_or_load(p, args, out, algo, bench, cfg)
     print(f"trained {args.method}: {result.steps} steps, {result.seconds:.0f} s, best {result.best}", flush=True)
     best, _ = load_checkpoint(out / "best.pt")
     # the validation curve travels with the records: the results page projects from it the time a run would need
