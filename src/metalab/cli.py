@@ -71,6 +71,11 @@ class _Parser(argparse.ArgumentParser):
         self.exit(2, f"metalab: error: {message} (see `{self.prog} --help`)\n")
 
 
+def _registry_name(text: str) -> str:
+    """Registry names use underscores; accept the hyphenated spelling of the papers' names."""
+    return text.replace("-", "_")
+
+
 def _int_list(text: str) -> list[int]:
     try:
         values = [int(v) for v in text.split(",") if v.strip()]
@@ -120,7 +125,9 @@ def _build_parser() -> argparse.ArgumentParser:
     t = sub.add_parser("train", help="meta-train a method on a benchmark, then evaluate it",
                        description="Meta-train a method, then evaluate its best checkpoint on the fixed test episodes. "
                                    "Settings come from the defaults, then --preset, then the flags given.")
-    t.add_argument("algorithm", nargs="?", help="registry name (see `metalab list`); optional with --preset or --resume")
+    t.add_argument("algorithm", nargs="?", type=_registry_name,
+                   help="registry name (see `metalab list`; `maml-rl` is read as `maml_rl`); optional with --preset "
+                        "or --resume")
     t.add_argument("--preset", help="a named paper setting (see `metalab list --presets`); flags override its fields")
     t.add_argument("--benchmark", dest="benchmark.name", default=argparse.SUPPRESS, metavar="NAME",
                    help=f"one of {list(ALL_BENCHMARKS)} (default sinusoid)")

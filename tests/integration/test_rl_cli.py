@@ -24,10 +24,12 @@ def logged(run) -> list[dict]:
 
 
 def test_maml_rl_trains_and_reports_the_return_after_0_to_3_steps(tmp_path):
-    done = metalab("train", "maml_rl", *SMALL, "--steps", "2", "--hparam", "episodes_per_task=5",
+    # spelled as in the papers: `maml-rl` is the registry's maml_rl
+    done = metalab("train", "maml-rl", *SMALL, "--steps", "2", "--hparam", "episodes_per_task=5",
                    "--out", str(tmp_path / "run"))
     assert done.returncode == 0, done.stderr
     results = json.loads((tmp_path / "run" / "results.json").read_text())
+    assert results["algorithm"] == "maml_rl"
     assert [(t["metric"], t["steps"], t["episodes"]) for t in results["test"]] == [("return", s, 4) for s in range(4)]
     rows = logged(tmp_path / "run")
     assert {"train_return_pre", "train_return_post", "train_kl"} <= set(rows[0]) and "val_return" in rows[-1]
