@@ -71,6 +71,10 @@ class ConvBlock(nn.Module):
             x = conv3x3_few_channels(x, weight, bias)
         else:
             x = F.conv2d(x, weight, bias, padding=1)
+        return self.after_conv(params, x)
+
+    def after_conv(self, params: Params, x: Tensor) -> Tensor:
+        """The rest of the block on the convolution's output ``x``: batch norm, pool, ReLU."""
         x = self.norm.functional(x, params["norm.weight"], params["norm.bias"])
         return F.relu(F.max_pool2d(x, 2) if self.pool else x)
 
