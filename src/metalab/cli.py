@@ -42,10 +42,8 @@ BENCHMARK_DEFAULTS: dict[str, dict[str, Any]] = {
                     "val_episodes": 20, "test_episodes": 40},
     "ant-dir": {"k_shot": 1, "steps": 100, "meta_batch_size": 20, "val_every": 25, "eval_steps": [0, 1],
                 "val_episodes": 20, "test_episodes": 40},
-    "ml1-reach": {"k_shot": 1, "steps": 50, "meta_batch_size": 10, "val_every": 25, "eval_steps": [0, 1],
-                  "val_episodes": 10, "test_episodes": 50},
-    "ml10": {"k_shot": 1, "steps": 50, "meta_batch_size": 10, "val_every": 25, "eval_steps": [0, 1],
-             "val_episodes": 10, "test_episodes": 50},
+    **{bench: {"k_shot": 1, "steps": 50, "meta_batch_size": 10, "val_every": 25, "eval_steps": [0, 1],
+               "val_episodes": 10, "test_episodes": 50} for bench in ("ml1-reach", "ml10")},
 }
 # Hyper-parameters of the papers that depend on the benchmark (used unless given).
 PAPER_HPARAMS: dict[tuple[str, str], dict[str, Any]] = {

@@ -25,10 +25,10 @@ action box (rllab's ``normalize``), Glorot-uniform weights and zero biases (``in
 so the pre-update mean at the start state is 0). The initialisation matters here: with
 ``nn.Linear``'s default (``init="torch"``) two of three seeds ended in a basin where the
 pre-update mean saturates far outside the action box and the policy runs off to a corner, from
-where one inner step recovers only part of the return (docs/RESULTS.md, "torch init" rows). The defaults keep the paper's text (inner step 0.1); the
-preset ``maml_rl-nav2d`` follows the run that produced Table 4 (``maml_examples/
-test_maml_point.py``): inner step 0.5 on 20 tasks x 20 episodes, and at test 40 episodes per
-step with the second and later steps at half the rate.
+where one inner step recovers only part of the return (docs/RESULTS.md, "torch init" rows).
+The defaults keep the paper's text (inner step 0.1); the preset ``maml_rl-nav2d`` follows the
+run that produced Table 4 (``maml_examples/test_maml_point.py``): inner step 0.5 on 20 tasks x
+20 episodes, and at test 40 episodes per step with the second and later steps at half the rate.
 
 This module runs on batched task environments (:mod:`metalab.rl`; ``make_env``, 2D
 navigation by default, MuJoCo families through :class:`metalab.rl.locomotion.BatchedGymTasks`):
@@ -164,7 +164,7 @@ class MAMLRL(RLMethod):
         widths = (spec.input_shape[0], *self.config.hidden, spec.output_dim)
         self.layers = len(widths) - 1
         for i, (n_in, n_out) in enumerate(zip(widths[:-1], widths[1:])):
-            layer = nn.Linear(n_in, n_out)  # torch's default initialisation
+            layer = nn.Linear(n_in, n_out)  # nn.Linear's default initialisation, kept by init="torch"
             if self.config.init == "xavier":
                 nn.init.xavier_uniform_(layer.weight)
                 nn.init.zeros_(layer.bias)
