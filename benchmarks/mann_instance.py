@@ -68,6 +68,10 @@ def main() -> None:
     p.add_argument("--split", default="vinyals")
     p.add_argument("--classes", type=int, default=5, help="classes per episode (the paper: 5 or 15)")
     p.add_argument("--instances", type=int, default=10, help="presentations of each class per episode")
+    p.add_argument("--jitter-degrees", type=float, default=0.0,
+                   help="rotate each training image by a random angle within this many degrees (default: none)")
+    p.add_argument("--jitter-pixels", type=float, default=0.0,
+                   help="shift each training image by up to this many pixels per axis (default: none)")
     p.add_argument("--steps", type=int, default=100000)
     p.add_argument("--meta-batch-size", type=int, default=16)
     p.add_argument("--outer-lr", type=float, default=1e-4, help="RMSprop learning rate (the paper: 1e-4)")
@@ -93,7 +97,8 @@ def main() -> None:
 
     bench = make_benchmark(BenchmarkConfig("omniglot-online", data_dir=args.data_dir, cache_dir=args.cache_dir,
                                            split=args.split, n_way=args.classes, n_query=args.instances,
-                                           seed=derive_seed(args.seed, 1)))
+                                           seed=derive_seed(args.seed, 1), jitter_degrees=args.jitter_degrees,
+                                           jitter_pixels=args.jitter_pixels))
     with torch.random.fork_rng(devices=[]):
         torch.manual_seed(derive_seed(args.seed, 0))
         algo = build(args.method, bench.spec, **hparams)
@@ -117,6 +122,8 @@ def main() -> None:
         paper and paper[INSTANCES.index(k)], result.seconds, result.steps, test_episodes=args.test_episodes,
         train_episodes=f"{args.classes} classes x {args.instances} instances x {args.meta_batch_size} per step",
         train_episodes_seen=result.steps * args.meta_batch_size, best_val_step=result.best and result.best["step"],
+        **({"train_jitter": f"+-{args.jitter_degrees} degrees, +-{args.jitter_pixels} px"}
+           if args.jitter_degrees or args.jitter_pixels else {}),
         **({"budget": args.label} if args.label else {}))
         for k, (mean, ci) in accuracy.items()]
     print(records.append("mann-instance", rows, Path(args.results_dir) / "mann-instance.jsonl"))

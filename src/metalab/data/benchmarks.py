@@ -9,6 +9,7 @@ from __future__ import annotations
 from dataclasses import dataclass
 from pathlib import Path
 
+from metalab.data.augment import Jitter
 from metalab.data.dataset import ClassDataset
 from metalab.data.sampler import EpisodeSampler, TaskSource
 from metalab.data.sequences import SequenceSampler
@@ -58,6 +59,9 @@ class BenchmarkConfig:
             20 for ``omniglot-online``.
         env_workers: meta-RL on MuJoCo and Meta-World: step the environments in this many
             worker processes (0: in the training process); the episodes are the same.
+        jitter_degrees, jitter_pixels: ``omniglot-online`` only: rotate every training image
+            by a random angle in +-jitter_degrees and shift it by up to +-jitter_pixels per axis
+            (Santoro et al.'s augmentation; the paper gives no magnitudes); 0: none.
     """
 
     name: str = "sinusoid"
@@ -73,6 +77,13 @@ class BenchmarkConfig:
     seed: int = 0
     image_size: int | None = None
     env_workers: int = 0
+    jitter_degrees: float = 0.0
+    jitter_pixels: float = 0.0
+
+    def __post_init__(self) -> None:
+        if Jitter(self.jitter_degrees, self.jitter_pixels) and self.name != "omniglot-online":
+            raise MetalabError(f"jitter_degrees and jitter_pixels apply to omniglot-online's training images only, "
+                               f"not to {self.name!r}: leave them at 0")
 
 
 @dataclass(frozen=True)
@@ -150,7 +161,8 @@ def _omniglot_online(cfg: BenchmarkConfig, progress: bool) -> Benchmark:
         name="omniglot-online",
         spec=TaskSpec(input_shape=train.sample_shape, output_dim=cfg.n_way, classification=True),
         metric="accuracy",
-        train=SequenceSampler(train, cfg.train_n_way or cfg.n_way, cfg.train_n_query or m_test, seed=cfg.seed),
+        train=SequenceSampler(train, cfg.train_n_way or cfg.n_way, cfg.train_n_query or m_test, seed=cfg.seed,
+                              jitter=Jitter(cfg.jitter_degrees, cfg.jitter_pixels) or None),
         val=SequenceSampler(val, cfg.n_way, m_test, seed=VAL_STREAM),
         test=SequenceSampler(test, cfg.n_way, m_test, seed=TEST_STREAM),
     )

@@ -18,6 +18,7 @@ from __future__ import annotations
 import torch
 from torch import Tensor
 
+from metalab.data.augment import Jitter
 from metalab.data.dataset import ClassDataset
 from metalab.data.episode import Episode, EpisodeMeta
 from metalab.data.sampler import TaskSource, check_drawable, draw_classes
@@ -39,17 +40,21 @@ class SequenceSampler(TaskSource):
         n_classes: classes per episode (Santoro et al.: 5 or 15).
         n_instances: samples of each class in the sequence (Santoro et al.: 10).
         seed: the stream's seed.
+        jitter: rotate and shift every image of the sequence at random (Santoro et al.'s
+            training-time augmentation, :class:`~metalab.data.augment.Jitter`); drawn after
+            the classes, samples and order, so those are the same with and without it.
 
     Raises:
         MetalabError: a non-positive count, more classes than the dataset has, or more
             instances than the smallest class holds.
     """
 
-    def __init__(self, dataset: ClassDataset, n_classes: int, n_instances: int, seed: int = 0):
+    def __init__(self, dataset: ClassDataset, n_classes: int, n_instances: int, seed: int = 0,
+                 jitter: Jitter | None = None):
         require_positive(n_classes=n_classes, n_instances=n_instances)
         check_drawable(dataset, n_classes, n_instances, "n_classes", "n_instances")
         self.dataset = dataset
-        self.n_classes, self.n_instances, self.seed = n_classes, n_instances, seed
+        self.n_classes, self.n_instances, self.seed, self.jitter = n_classes, n_instances, seed, jitter
 
     def episode(self, index: int) -> Episode:
         seed = derive_seed(self.seed, index)
@@ -57,6 +62,8 @@ class SequenceSampler(TaskSource):
         n, m = self.n_classes, self.n_instances
         classes, x = draw_classes(self.dataset, n, m, g)
         order = torch.randperm(n * m, generator=g)
+        if self.jitter is not None:
+            x = self.jitter(x, g)
         labels = torch.arange(n).repeat_interleave(m)
         ids = classes.tolist()
         return Episode(
