@@ -87,7 +87,7 @@ def main() -> None:
     p.add_argument("--label", default=None,
                    help="label of a variant's records (e.g. 'key strength' with --hparams key_strength=True), shown "
                         "beside the setting, so they do not replace the default model's records")
-    p.add_argument("--results-dir", default=str(records.RESULTS_DIR), help="where mann-instance.jsonl is appended")
+    records.add_results_flag(p)
     add_run_flags(p)
     args = p.parse_args()
     torch.set_num_threads(args.threads)
@@ -126,7 +126,7 @@ def main() -> None:
            if args.jitter_degrees or args.jitter_pixels else {}),
         **({"budget": args.label} if args.label else {}))
         for k, (mean, ci) in accuracy.items()]
-    print(records.append("mann-instance", rows, Path(args.results_dir) / "mann-instance.jsonl"))
+    print(records.append("mann-instance", rows, args.results_dir / "mann-instance.jsonl"))
 
 
 if __name__ == "__main__":

@@ -56,7 +56,7 @@ def main() -> None:
     p.add_argument("--threads", type=int, default=1)
     p.add_argument("--out", default=None, help="run folder (default runs/bench-nav2d-<method>)")
     p.add_argument("--plot", action="store_true", help="draw <out>/curve.png (needs matplotlib)")
-    p.add_argument("--results-dir", default=str(records.RESULTS_DIR))
+    records.add_results_flag(p)
     args = p.parse_args()
     torch.set_num_threads(args.threads)
     out = Path(args.out or f"runs/bench-nav2d-{args.method}")
@@ -101,7 +101,7 @@ def main() -> None:
         mean, ci = mean_ci95(values.tolist())
         print(f"{setting:>9}: {mean:8.2f} ± {ci:5.2f}" + (f"   (paper {paper})" if paper is not None else ""))
         rows.append(records.record("nav2d", args.method, setting, "return", mean, ci, paper, seconds, done, **extra))
-    print(records.append("nav2d", rows, Path(args.results_dir) / "nav2d.jsonl"))
+    print(records.append("nav2d", rows, args.results_dir / "nav2d.jsonl"))
     if args.plot:
         import matplotlib
 

@@ -7,7 +7,7 @@ Meta-trains one model with the given training episodes (validation: 5-way episod
 172 validation characters, model selection by validation accuracy), then evaluates the
 best checkpoint on 1000 fixed test episodes (15 queries per class) of the 423 test
 characters with rotations, for every setting in --settings. Appends records to
-results/omniglot.jsonl, with the training time and steps actually used.
+<--results-dir>/omniglot.jsonl (default results/), with the training time and steps actually used.
 """
 
 from __future__ import annotations
@@ -123,6 +123,7 @@ def main() -> None:
                    help="label the records as a same-budget comparison run (e.g. '20 min') so they do not replace "
                         "the method's main result")
     add_run_flags(p)
+    records.add_results_flag(p)
     args = p.parse_args()
     torch.set_num_threads(args.threads)
     out = Path(args.out or f"runs/bench-omniglot-{args.method}")
@@ -169,7 +170,7 @@ def main() -> None:
             train_episodes_seen=result.steps * args.meta_batch_size, paper_train_episodes=PAPER_EPISODES.get(args.method),
             val_curve=val_curve, val_setting=f"{args.n_way}w{args.k_shot}s",
             **({"budget": args.budget_label} if args.budget_label else {})))
-    print(records.append("omniglot", rows))
+    print(records.append("omniglot", rows, args.results_dir / "omniglot.jsonl"))
 
 
 if __name__ == "__main__":

@@ -25,6 +25,12 @@ def record(benchmark: str, method: str, setting: str, metric: str, value: float,
                           command(), **extra)
 
 
+def add_results_flag(parser) -> None:
+    """``--results-dir``: where the script appends its records (a scratch folder keeps a trial run out of results/)."""
+    parser.add_argument("--results-dir", type=Path, default=RESULTS_DIR,
+                        help="folder whose <benchmark>.jsonl the records are appended to (default: benchmarks/results)")
+
+
 def append(benchmark: str, records: list[dict], path: Path | None = None) -> Path:
     """Append records to ``path`` (default ``results/<benchmark>.jsonl``), rewritten atomically."""
     return results.append(records, path if path is not None else RESULTS_DIR / f"{benchmark}.jsonl")

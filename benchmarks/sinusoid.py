@@ -5,7 +5,7 @@
 Meta-trains MAML (1-40-40-1 MLP, one inner SGD step of 0.01, Adam 1e-3, meta-batch 25,
 K-shot support and 10 query points per training task), then evaluates the best-validation
 checkpoint on 1000 fixed test tasks with 100 query points each, after 1, 5 and 10 SGD
-steps of 0.01 on the K support points. Appends records to results/sinusoid.jsonl.
+steps of 0.01 on the K support points. Appends records to <--results-dir>/sinusoid.jsonl (default results/).
 """
 
 from __future__ import annotations
@@ -39,6 +39,7 @@ def main() -> None:
     p.add_argument("--seed", type=int, default=0)
     p.add_argument("--threads", type=int, default=1)
     p.add_argument("--out", default="runs/bench-sinusoid")
+    records.add_results_flag(p)
     args = p.parse_args()
     torch.set_num_threads(args.threads)
 
@@ -58,7 +59,7 @@ def main() -> None:
             "sinusoid", args.method, f"{args.k_shot}shot-{steps}steps", "mse", ev.mean, ev.ci95,
             PAPER_MSE.get(steps) if args.k_shot == 5 else None, result.seconds, args.steps,
             test_episodes=args.test_episodes, best_val_step=result.best and result.best["step"]))
-    print(records.append("sinusoid", rows))
+    print(records.append("sinusoid", rows, args.results_dir / "sinusoid.jsonl"))
 
 
 if __name__ == "__main__":
