@@ -49,8 +49,7 @@ class Jitter:
         """
         if images.dim() != 4:
             raise MetalabError(f"jitter takes images of shape (N, C, H, W), got {tuple(images.shape)}")
-        n, _, h, w = images.shape
-        u = torch.rand(n, 3, generator=generator, dtype=torch.float64) * 2 - 1
+        u = torch.rand(images.shape[0], 3, generator=generator, dtype=torch.float64) * 2 - 1
         if not self:
             return images
         return shift_rotate(images, u[:, 0] * self.degrees, u[:, 1] * self.pixels, u[:, 2] * self.pixels)
