@@ -61,7 +61,7 @@ def shift_rotate(images: Tensor, degrees: Tensor, dx: Tensor, dy: Tensor) -> Ten
     ``degrees``, ``dx``, ``dy``: ``(N,)``, shifts in pixels. Bilinear, zeros outside; a
     uint8 input is rounded back to uint8. Exact for a zero angle and integer shifts.
     """
-    n, _, h, w = images.shape
+    h, w = images.shape[-2:]
     a = torch.deg2rad(degrees.double())
     cos, sin = torch.cos(a), torch.sin(a)
     # affine_grid maps each output pixel to where it samples the input, in coordinates that run
