@@ -60,6 +60,7 @@ def main() -> None:
     p.add_argument("--cache-dir", default=None)
     p.add_argument("--episodes", type=int, default=20)
     p.add_argument("--reps", type=int, default=30)
+    records.add_results_flag(p)
     args = p.parse_args()
     torch.set_num_threads(1)
     bench = make_benchmark(BenchmarkConfig("omniglot", data_dir=args.data_dir, cache_dir=args.cache_dir, n_way=5,
@@ -93,7 +94,7 @@ def main() -> None:
                                 episodes=args.episodes, **extra),
                  records.record("numerics", "batch_norm", name, "bn_ms_fwd_bwd", ms, None, None, None, None,
                                 reps=args.reps, **extra)]
-    print(records.append("numerics", rows))
+    print(records.append("numerics", rows, args.results_dir))
 
 
 if __name__ == "__main__":

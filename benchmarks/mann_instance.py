@@ -126,7 +126,7 @@ def main() -> None:
            if args.jitter_degrees or args.jitter_pixels else {}),
         **({"budget": args.label} if args.label else {}))
         for k, (mean, ci) in accuracy.items()]
-    print(records.append("mann-instance", rows, args.results_dir / "mann-instance.jsonl"))
+    print(records.append("mann-instance", rows, args.results_dir))
 
 
 if __name__ == "__main__":

@@ -101,7 +101,7 @@ def main() -> None:
         mean, ci = mean_ci95(values.tolist())
         print(f"{setting:>9}: {mean:8.2f} ± {ci:5.2f}" + (f"   (paper {paper})" if paper is not None else ""))
         rows.append(records.record("nav2d", args.method, setting, "return", mean, ci, paper, seconds, done, **extra))
-    print(records.append("nav2d", rows, args.results_dir / "nav2d.jsonl"))
+    print(records.append("nav2d", rows, args.results_dir))
     if args.plot:
         import matplotlib
 

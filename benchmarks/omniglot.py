@@ -170,7 +170,7 @@ def main() -> None:
             train_episodes_seen=result.steps * args.meta_batch_size, paper_train_episodes=PAPER_EPISODES.get(args.method),
             val_curve=val_curve, val_setting=f"{args.n_way}w{args.k_shot}s",
             **({"budget": args.budget_label} if args.budget_label else {})))
-    print(records.append("omniglot", rows, args.results_dir / "omniglot.jsonl"))
+    print(records.append("omniglot", rows, args.results_dir))
 
 
 if __name__ == "__main__":

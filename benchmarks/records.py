@@ -31,6 +31,6 @@ def add_results_flag(parser) -> None:
                         help="folder whose <benchmark>.jsonl the records are appended to (default: benchmarks/results)")
 
 
-def append(benchmark: str, records: list[dict], path: Path | None = None) -> Path:
-    """Append records to ``path`` (default ``results/<benchmark>.jsonl``), rewritten atomically."""
-    return results.append(records, path if path is not None else RESULTS_DIR / f"{benchmark}.jsonl")
+def append(benchmark: str, records: list[dict], directory: Path = RESULTS_DIR) -> Path:
+    """Append records to ``<directory>/<benchmark>.jsonl`` (default: benchmarks/results), rewritten atomically."""
+    return results.append(records, directory / f"{benchmark}.jsonl")

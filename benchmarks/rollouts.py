@@ -39,6 +39,7 @@ def main() -> None:
     p.add_argument("--tasks", type=int, default=20)
     p.add_argument("--episodes", type=int, default=10)
     p.add_argument("--reps", type=int, default=3)
+    records.add_results_flag(p)
     args = p.parse_args()
     torch.set_num_threads(1)
     counts = sorted({0, *(int(n) for n in args.workers.split(","))})
@@ -70,7 +71,7 @@ def main() -> None:
         if workers:
             rows.append(records.record("rollouts", "maml_rl", setting, "speedup", seconds[0] / sec, None, None, None,
                                        None, **detail))
-    print(records.append("rollouts", rows))
+    print(records.append("rollouts", rows, args.results_dir))
 
 
 if __name__ == "__main__":

@@ -32,6 +32,7 @@ def main() -> None:
     p.add_argument("--method", help="the method label of the records (default: the run's algorithm)")
     p.add_argument("--budget-label", help="label the records as a run of another budget or setting (e.g. "
                                           "'300 iterations'), so that they keep rows of their own")
+    records.add_results_flag(p)
     args = p.parse_args()
     run = Path(args.run)
     try:
@@ -59,7 +60,7 @@ def main() -> None:
                           test_episodes=test["episodes"], run=str(run),
                           **({"budget": args.budget_label} if args.budget_label else {}))
            for setting, test in rows]
-    print(records.append(bench["name"], out))
+    print(records.append(bench["name"], out, args.results_dir))
 
 
 if __name__ == "__main__":

@@ -40,6 +40,7 @@ def main() -> None:
     p.add_argument("--meta-batch-size", type=int, default=8)
     p.add_argument("--steps", type=int, default=25)
     p.add_argument("--log-every", type=int, default=5)
+    records.add_results_flag(p)
     args = p.parse_args()
     counts = sorted({1, *(int(n) for n in args.processes.split(","))})
     env = {**os.environ, "OMP_NUM_THREADS": "1"}
@@ -71,7 +72,7 @@ def main() -> None:
             rows.append(records.record("scaling", "maml", f"{n}proc", "efficiency", timings[1] / sec / n, None, None,
                                        None, args.steps, **extra))
             print(f"{n} processes: speed-up {timings[1] / sec:.2f}, efficiency {timings[1] / sec / n:.2f}")
-    print(records.append("scaling", rows))
+    print(records.append("scaling", rows, args.results_dir))
 
 
 if __name__ == "__main__":

@@ -59,7 +59,7 @@ def main() -> None:
             "sinusoid", args.method, f"{args.k_shot}shot-{steps}steps", "mse", ev.mean, ev.ci95,
             PAPER_MSE.get(steps) if args.k_shot == 5 else None, result.seconds, args.steps,
             test_episodes=args.test_episodes, best_val_step=result.best and result.best["step"]))
-    print(records.append("sinusoid", rows, args.results_dir / "sinusoid.jsonl"))
+    print(records.append("sinusoid", rows, args.results_dir))
 
 
 if __name__ == "__main__":

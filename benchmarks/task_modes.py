@@ -47,6 +47,7 @@ def main() -> None:
     p.add_argument("--iters", type=int, default=20)
     p.add_argument("--threads", type=int, default=2)
     p.add_argument("--device", default="cpu", help="cpu, cuda, cuda:N or auto")
+    records.add_results_flag(p)
     args = p.parse_args()
     device = resolve_device(args.device)
     suffix = "" if device.type == "cpu" else f"-{device.type}"
@@ -66,7 +67,7 @@ def main() -> None:
             print(f"{setting}{suffix} {mode}: {sec * 1000:.1f} ms/iter", flush=True)
             rows.append(records.record("throughput", f"maml-{mode}", setting + suffix, "seconds_per_iter", sec, None,
                                        None, None, None, iterations=iters))
-    print(records.append("throughput", rows))
+    print(records.append("throughput", rows, args.results_dir))
 
 
 if __name__ == "__main__":

@@ -302,7 +302,7 @@ def main() -> None:
     p.add_argument("--data-dir", default="../shared/data/omniglot")
     p.add_argument("--cache-dir", default=None)
     p.add_argument("--threads", type=int, default=None, help="torch threads (default: torch's)")
-    p.add_argument("--out", default=str(records.RESULTS_DIR / "throughput.jsonl"), help="records file (.jsonl)")
+    records.add_results_flag(p)
     p.add_argument("--no-record", action="store_true")
     args = p.parse_args()
     if higher is None:
@@ -360,7 +360,7 @@ def main() -> None:
                                    config=config) for metric, value in metrics.items()]
     print("\n" + "\n".join(table))
     if not args.no_record:
-        print(records.append("throughput", out, Path(args.out)))
+        print(records.append("throughput", out, args.results_dir))
 
 
 if __name__ == "__main__":
