@@ -2,6 +2,7 @@
 
     python benchmarks/mann_instance.py --method mann --classes 5 --data-dir ../shared/data/omniglot
     python benchmarks/mann_instance.py --method lstm --classes 5 --data-dir ../shared/data/omniglot
+    python benchmarks/mann_instance.py --method mann --classes 15 --label-length 5   # the paper's 15-class episodes
 
 The protocol of Santoro et al. (2016, "One-shot Learning with Memory-Augmented Neural
 Networks", ICML, Table 1 and Fig. 2): meta-trains the method (``mann`` or its ``lstm``
@@ -12,7 +13,8 @@ validation accuracy over all steps of the fixed validation episodes (172 validat
 characters). Then evaluates the best checkpoint on 1000 fixed test episodes of the 423 test
 characters (with rotations): the accuracy at the 1st, 2nd, 3rd, 4th, 5th and 10th
 presentation of a class, mean ± 95% CI over episodes. Appends one record per presentation to
-<--results-dir>/mann-instance.jsonl with the training time and steps actually used.
+<--results-dir>/mann-instance.jsonl with the training time and steps actually used (setting
+``<classes>class-instance<k>``; with string labels ``<classes>class-string<L>x<A>-instance<k>``).
 """
 
 from __future__ import annotations
@@ -37,7 +39,7 @@ from metalab.utils.stats import mean_ci95  # noqa: E402
 INSTANCES = (1, 2, 3, 4, 5, 10)
 ORDINAL = {1: "1st", 2: "2nd", 3: "3rd"}
 # Santoro et al. 2016, Table 1: one-hot labels, 5 classes per episode, accuracy at instances 1, 2, 3, 4, 5, 10.
-# Their 15-class results use five-character string labels (not the one-hot labels here), so no paper value.
+# Their 15-class results use five-character string labels (--label-length 5); this script has no paper value for them.
 PAPER = {
     ("mann", 5): (0.364, 0.828, 0.910, 0.926, 0.949, 0.981),
     ("lstm", 5): (0.244, 0.495, 0.553, 0.610, 0.636, 0.625),
@@ -52,7 +54,7 @@ def instance_accuracy(algorithm, source: TaskSource, episodes: int, instances: t
     with torch.no_grad():
         for start in range(0, episodes, batch_size):
             batch = EpisodeBatch.stack([source.episode(i) for i in range(start, min(start + batch_size, episodes))])
-            correct = (algorithm.sequence_logits(batch).argmax(-1) == batch.query_y).float()  # (B, T)
+            correct = (algorithm.predictions(algorithm.sequence_logits(batch)) == batch.query_y).float()  # (B, T)
             shown = presentation_numbers(batch.query_y)
             for k in instances:
                 at_k = (shown == k).float()  # every class once per episode
@@ -72,6 +74,10 @@ def main() -> None:
                    help="rotate each training image by a random angle within this many degrees (default: none)")
     p.add_argument("--jitter-pixels", type=float, default=0.0,
                    help="shift each training image by up to this many pixels per axis (default: none)")
+    p.add_argument("--label-length", type=int, default=1,
+                   help="1: one-hot labels; L > 1: each class gets a random string of L characters per episode "
+                        "(the paper's 15-class episodes: 5)")
+    p.add_argument("--label-alphabet", type=int, default=5, help="symbols per character of string labels")
     p.add_argument("--steps", type=int, default=100000)
     p.add_argument("--meta-batch-size", type=int, default=16)
     p.add_argument("--outer-lr", type=float, default=1e-4, help="RMSprop learning rate (the paper: 1e-4)")
@@ -98,7 +104,8 @@ def main() -> None:
     bench = make_benchmark(BenchmarkConfig("omniglot-online", data_dir=args.data_dir, cache_dir=args.cache_dir,
                                            split=args.split, n_way=args.classes, n_query=args.instances,
                                            seed=derive_seed(args.seed, 1), jitter_degrees=args.jitter_degrees,
-                                           jitter_pixels=args.jitter_pixels))
+                                           jitter_pixels=args.jitter_pixels, label_length=args.label_length,
+                                           label_alphabet=args.label_alphabet))
     with torch.random.fork_rng(devices=[]):
         torch.manual_seed(derive_seed(args.seed, 0))
         algo = build(args.method, bench.spec, **hparams)
@@ -111,14 +118,16 @@ def main() -> None:
     best, _ = load_checkpoint(out / "best.pt")
     accuracy = instance_accuracy(best, bench.test, args.test_episodes, instances)
 
-    paper = PAPER.get((args.method, args.classes))
+    strings = args.label_length > 1
+    paper = None if strings else PAPER.get((args.method, args.classes))
+    setting = f"{args.classes}class-" + (f"string{args.label_length}x{args.label_alphabet}-" if strings else "")
     print(f"{args.method}, {args.classes} classes, {args.test_episodes} test episodes: accuracy (%) by presentation")
     print("instance " + " ".join(f"{ORDINAL.get(k, f'{k}th'):>13}" for k in instances))
     print("measured " + " ".join(f"{100 * m:6.1f} ± {100 * c:4.1f}" for m, c in accuracy.values()))
     if paper:
         print("paper    " + " ".join(f"{100 * paper[INSTANCES.index(k)]:13.1f}" for k in instances))
     rows = [records.record(
-        "mann-instance", args.method, f"{args.classes}class-instance{k}", "accuracy", mean, ci,
+        "mann-instance", args.method, f"{setting}instance{k}", "accuracy", mean, ci,
         paper and paper[INSTANCES.index(k)], result.seconds, result.steps, test_episodes=args.test_episodes,
         train_episodes=f"{args.classes} classes x {args.instances} instances x {args.meta_batch_size} per step",
         train_episodes_seen=result.steps * args.meta_batch_size, best_val_step=result.best and result.best["step"],

@@ -4,12 +4,13 @@ from collections import Counter
 
 import pytest
 import torch
+import torch.nn.functional as F
 
 from metalab import BenchmarkConfig, EpisodeBatch, make_benchmark
 from metalab.data import ClassDataset
 from metalab.data.benchmarks import TEST_STREAM, VAL_STREAM
 from metalab.data.omniglot import omniglot_split
-from metalab.data.sequences import SequenceSampler, presentation_numbers
+from metalab.data.sequences import LabelCode, SequenceSampler, presentation_numbers
 from metalab.utils import MetalabError
 
 
@@ -98,6 +99,75 @@ def test_bad_arguments_are_explained(kwargs, message):
         SequenceSampler(_dataset(), **kwargs)
 
 
+# ---------------------------------------------------------------------------- string labels
+
+
+def test_label_code_writes_every_label_as_its_base_alphabet_digits():
+    code = LabelCode(3, 4)
+    assert (code.size, code.width) == (64, 12)
+    labels = torch.arange(64)
+    digits = code.digits(labels)
+    assert digits.shape == (64, 3) and digits.dtype == torch.int64
+    assert digits.tolist() == [[y // 16, y // 4 % 4, y % 4] for y in range(64)]
+    assert torch.equal(code.labels(digits), labels)
+    hot = code.one_hot(labels.view(8, 8), torch.float64)
+    assert hot.shape == (8, 8, 12) and hot.dtype == torch.float64
+    assert torch.equal(hot.view(64, 3, 4).argmax(-1), digits) and (hot.view(64, 3, 4).sum(-1) == 1).all()
+    # one character: the plain one-hot code
+    assert torch.equal(LabelCode(1, 5).one_hot(torch.tensor([4, 0, 2]), torch.float32),
+                       F.one_hot(torch.tensor([4, 0, 2]), 5).float())
+
+
+def test_label_code_draws_distinct_labels_and_rejects_too_many_classes():
+    code = LabelCode(2, 3)
+    g = torch.Generator().manual_seed(0)
+    draws = [code.draw(9, g) for _ in range(5)]
+    assert all(sorted(d.tolist()) == list(range(9)) for d in draws)
+    assert len({tuple(d.tolist()) for d in draws}) > 1
+    with pytest.raises(MetalabError, match="10 classes need 10 distinct labels"):
+        code.draw(10, g)
+    for bad, message in [((0, 5), "length"), ((2, 1), "alphabet of at least 2"), ((2, 0), "alphabet")]:
+        with pytest.raises(MetalabError, match=message):
+            LabelCode(*bad)
+
+
+def test_string_labels_name_each_class_once_and_leave_the_rest_of_the_episode_unchanged():
+    code = LabelCode(5, 5)
+    plain, strings = SequenceSampler(_dataset(), 5, 3, seed=4), SequenceSampler(_dataset(), 5, 3, seed=4, code=code)
+    seen = set()
+    for index in range(6):
+        a, b = plain.episode(index), strings.episode(index)
+        assert torch.equal(a.query_x, b.query_x) and a.meta.class_ids == b.meta.class_ids
+        names = b.meta.labels
+        assert len(names) == len(set(names)) == 5 and all(0 <= y < 3125 for y in names)
+        # label j of the one-hot episode is class j; here that class carries names[j]
+        assert torch.equal(b.query_y, torch.tensor(names)[a.query_y]) and a.meta.labels == ()
+        for x, y in zip(b.query_x.flatten().tolist(), b.query_y.tolist()):
+            assert b.meta.class_ids[names.index(y)] == 100 + int(x) // 8
+        seen.add(names)
+    assert len(seen) == 6  # new strings in every episode
+    with pytest.raises(MetalabError, match="6 classes need 6 distinct labels"):
+        SequenceSampler(_dataset(), 6, 2, code=LabelCode(1, 5))
+    # a one-character code is the one-hot labelling
+    assert torch.equal(SequenceSampler(_dataset(), 5, 3, seed=4, code=LabelCode(1, 5)).episode(0).query_y,
+                       plain.episode(0).query_y)
+
+
+@pytest.mark.parametrize(
+    "kwargs, message",
+    [
+        (dict(name="omniglot", label_length=5), "apply to omniglot-online only"),
+        (dict(name="omniglot-online", label_length=0), "label_length must be a positive integer"),
+        (dict(name="omniglot-online", label_length=2, label_alphabet=3, n_way=10), "10 classes need 10 distinct"),
+        (dict(name="omniglot-online", label_length=2, label_alphabet=3, train_n_way=12), "12 classes need 12"),
+        (dict(name="omniglot-online", label_length=3, label_alphabet=1), "alphabet of at least 2"),
+    ],
+)
+def test_bad_label_settings_are_explained(kwargs, message):
+    with pytest.raises(MetalabError, match=message):
+        BenchmarkConfig(**kwargs)
+
+
 def _presentation_reference(labels):
     seen, out = Counter(), []
     for y in labels:
@@ -160,6 +230,17 @@ def test_omniglot_online_sizes_follow_the_config(omniglot_dir, omniglot_cache, o
     assert bench.spec.input_shape == (1, 28, 28) and bench.spec.output_dim == 15
     assert (bench.train.n_classes, bench.train.n_instances) == (3, 2)
     assert (bench.test.n_classes, bench.test.n_instances) == (15, 4)
+
+
+def test_omniglot_online_with_the_papers_15_class_string_labels(omniglot_dir, omniglot_cache):
+    bench = make_benchmark(BenchmarkConfig("omniglot-online", data_dir=str(omniglot_dir), cache_dir=str(omniglot_cache),
+                                           n_way=15, label_length=5))
+    assert bench.spec.labels == LabelCode(5, 5) and bench.spec.output_dim == 25
+    for source in (bench.train, bench.val, bench.test):
+        ep = source.episode(3)
+        assert ep.query_x.shape == (150, 1, 20, 20) and len(set(ep.meta.labels)) == 15
+        assert sorted(torch.unique(ep.query_y).tolist()) == sorted(ep.meta.labels)
+        assert torch.bincount(ep.query_y).max() == 10
 
 
 def test_omniglot_online_needs_the_data_folder():

@@ -32,12 +32,19 @@ One step of :meth:`MANN._step` (the memory functions are in :mod:`metalab.nn.mem
 7. output ``o_t = W_o [h_t, r_t] + b_o``: logits over the ``n_way`` labels (softmax in the
    cross-entropy).
 
+Labels are one-hot by default. On a benchmark whose :class:`~metalab.data.benchmarks.TaskSpec`
+carries a string :class:`~metalab.data.sequences.LabelCode` (the paper's 15-class episodes:
+five characters over five symbols, ``BenchmarkConfig(label_length=5)``), the label input is
+the concatenated one-hot characters, the output is one softmax per character, the loss of
+a step the sum of its characters' cross-entropies, and a step is correct when every
+character is.
+
 The memory starts at zero, as do the usage, the previous read weights and the reads.
 
 Deviations from the paper:
 
-- labels are one-hot for any number of classes; the paper's 15-class results use
-  five-character string labels, so only its 5-class (one-hot) numbers compare;
+- one-hot labels for any number of classes are an extension (the paper's 15-class results
+  use string labels, ``label_length=5``);
 - no per-sample augmentation by default (the paper translates and rotates the images by
   amounts it does not give; ``BenchmarkConfig(jitter_degrees=..., jitter_pixels=...)`` turns
   it on for the training episodes); the split's 90/180/270-degree rotations are extra
@@ -77,8 +84,7 @@ from metalab.algorithms.base import MetaAlgorithm, MetaOutput, Predictor, check_
 from metalab.algorithms.registry import register
 from metalab.data.benchmarks import TaskSpec
 from metalab.data.episode import Episode, EpisodeBatch
-from metalab.data.sequences import presentation_numbers
-from metalab.func.losses import task_metric
+from metalab.data.sequences import LabelCode, presentation_numbers
 from metalab.nn.memory import cosine_read_weights, least_used, lrua_write_weights, read, update_usage, write
 from metalab.utils.errors import MetalabError, require_positive
 
@@ -171,11 +177,12 @@ class MANN(MetaAlgorithm):
         super().__init__(spec, config)
         if not spec.classification:
             raise MetalabError(f"{self.name} is a classifier; use it on omniglot-online or omniglot")
+        self.code = spec.labels or LabelCode(1, spec.output_dim)
         self.n_way = spec.output_dim
         self.read_width = self._build_memory()
         in_features = math.prod(spec.input_shape)
-        self.controller = nn.LSTMCell(in_features + self.n_way + self.read_width, config.controller_size)
-        self.output = nn.Linear(config.controller_size + self.read_width, self.n_way)
+        self.controller = nn.LSTMCell(in_features + self.code.width + self.read_width, config.controller_size)
+        self.output = nn.Linear(config.controller_size + self.read_width, self.code.width)
 
     # ------------------------------------------------------------------ memory (LSTMBaseline: none)
 
@@ -216,7 +223,7 @@ class MANN(MetaAlgorithm):
         return _State(zeros, zeros, like.new_zeros(batch, self.read_width), self._initial_memory(batch, like))
 
     def _step(self, state: _State, x: Tensor, shown: Tensor) -> tuple[Tensor, _State]:
-        """One time step: ``x`` ``(B, D)``, previous label one-hot ``(B, n_way)`` -> logits ``(B, n_way)``."""
+        """One time step: ``x`` ``(B, D)``, previous label encoded ``(B, code.width)`` -> logits ``(B, code.width)``."""
         h, c = self.controller(torch.cat([x, shown, state.reads], dim=-1), (state.h, state.c))
         reads, memory = self._access(h, state.memory)
         return self.output(torch.cat([h, reads], dim=-1)), _State(h, c, reads, memory)
@@ -229,12 +236,12 @@ class MANN(MetaAlgorithm):
             y: ``(B, T)`` int64 labels; ``y[:, t]`` is an input only at step ``t + 1``.
 
         Returns:
-            logits ``(B, T, n_way)`` (step ``t`` predicts ``y[:, t]``) and the state after step ``T``.
+            logits ``(B, T, code.width)`` (step ``t`` predicts ``y[:, t]``) and the state after step ``T``.
         """
         b, t = y.shape
         x = x.flatten(2)
-        labels = F.one_hot(y, self.n_way).to(x.dtype)
-        shown = torch.cat([labels.new_zeros(b, 1, self.n_way), labels[:, :-1]], dim=1)  # y_{t-1}
+        labels = self.code.one_hot(y, x.dtype)
+        shown = torch.cat([labels.new_zeros(b, 1, self.code.width), labels[:, :-1]], dim=1)  # y_{t-1}
         state = self._initial_state(b, x)
         logits = []
         for step in range(t):
@@ -251,7 +258,7 @@ class MANN(MetaAlgorithm):
         rows = torch.arange(order.shape[0], device=order.device).unsqueeze(1)
         y = support_y[rows, order]
         _, state = self._run(support_x[rows, order], y)
-        return state, F.one_hot(y[:, -1], self.n_way).to(state.h.dtype)
+        return state, self.code.one_hot(y[:, -1], state.h.dtype)
 
     def _query_logits(self, state: _State, last_label: Tensor, query_x: Tensor) -> Tensor:
         """Score each query ``(B, Q, ...)`` by one step from ``state``, independently -> ``(B, Q, n_way)``."""
@@ -271,17 +278,22 @@ class MANN(MetaAlgorithm):
                 f"{self.name} classifies, but got float targets (a regression episode); "
                 "use it on omniglot-online or omniglot"
             )
+        if self.code.length > 1 and not episode.is_online:
+            raise MetalabError(
+                f"{self.name} was built for string labels ({self.code}), which only online episodes carry; "
+                "score a standard N-way K-shot episode with a model built on one-hot labels"
+            )
         n_way = _meta(episode).n_way
-        if n_way is not None and n_way != self.n_way:
+        if n_way is not None and self.code.length == 1 and n_way != self.n_way:
             raise MetalabError(
                 f"{self.name} has a {self.n_way}-way output layer but got {n_way}-way episodes; "
                 "train with --train-n-way equal to --n-way"
             )
         if episode.is_online:
             y = episode.query_y
-            if y.numel() == 0 or int(y.min()) < 0 or int(y.max()) >= self.n_way:
+            if y.numel() == 0 or int(y.min()) < 0 or int(y.max()) >= self.code.size:
                 raise MetalabError(
-                    f"an online episode needs a non-empty sequence of labels in 0..{self.n_way - 1}; "
+                    f"an online episode needs a non-empty sequence of labels in 0..{self.code.size - 1}; "
                     f"got {tuple(y.shape)} labels" + (f" in {int(y.min())}..{int(y.max())}" if y.numel() else "")
                 )
         else:
@@ -297,8 +309,9 @@ class MANN(MetaAlgorithm):
                 (``(B, T, *input_shape)``).
 
         Returns:
-            ``(B, T, n_way)`` (``B = 1`` for one episode); gradients flow unless called under
-            ``torch.no_grad()``.
+            ``(B, T, code.width)`` (``B = 1`` for one episode): one group of ``code.alphabet``
+            logits per character of the label (with one-hot labels, ``(B, T, n_way)``);
+            gradients flow unless called under ``torch.no_grad()``.
         """
         if not episodes.is_online:
             raise MetalabError(
@@ -311,8 +324,20 @@ class MANN(MetaAlgorithm):
             x, y = x.unsqueeze(0), y.unsqueeze(0)
         return self._run(x, y)[0]
 
+    def predictions(self, logits: Tensor) -> Tensor:
+        """Logits ``(..., code.width)`` -> the predicted labels ``(...)``: the most likely character
+        of every position (with one-hot labels, the argmax)."""
+        return self.code.labels(logits.unflatten(-1, (self.code.length, self.code.alphabet)).argmax(-1))
+
+    def label_loss(self, logits: Tensor, labels: Tensor) -> Tensor:
+        """Mean over steps of the sum over a label's characters of their cross-entropies
+        (with one-hot labels, the cross-entropy); ``logits`` ``(..., code.width)``, ``labels`` ``(...)``."""
+        chars = logits.reshape(-1, self.code.alphabet)
+        per_char = F.cross_entropy(chars, self.code.digits(labels).flatten(), reduction="none")
+        return per_char.view(-1, self.code.length).sum(-1).mean()
+
     def meta_loss(self, batch: EpisodeBatch) -> MetaOutput:
-        """Cross-entropy of every step (online batches) or of every query (standard batches)."""
+        """Cross-entropy (:meth:`label_loss`) of every step (online batches) or of every query (standard batches)."""
         if batch.is_online:
             logits = self.sequence_logits(batch)
         else:
@@ -320,8 +345,8 @@ class MANN(MetaAlgorithm):
             state, last = self._support_state(batch.support_x, batch.support_y)
             logits = self._query_logits(state, last, batch.query_x)
         targets = batch.query_y
-        loss = finite(F.cross_entropy(logits.flatten(0, 1), targets.flatten()), f"{self.name}.meta_loss")
-        accuracy = (logits.detach().argmax(dim=-1) == targets).float().mean()
+        loss = finite(self.label_loss(logits, targets), f"{self.name}.meta_loss")
+        accuracy = (self.predictions(logits.detach()) == targets).float().mean()
         return MetaOutput(loss, {"loss": loss.item(), "accuracy": accuracy.item()})
 
     def adapt(self, episode: Episode, steps: int | None = None) -> Predictor:
@@ -355,7 +380,7 @@ class MANN(MetaAlgorithm):
         if not episode.is_online:
             return super().evaluate_episode(episode, steps)
         with torch.no_grad():
-            return task_metric(self.sequence_logits(episode)[0], episode.query_y).item()
+            return (self.predictions(self.sequence_logits(episode)[0]) == episode.query_y).float().mean().item()
 
     def outer_optimizer(self, lr: float) -> torch.optim.Optimizer:
         """RMSprop, as in the paper (which trained with lr 1e-4); see the module docstring."""

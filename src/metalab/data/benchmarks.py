@@ -12,7 +12,7 @@ from pathlib import Path
 from metalab.data.augment import Jitter
 from metalab.data.dataset import ClassDataset
 from metalab.data.sampler import EpisodeSampler, TaskSource
-from metalab.data.sequences import SequenceSampler
+from metalab.data.sequences import LabelCode, SequenceSampler
 from metalab.data.sinusoid import SinusoidTasks
 from metalab.utils.errors import MetalabError
 
@@ -23,11 +23,17 @@ OMNIGLOT_SPLITS = ("vinyals", "vinyals-trainval", "lake")
 
 @dataclass(frozen=True)
 class TaskSpec:
-    """What a learner must map: inputs of ``input_shape`` to ``output_dim`` outputs."""
+    """What a learner must map: inputs of ``input_shape`` to ``output_dim`` outputs.
+
+    ``labels``: how the labels are written where they are strings of characters (a
+    :class:`~metalab.data.sequences.LabelCode`; ``output_dim`` is then its width, one softmax
+    per character); ``None``: one output per class.
+    """
 
     input_shape: tuple[int, ...]
     output_dim: int
     classification: bool
+    labels: LabelCode | None = None
 
 
 @dataclass(frozen=True)
@@ -62,6 +68,11 @@ class BenchmarkConfig:
         jitter_degrees, jitter_pixels: ``omniglot-online`` only: rotate every training image
             by a random angle in +-jitter_degrees and shift it by up to +-jitter_pixels per axis
             (Santoro et al.'s augmentation; the paper gives no magnitudes); 0: none.
+        label_length, label_alphabet: ``omniglot-online`` only: ``label_length > 1`` labels
+            every class of an episode with a random string of ``label_length`` characters over
+            ``label_alphabet`` symbols (Santoro et al.'s 15-class episodes: 5 and 5, the
+            default alphabet; :class:`~metalab.data.sequences.LabelCode`); 1: one-hot labels
+            ``0..n_way-1`` (the alphabet is then not used).
     """
 
     name: str = "sinusoid"
@@ -79,11 +90,25 @@ class BenchmarkConfig:
     env_workers: int = 0
     jitter_degrees: float = 0.0
     jitter_pixels: float = 0.0
+    label_length: int = 1
+    label_alphabet: int = 5
 
     def __post_init__(self) -> None:
         if Jitter(self.jitter_degrees, self.jitter_pixels) and self.name != "omniglot-online":
             raise MetalabError(f"jitter_degrees and jitter_pixels apply to omniglot-online's training images only, "
                                f"not to {self.name!r}: leave them at 0")
+        code = self.label_code()
+        if code is not None:
+            if self.name != "omniglot-online":
+                raise MetalabError(f"string labels (label_length={self.label_length}) apply to omniglot-online only, "
+                                   f"not to {self.name!r}: leave label_length at 1")
+            code.check_classes(max(self.n_way, self.train_n_way or self.n_way))
+
+    def label_code(self) -> LabelCode | None:
+        """The string code of ``label_length > 1``; ``None`` for one-hot labels."""
+        if isinstance(self.label_length, bool) or not isinstance(self.label_length, int) or self.label_length < 1:
+            raise MetalabError(f"label_length must be a positive integer (1: one-hot labels), got {self.label_length!r}")
+        return LabelCode(self.label_length, self.label_alphabet) if self.label_length > 1 else None
 
 
 @dataclass(frozen=True)
@@ -157,14 +182,16 @@ def _omniglot_online(cfg: BenchmarkConfig, progress: bool) -> Benchmark:
     # Santoro et al. downscale the 105x105 characters to 20x20
     train, val, test = _omniglot_splits(cfg, 20 if cfg.image_size is None else cfg.image_size, progress)
     m_test = cfg.n_query or 10
+    code = cfg.label_code()
     return Benchmark(
         name="omniglot-online",
-        spec=TaskSpec(input_shape=train.sample_shape, output_dim=cfg.n_way, classification=True),
+        spec=TaskSpec(input_shape=train.sample_shape, output_dim=code.width if code else cfg.n_way,
+                      classification=True, labels=code),
         metric="accuracy",
         train=SequenceSampler(train, cfg.train_n_way or cfg.n_way, cfg.train_n_query or m_test, seed=cfg.seed,
-                              jitter=Jitter(cfg.jitter_degrees, cfg.jitter_pixels) or None),
-        val=SequenceSampler(val, cfg.n_way, m_test, seed=VAL_STREAM),
-        test=SequenceSampler(test, cfg.n_way, m_test, seed=TEST_STREAM),
+                              jitter=Jitter(cfg.jitter_degrees, cfg.jitter_pixels) or None, code=code),
+        val=SequenceSampler(val, cfg.n_way, m_test, seed=VAL_STREAM, code=code),
+        test=SequenceSampler(test, cfg.n_way, m_test, seed=TEST_STREAM, code=code),
     )
 
 

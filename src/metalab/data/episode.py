@@ -20,13 +20,17 @@ class EpisodeMeta:
         n_way: number of classes (``None`` for regression families).
         k_shot: support examples per class (per task for regression).
         n_query: query examples per class (per task for regression).
-        class_ids: global class ids in label order: label ``j`` is class ``class_ids[j]``.
-        class_names: human-readable names in label order, e.g. ``Greek/character07/rot90``.
+        class_ids: global class ids in label order: label ``j`` is class ``class_ids[j]``
+            (or label ``labels[j]``, where given).
+        class_names: human-readable names in the order of ``class_ids``, e.g. ``Greek/character07/rot90``.
         params: task parameters of generated families, e.g. ``{"amplitude": 2.1, "phase": 0.3}``.
         online: an online (sequence) episode (Santoro et al., 2016, "One-shot Learning with
             Memory-Augmented Neural Networks", ICML): its support set is empty and its query
             set is one sequence in presentation order, whose label at step ``t`` is shown to
             the learner only at step ``t + 1``, after its prediction for step ``t``.
+        labels: the label of each class in ``class_ids`` where the labels are not ``0..n_way-1``
+            (online episodes with string labels, :class:`~metalab.data.sequences.LabelCode`);
+            empty otherwise.
     """
 
     task_id: int
@@ -38,6 +42,7 @@ class EpisodeMeta:
     class_names: tuple[str, ...] = ()
     params: Mapping[str, float] = field(default_factory=dict)
     online: bool = False
+    labels: tuple[int, ...] = ()
 
 
 def _check_pair(name: str, x: Tensor, y: Tensor) -> None:

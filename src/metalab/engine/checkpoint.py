@@ -11,6 +11,7 @@ import torch
 from metalab.algorithms import registry
 from metalab.algorithms.base import MetaAlgorithm
 from metalab.data.benchmarks import TaskSpec
+from metalab.data.sequences import LabelCode
 from metalab.utils.errors import MetalabError
 from metalab.utils.io import atomic_torch_save
 
@@ -52,7 +53,9 @@ def load_checkpoint(path: str | Path) -> tuple[MetaAlgorithm, dict[str, Any]]:
     """Rebuild the algorithm saved at ``path``; returns it and the whole record."""
     record = read_checkpoint(path)
     spec_fields = record["spec"]
-    spec = TaskSpec(tuple(spec_fields["input_shape"]), spec_fields["output_dim"], spec_fields["classification"])
+    labels = spec_fields.get("labels")  # absent from checkpoints written before string labels
+    spec = TaskSpec(tuple(spec_fields["input_shape"]), spec_fields["output_dim"], spec_fields["classification"],
+                    LabelCode(**labels) if labels else None)
     algorithm = registry.build(record["algorithm"], spec, **record["hparams"])
     algorithm.load_state_dict(record["state_dict"])
     return algorithm, record
