@@ -32,7 +32,7 @@ TABLES: dict[str, tuple[str, ...]] = {
                  "protonet-omniglot-5w1s", "protonet-omniglot-5w5s", "protonet-omniglot-20w1s",
                  "protonet-omniglot-20w5s", "matching_net-omniglot-5w1s", "siamese-omniglot-5w1s",
                  "relation_net-omniglot-5w1s", "relation_net-omniglot-5w5s", "meta_lstm-omniglot-5w1s"),
-    "mann": ("mann-omniglot-5class", "lstm-omniglot-5class"),
+    "mann": ("mann-omniglot-5class", "lstm-omniglot-5class", "mann-omniglot-15class", "lstm-omniglot-15class"),
     "nav2d": ("maml_rl-nav2d", "rl2-nav2d"),
 }
 SETTINGS = ("algorithm", "hparams", "benchmark", "train", "eval_steps", "test_episodes")
