@@ -118,9 +118,9 @@ def main() -> None:
     best, _ = load_checkpoint(out / "best.pt")
     accuracy = instance_accuracy(best, bench.test, args.test_episodes, instances)
 
-    strings = args.label_length > 1
-    paper = None if strings else PAPER.get((args.method, args.classes))
-    setting = f"{args.classes}class-" + (f"string{args.label_length}x{args.label_alphabet}-" if strings else "")
+    code = bench.spec.labels  # None: one-hot labels
+    paper = None if code else PAPER.get((args.method, args.classes))
+    setting = f"{args.classes}class-" + (f"string{code.length}x{code.alphabet}-" if code else "")
     print(f"{args.method}, {args.classes} classes, {args.test_episodes} test episodes: accuracy (%) by presentation")
     print("instance " + " ".join(f"{ORDINAL.get(k, f'{k}th'):>13}" for k in instances))
     print("measured " + " ".join(f"{100 * m:6.1f} ± {100 * c:4.1f}" for m, c in accuracy.values()))

@@ -374,11 +374,15 @@ def test_mann_learns_to_bind_string_labels():
 
     A first presentation can at best be guessed among the labels not used yet
     ((1/9 + 1/8 + 1/7) / 3 = 0.13). Without binding samples to strings, a later presentation
-    can at best be guessed among the strings shown so far: 0.38 on these test episodes if
-    uniformly. Strings are learned more slowly than one-hot labels (0.60 at 800 steps, 0.66
-    at 1000), hence more steps.
+    can only be guessed among the strings shown so far (``guess`` below, uniformly). Strings
+    are learned more slowly than one-hot labels, hence more steps than the test above.
     """
     correct, presentation = _train_on_prototypes(CODE, 1000)
     first, later = correct[presentation == 1].mean().item(), correct[presentation > 1].mean().item()
+    labels = SequenceSampler(_vectors(classes=60, per_class=8, dim=16).subset(range(40, 60)), 3, 4, seed=2,
+                             code=CODE).batch(0, 600).query_y.tolist()
+    guess = [1 / len(set(row[:t])) for row in labels for t in range(12) if row[t] in row[:t]]
+    guess = sum(guess) / len(guess)
+    assert later > guess + 0.1, f"later presentations {later:.2f}: no better than guessing among shown strings"
     assert first < 0.13 + 0.05, f"first presentations {first:.2f}: the current label leaks"
     assert later > 0.55, f"later presentations {later:.2f}: MANN did not learn to bind string labels"

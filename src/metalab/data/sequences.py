@@ -64,15 +64,17 @@ class LabelCode:
         """Width of a label's one-hot encoding (and of a learner's output logits)."""
         return self.length * self.alphabet
 
+    def _place_values(self, device: torch.device) -> Tensor:
+        """``alphabet**(length-1), ..., alphabet, 1``: the value of each character position."""
+        return self.alphabet ** torch.arange(self.length - 1, -1, -1, device=device)
+
     def digits(self, labels: Tensor) -> Tensor:
         """``(...)`` labels -> ``(..., length)`` characters in ``0..alphabet-1``."""
-        powers = self.alphabet ** torch.arange(self.length - 1, -1, -1, device=labels.device)
-        return labels.unsqueeze(-1).div(powers, rounding_mode="floor") % self.alphabet
+        return labels.unsqueeze(-1).div(self._place_values(labels.device), rounding_mode="floor") % self.alphabet
 
     def labels(self, digits: Tensor) -> Tensor:
         """Inverse of :meth:`digits`: ``(..., length)`` characters -> ``(...)`` labels."""
-        powers = self.alphabet ** torch.arange(self.length - 1, -1, -1, device=digits.device)
-        return (digits * powers).sum(-1)
+        return (digits * self._place_values(digits.device)).sum(-1)
 
     def one_hot(self, labels: Tensor, dtype: torch.dtype) -> Tensor:
         """``(...)`` labels -> ``(..., width)``: the one-hot vectors of the characters, concatenated."""
