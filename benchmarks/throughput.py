@@ -48,6 +48,13 @@ reference iteration (forward, inner gradients, backward; convolutions and matrix
 only) and divided by each implementation's median time (GFLOP/s; same count for all, as
 they compute the same thing).
 
+The bound: before the rows, the rate of one large matrix product (2048 x 2048, float32 and
+bfloat16; method ``matmul``, metric ``gflops_per_s``) is measured, and per row the
+reference's FLOPs at that float32 rate give the time of a meta-iteration that did nothing
+but arithmetic at matmul efficiency; ``matmul-bound`` ``speedup`` = reference time / that
+time is the speed-up over the reference that no float32 implementation of the same
+FLOPs passes on this machine (only fewer FLOPs or a faster number format could).
+
 Peak memory: torch's CPU allocations are invisible to tracemalloc, so a background thread
 reads the resident set size from /proc/self/statm every 1 ms during the timed iterations;
 the peak minus the level just before them is reported in MiB. Before that level is read,
@@ -56,7 +63,7 @@ iterations back to the system, so the baseline is the live memory, not the alloc
 cache. Spikes shorter than 1 ms can be missed; the sampler costs the timed code about one
 file read per millisecond (the same for every implementation).
 
-Appends ``throughput`` records to results/throughput.jsonl (``--out``): per row, setting
+Appends ``throughput`` records to results/throughput.jsonl (``--results-dir``): per row, setting
 like ``2nd-order-1step-5w1s``, metrics ``seconds_per_iter``, ``gflops_per_s``, ``peak_mib``
 for every implementation and ``speedup`` (reference / metalab) for the three ``maml*`` ones. Quick checks with
 ``--tasks`` are recorded under settings ending in ``-mb<tasks>``.
@@ -293,6 +300,21 @@ def measure(impl: Implementation, reps: int) -> tuple[float, float]:
     return statistics.median(times), memory.mib
 
 
+MATMUL_SIZE = 2048
+
+
+def matmul_gflops(dtype: torch.dtype, reps: int) -> float:
+    """GFLOP/s of a large square matrix product (``MATMUL_SIZE``), the median of ``reps`` after a warm-up."""
+    a, b = torch.randn(MATMUL_SIZE, MATMUL_SIZE, dtype=dtype), torch.randn(MATMUL_SIZE, MATMUL_SIZE, dtype=dtype)
+    a @ b
+    times = []
+    for _ in range(reps):
+        start = time.perf_counter()
+        a @ b
+        times.append(time.perf_counter() - start)
+    return 2 * MATMUL_SIZE**3 / statistics.median(times) / 1e9
+
+
 def main() -> None:
     p = argparse.ArgumentParser(description=__doc__.splitlines()[0])
     p.add_argument("--rows", default=None, help="comma-separated rows, e.g. 5w1s-2nd-1step (default: all "
@@ -309,8 +331,6 @@ def main() -> None:
         print("benchmarks/throughput.py compares against the `higher` library, which is not installed: "
               "pip install --no-deps higher==0.2.1", file=sys.stderr)
         sys.exit(2)
-    if not args.out.endswith(".jsonl"):
-        p.error("--out must name a .jsonl file")
     if args.threads is not None:
         torch.set_num_threads(args.threads)
     rows = ROWS
@@ -334,9 +354,17 @@ def main() -> None:
     # correctness of every row first: nothing is timed if one meta-gradient is wrong
     errors = {row: check(row, batches[row]) for row in rows}
 
+    # what the machine does when arithmetic is all there is: the bound on any implementation of these FLOPs
+    matmul = {dtype: matmul_gflops(dtype, max(args.reps, 5)) for dtype in (torch.float32, torch.bfloat16)}
+    print("large matmul: " + ", ".join(f"{str(d).removeprefix('torch.')} {v:.0f} GFLOP/s" for d, v in matmul.items()))
+    out = [records.record("throughput", "matmul", f"{MATMUL_SIZE}x{MATMUL_SIZE}-{str(dtype).removeprefix('torch.')}",
+                          "gflops_per_s", value, None, None, None, None,
+                          config={"command": records.command(), "reps": max(args.reps, 5),
+                                  "threads": torch.get_num_threads()})
+           for dtype, value in matmul.items()]
+
     table = ["| row | implementation | s/iter | x reference | GFLOP/s | peak MiB | float32 grad error |",
              "|---|---|---|---|---|---|---|"]
-    out = []
     for row in rows:
         impls = implementations(row, batches[row])
         flops = count_flops(impls[0])
@@ -358,6 +386,15 @@ def main() -> None:
                 metrics["speedup"] = ref_seconds / seconds
             out += [records.record("throughput", impl.method, setting, metric, value, None, None, None, None,
                                    config=config) for metric, value in metrics.items()]
+        # the reference's FLOPs all at the float32 matmul rate: the speed-up no float32 implementation can pass
+        bound = ref_seconds / (flops / (matmul[torch.float32] * 1e9))
+        table.append(f"| {row.name} | float32 matmul bound | {flops / (matmul[torch.float32] * 1e9):.3f} | "
+                     f"{bound:.2f} | {matmul[torch.float32]:.1f} | – | – |")
+        print(table[-1], flush=True)
+        out.append(records.record("throughput", "matmul-bound", setting, "speedup", bound, None, None, None, None,
+                                  config={"command": records.command(), "gflop_per_iter": flops / 1e9,
+                                          "matmul_gflops_per_s": matmul[torch.float32],
+                                          "threads": torch.get_num_threads()}))
     print("\n" + "\n".join(table))
     if not args.no_record:
         print(records.append("throughput", out, args.results_dir))
