@@ -356,8 +356,9 @@ def main() -> None:
 
     # what the machine does when arithmetic is all there is: the bound on any implementation of these FLOPs
     matmul = {dtype: matmul_gflops(dtype, max(args.reps, 5)) for dtype in (torch.float32, torch.bfloat16)}
-    print("large matmul: " + ", ".join(f"{str(d).removeprefix('torch.')} {v:.0f} GFLOP/s" for d, v in matmul.items()))
-    out = [records.record("throughput", "matmul", f"{MATMUL_SIZE}x{MATMUL_SIZE}-{str(dtype).removeprefix('torch.')}",
+    names = {dtype: str(dtype).removeprefix("torch.") for dtype in matmul}
+    print("large matmul: " + ", ".join(f"{names[d]} {v:.0f} GFLOP/s" for d, v in matmul.items()))
+    out = [records.record("throughput", "matmul", f"{MATMUL_SIZE}x{MATMUL_SIZE}-{names[dtype]}",
                           "gflops_per_s", value, None, None, None, None,
                           config={"command": records.command(), "reps": max(args.reps, 5),
                                   "threads": torch.get_num_threads()})

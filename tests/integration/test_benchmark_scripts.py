@@ -10,13 +10,14 @@ touched), and its records are read back.
 from __future__ import annotations
 
 import importlib.util
-import json
 import os
 import subprocess
 import sys
 from pathlib import Path
 
 import pytest
+
+from metalab import results
 
 from tests.conftest import REPO_ROOT
 
@@ -27,7 +28,9 @@ def run_script(name: str, *args: str, timeout: float = 600) -> subprocess.Comple
 
 
 def read_records(path: Path) -> list[dict]:
-    return [json.loads(line) for line in path.read_text().splitlines()]
+    """The records of the one file a script wrote, read and checked by metalab.results.load."""
+    assert [p.name for p in path.parent.glob("*.jsonl")] == [path.name]
+    return results.load(path.parent)
 
 
 def test_relation_pairs_records_both_ways_and_their_ratio(tmp_path):
