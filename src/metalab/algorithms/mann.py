@@ -124,6 +124,8 @@ class MANNConfig(LSTMConfig):
         key_strength: each head also emits a key strength ``beta = softplus(.) >= 0`` that
             sharpens its read weights, ``softmax_i(beta cos(k, M(i)))``, as in the Neural Turing
             Machine's content addressing (not in Santoro et al.'s eq. 3, hence off by default).
+            Without it no read can focus: cosine similarities lie in ``[-1, 1]``, so a read
+            weight is at most ``e / (e + (N - 1) / e)``, 0.055 with 128 slots.
     """
 
     memory_slots: int = 128
