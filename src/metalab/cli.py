@@ -10,6 +10,7 @@ import argparse
 import dataclasses
 import json
 import os
+import shlex
 import sys
 import time
 from pathlib import Path
@@ -360,7 +361,8 @@ def _eval(args: argparse.Namespace) -> int:
 def _plot(args: argparse.Namespace) -> int:
     from metalab.plot import PLOTS
 
-    print(PLOTS[args.kind]([Path(run) for run in args.runs], Path(args.out), args.title))
+    command = "metalab " + shlex.join(args.argv)
+    print(PLOTS[args.kind]([Path(run) for run in args.runs], Path(args.out), args.title, command))
     return 0
 
 

@@ -18,7 +18,7 @@ import os
 import platform
 import subprocess
 from pathlib import Path
-from typing import Any, Iterable
+from typing import Any, Iterable, Mapping
 
 import torch
 
@@ -198,13 +198,14 @@ def current(records: Iterable[dict[str, Any]]) -> list[dict[str, Any]]:
                                                   r.get("budget") or ""))
 
 
-def render(records: Iterable[dict[str, Any]], generator: str, plots: Iterable[str] = ()) -> str:
+def render(records: Iterable[dict[str, Any]], generator: str, plots: Mapping[str, str | None] | None = None) -> str:
     """The results page: one table per benchmark of the current records, their commands, the plots.
 
     Args:
         records: result records (all of them: the newest of each key is shown).
         generator: the command that regenerates the page (named at its top).
-        plots: image file names to show under "Learning curves" (relative to the page).
+        plots: image file names to show under "Learning curves" (relative to the page), each with
+            the command that drew it (None where the image does not say).
     """
     lines = [
         "# Results",
@@ -253,17 +254,23 @@ def render(records: Iterable[dict[str, Any]], generator: str, plots: Iterable[st
         for command, what in commands.items():
             lines.append(f"- `{command}` → {', '.join(sorted(set(what)))}")
         lines += ["", "Machine: " + "; ".join(sorted({r.get("machine", "unknown") for r in rows}))]
-    plots = sorted(plots)
     if plots:
         lines += ["", "## Learning curves", "",
-                  "Validation accuracy (± 95% CI) against training time, drawn from the runs' `metrics.jsonl` by",
-                  "`metalab plot <run folders> --out docs/<name>.png`:", ""]
-        lines += [f"![{Path(p).stem}]({p})" for p in plots]
+                  "Validation accuracy against training time, drawn from the runs' `metrics.jsonl` by",
+                  "`metalab plot <run folders> --out docs/<name>.png`, or from the validation curves that result records",
+                  "carry by `python benchmarks/plot_curves.py --records ...`; the command is under each figure that",
+                  "stored it:", ""]
+        for name, drawn_by in sorted(plots.items()):
+            lines.append(f"![{Path(name).stem}]({name})")
+            if drawn_by:
+                lines += ["", f"`{drawn_by}`", ""]
     return "\n".join(lines) + "\n"
 
 
 def write_page(records_dir: Path, page: Path, generator: str) -> Path:
     """Render every record of ``records_dir`` into ``page`` (atomically), showing the PNGs beside it."""
     page = Path(page)
-    plots = [p.name for p in page.parent.glob("*.png")] if page.parent.is_dir() else []
+    from metalab.plot import figure_command
+
+    plots = {p.name: figure_command(p) for p in page.parent.glob("*.png")} if page.parent.is_dir() else {}
     return atomic_write_text(page, render(load(records_dir), generator, plots))

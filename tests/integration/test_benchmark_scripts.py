@@ -54,6 +54,36 @@ def test_relation_pairs_bad_settings_exit_2(tmp_path):
     assert not (tmp_path / "relation-pairs.jsonl").exists()
 
 
+def test_plot_curves_draws_the_newest_matching_record_per_method_and_stores_its_command(tmp_path):
+    pytest.importorskip("matplotlib")
+    from metalab.plot import figure_command
+
+    def rec(method, date, budget, setting="5w1s", value=0.9, curve=((60.0, 0.5), (120.0, 0.6))):
+        return results.record("omniglot", method, setting, "accuracy", value, 0.01, None, 120.0, 10, "cmd",
+                              budget=budget, val_curve=[list(p) for p in curve], val_setting=setting) | {"date": date}
+
+    rows = [rec("maml", "2026-01-01", "120min"), rec("maml", "2026-01-02", "120min batched", value=0.95),
+            rec("anil", "2026-01-01", "120min"), rec("anil", "2026-01-03", "20min"), rec("reptile", "2026-01-01", "120min", "5w5s")]
+    results.append(rows, tmp_path / "omniglot.jsonl")
+    sys.path.insert(0, str(REPO_ROOT / "benchmarks"))
+    try:
+        from plot_curves import chosen_records
+    finally:
+        sys.path.remove(str(REPO_ROOT / "benchmarks"))
+    chosen = chosen_records(tmp_path, "omniglot", "5w1s", "120min")
+    assert [(r["method"], r["value"], r["budget"]) for r in chosen] == [("anil", 0.9, "120min"),
+                                                                         ("maml", 0.95, "120min batched")]
+    out = tmp_path / "c.png"
+    args = ("--records", str(tmp_path), "--setting", "5w1s", "--budget", "120min", "--out", str(out))
+    done = run_script("plot_curves.py", *args)
+    assert done.returncode == 0, done.stderr
+    assert figure_command(out) == "python benchmarks/plot_curves.py " + " ".join(args)
+    missing = run_script("plot_curves.py", "--records", str(tmp_path), "--setting", "20w1s", "--out", str(tmp_path / "n.png"))
+    assert missing.returncode == 2 and "no result records" in missing.stderr and not (tmp_path / "n.png").exists()
+    both = run_script("plot_curves.py", "runs/x", "--records", str(tmp_path), "--out", str(tmp_path / "n.png"))
+    assert both.returncode == 2 and "not both" in both.stderr
+
+
 @pytest.mark.skipif(importlib.util.find_spec("higher") is None,
                     reason="throughput.py compares against `higher`: pip install --no-deps higher==0.2.1")
 def test_throughput_checks_then_times_and_records_the_matmul_bound(tmp_path, omniglot_dir, omniglot_images,
