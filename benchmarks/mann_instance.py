@@ -117,6 +117,7 @@ def main() -> None:
     print(f"trained {args.method}: {result.steps} steps, {result.seconds:.0f} s, best {result.best}", flush=True)
     best, _ = load_checkpoint(out / "best.pt")
     accuracy = instance_accuracy(best, bench.test, args.test_episodes, instances)
+    val_curve = records.val_curve(out)  # accuracy over all steps of the validation episodes
 
     code = bench.spec.labels  # None: one-hot labels
     paper = None if code else PAPER.get((args.method, args.classes))
@@ -131,6 +132,7 @@ def main() -> None:
         paper and paper[INSTANCES.index(k)], result.seconds, result.steps, test_episodes=args.test_episodes,
         train_episodes=f"{args.classes} classes x {args.instances} instances x {args.meta_batch_size} per step",
         train_episodes_seen=result.steps * args.meta_batch_size, best_val_step=result.best and result.best["step"],
+        val_curve=val_curve, val_setting=f"{setting}all-steps",
         **({"train_jitter": f"+-{args.jitter_degrees} degrees, +-{args.jitter_pixels} px"}
            if args.jitter_degrees or args.jitter_pixels else {}),
         **({"budget": args.label} if args.label else {}))

@@ -25,7 +25,6 @@ import records  # noqa: E402
 from metalab import BenchmarkConfig, TrainConfig, build, evaluate, load_checkpoint, make_benchmark, train  # noqa: E402
 from metalab.engine.trainer import TrainResult  # noqa: E402
 from metalab.config import parse_assignments  # noqa: E402
-from metalab.plot import validation_curve  # noqa: E402
 from metalab.utils import derive_seed  # noqa: E402
 
 PAPER = {  # accuracy, Omniglot, as published
@@ -148,8 +147,7 @@ def main() -> None:
     best, _ = load_checkpoint(out / "best.pt")
     # the validation curve travels with the records: the results page projects from it the time a run would need
     # to reach the published number
-    curve = validation_curve(out)
-    val_curve = [[round(60 * m, 1), round(a, 5)] for m, a in zip(curve.minutes, curve.means)]
+    val_curve = records.val_curve(out)
     rows = []
     for setting in args.settings.split(","):
         n_way, k_shot = parse_setting(setting)

@@ -8,6 +8,7 @@ import sys
 from pathlib import Path
 
 from metalab import results
+from metalab.plot import validation_curve
 
 RESULTS_DIR = Path(__file__).resolve().parent / "results"
 REPO = Path(__file__).resolve().parents[1]
@@ -34,3 +35,10 @@ def add_results_flag(parser) -> None:
 def append(benchmark: str, records: list[dict], directory: Path = RESULTS_DIR) -> Path:
     """Append records to ``<directory>/<benchmark>.jsonl`` (default: benchmarks/results), rewritten atomically."""
     return results.append(records, directory / f"{benchmark}.jsonl")
+
+
+def val_curve(run: Path) -> list[list[float]]:
+    """A run folder's validation curve as ``[seconds, value]`` pairs, the ``val_curve`` a record carries (the
+    results page projects from it; ``plot_curves.py --records`` draws it after the run folder is gone)."""
+    curve = validation_curve(run)
+    return [[round(60 * m, 1), round(a, 5)] for m, a in zip(curve.minutes, curve.means)]

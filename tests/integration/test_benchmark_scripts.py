@@ -108,6 +108,7 @@ def test_omniglot_benchmark_trains_tests_and_records(tmp_path, omniglot_dir, omn
     (row,) = read_records(tmp_path / "results" / "omniglot.jsonl")
     assert (row["method"], row["setting"], row["metric"], row["steps"]) == ("protonet", "5w1s", "accuracy", 2)
     assert 0 <= row["value"] <= 1 and row["ci95"] > 0 and row["paper"] is not None
+    assert [t for t, _ in row["val_curve"]] == sorted(t for t, _ in row["val_curve"]) and len(row["val_curve"]) == 2
 
 
 def test_mann_instance_benchmark_records_every_presentation(tmp_path, omniglot_dir, omniglot_images, omniglot_cache):
@@ -119,3 +120,5 @@ def test_mann_instance_benchmark_records_every_presentation(tmp_path, omniglot_d
     rows = read_records(tmp_path / "results" / "mann-instance.jsonl")
     assert [r["setting"] for r in rows] == [f"5class-instance{k}" for k in (1, 2, 3, 4, 5, 10)]
     assert all(r["method"] == "lstm" and 0 <= r["value"] <= 1 and r["steps"] == 2 for r in rows)
+    # the validation curve (accuracy over all steps, every step) travels with each record
+    assert all(len(r["val_curve"]) == 2 and r["val_setting"] == "5class-all-steps" for r in rows)

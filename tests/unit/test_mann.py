@@ -386,3 +386,23 @@ def test_mann_learns_to_bind_string_labels():
     assert later > guess + 0.1, f"later presentations {later:.2f}: no better than guessing among shown strings"
     assert first < 0.13 + 0.05, f"first presentations {first:.2f}: the current label leaks"
     assert later > 0.55, f"later presentations {later:.2f}: MANN did not learn to bind string labels"
+
+
+def test_with_an_add_vector_the_memory_holds_the_add_vectors_and_the_keys_only_address():
+    model = _model("mann", add_vector=True, key_strength=True)
+    cfg, w = model.config, model.config.memory_width
+    plain = _model("mann", key_strength=True)
+    assert model.heads.out_features == plain.heads.out_features + cfg.read_heads * w
+    h = torch.randn(3, cfg.controller_size, generator=torch.Generator().manual_seed(2))
+    memory = model._initial_memory(3, h)
+    reads, (new_memory, usage, read_w) = model._access(h, memory)
+    head = model.heads(h).unflatten(-1, (cfg.read_heads, -1))
+    keys, added = torch.tanh(head[..., :w]), torch.tanh(head[..., -w:])
+    write_w = mem.lrua_write_weights(head[..., w:w + 1], memory[2], mem.least_used(memory[1], cfg.read_heads))
+    torch.testing.assert_close(new_memory, mem.write(memory[0], write_w, added, memory[1]))
+    strength = F.softplus(head[..., w + 1:w + 2])
+    torch.testing.assert_close(read_w, mem.cosine_read_weights(keys, new_memory, strength))
+    torch.testing.assert_close(reads, mem.read(read_w, new_memory).flatten(1))
+    model.meta_loss(_online_batch()).loss.backward()
+    rows = model.heads.weight.grad.unflatten(0, (cfg.read_heads, -1))
+    assert rows[:, -w:].abs().sum() > 0 and rows[:, :w].abs().sum() > 0  # add vectors and keys both learn

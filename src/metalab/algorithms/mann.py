@@ -26,7 +26,8 @@ One step of :meth:`MANN._step` (the memory functions are in :mod:`metalab.nn.mem
    ``w^r_t = softmax_i cos(k_t, M_t(i))``, ``r_t = sum_i w^r_t(i) M_t(i)``
    (:func:`~metalab.nn.memory.cosine_read_weights`, :func:`~metalab.nn.memory.read`).
    (Some re-implementations compute the read weights on ``M_{t-1}`` or write a separate
-   "add" vector; this follows the paper's equations.);
+   "add" vector; this follows the paper's equations, and ``MANNConfig(add_vector=True)``
+   writes the add vector.);
 6. usage ``w^u_t = gamma w^u_{t-1} + sum_h w^r_{t,h} + sum_h w^w_{t,h}`` (eq. 5,
    :func:`~metalab.nn.memory.update_usage`);
 7. output ``o_t = W_o [h_t, r_t] + b_o``: logits over the ``n_way`` labels (softmax in the
@@ -126,6 +127,12 @@ class MANNConfig(LSTMConfig):
             Machine's content addressing (not in Santoro et al.'s eq. 3, hence off by default).
             Without it no read can focus: cosine similarities lie in ``[-1, 1]``, so a read
             weight is at most ``e / (e + (N - 1) / e)``, 0.055 with 128 slots.
+        add_vector: each head also emits an add vector ``a_t = tanh(W_a h_t + b_a)``, written
+            to memory in place of the key (``M_t(i) = M_{t-1}(i) + sum_h w^w_{t,h}(i) a_{t,h}``),
+            as in the public re-implementations (e.g. Deleu's ``ntm-one-shot``); the key then
+            only addresses. Santoro et al.'s section 3.2 writes the key itself, hence off by
+            default. Written keys make the slot just written match its own key exactly
+            (cosine 1), so the read that follows the write is drawn to it.
     """
 
     memory_slots: int = 128
@@ -133,6 +140,7 @@ class MANNConfig(LSTMConfig):
     read_heads: int = 4
     gamma: float = 0.95
     key_strength: bool = False
+    add_vector: bool = False
 
     def __post_init__(self) -> None:
         super().__post_init__()
@@ -191,8 +199,9 @@ class MANN(MetaAlgorithm):
     def _build_memory(self) -> int:
         """Create the head layer; return the width of the reads ``H * W``."""
         cfg = self.config
-        # per head: a key of width W, one write-gate logit and optionally a key strength
-        self.heads = nn.Linear(cfg.controller_size, cfg.read_heads * (cfg.memory_width + 1 + cfg.key_strength))
+        # per head: a key of width W, one write-gate logit, optionally a key strength and an add vector of width W
+        per_head = cfg.memory_width + 1 + cfg.key_strength + cfg.memory_width * cfg.add_vector
+        self.heads = nn.Linear(cfg.controller_size, cfg.read_heads * per_head)
         return cfg.read_heads * cfg.memory_width
 
     def _initial_memory(self, batch: int, like: Tensor) -> tuple[Tensor, ...]:
@@ -207,11 +216,13 @@ class MANN(MetaAlgorithm):
         reads ``(B, H * W)`` and the new memory state."""
         cfg = self.config
         memory, usage, prev_read = memory_state
-        head = self.heads(h).unflatten(-1, (cfg.read_heads, -1))  # (B, H, W + 1 [+ 1])
-        keys, gate_logit = torch.tanh(head[..., :cfg.memory_width]), head[..., cfg.memory_width:cfg.memory_width + 1]
-        strength = F.softplus(head[..., cfg.memory_width + 1:]) if cfg.key_strength else None
+        width = cfg.memory_width
+        head = self.heads(h).unflatten(-1, (cfg.read_heads, -1))  # (B, H, W + 1 [+ 1] [+ W])
+        keys, gate_logit = torch.tanh(head[..., :width]), head[..., width:width + 1]
+        strength = F.softplus(head[..., width + 1:width + 2]) if cfg.key_strength else None
+        added = torch.tanh(head[..., -width:]) if cfg.add_vector else keys
         write_w = lrua_write_weights(gate_logit, prev_read, least_used(usage, cfg.read_heads))
-        memory = write(memory, write_w, keys, usage)
+        memory = write(memory, write_w, added, usage)
         read_w = cosine_read_weights(keys, memory, strength)
         reads = read(read_w, memory).flatten(1)
         # the usage only selects slots (topk, argmin): no gradient flows through it, so keep no graph
