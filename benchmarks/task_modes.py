@@ -1,13 +1,16 @@
-"""Seconds per meta-iteration of MAML with the tasks in a loop, under torch.func.vmap, or batched.
+"""Seconds per meta-iteration of gradient-based methods with the tasks in a loop, under torch.func.vmap, or batched.
 
     python benchmarks/task_modes.py [--device cuda]
+    python benchmarks/task_modes.py --methods anil --modes loop,batched --settings conv4-5w1s-mb8,conv4-5w5s-mb8 \
+        --threads 1 [--channels-last]
 
 Settings: sinusoid (1-40-40-1 MLP, meta-batch 25, 5-shot, 10 query points) and Omniglot-
-shaped conv4 (28x28, 5-way 1-shot, 15 queries per class, meta-batch 8), second order, one
-inner step. One iteration is ``algo.meta_gradient(batch)``, what the trainer calls. The
-fastest mode per learner is metalab's default (`task_mode="auto"`, measured on the CPU; with
-`--device cuda` the settings are named `<setting>-cuda`, to choose the GPU's default).
-Appends `throughput` records (metric `seconds_per_iter`) to results/throughput.jsonl.
+shaped conv4 (28x28, 5-way 1-shot or 5-shot, 15 queries per class, meta-batch 8), second
+order, one inner step. One iteration is ``algo.meta_gradient(batch)``, what the trainer
+calls. The fastest mode per learner is metalab's default (`task_mode="auto"`, measured on the
+CPU; with `--device cuda` the settings are named `<setting>-cuda`, to choose the GPU's
+default). Appends `throughput` records (method `<method>-<mode>[-channels-last]`, metric
+`seconds_per_iter`) to results/throughput.jsonl.
 """
 
 from __future__ import annotations
@@ -24,6 +27,7 @@ import records  # noqa: E402
 
 from metalab import ClassDataset, EpisodeSampler, SinusoidTasks, TaskSpec, build  # noqa: E402
 from metalab.engine.distributed import resolve_device  # noqa: E402
+from metalab.utils.errors import MetalabError  # noqa: E402
 
 
 def seconds_per_iter(algo, batch, iters: int) -> float:
@@ -42,31 +46,57 @@ def seconds_per_iter(algo, batch, iters: int) -> float:
     return (time.perf_counter() - start) / iters
 
 
+def _omniglot_like(k_shot: int):
+    images = torch.rand(50, 20, 1, 28, 28, generator=torch.Generator().manual_seed(0))
+    data = ClassDataset(images, tuple(range(50)), tuple(map(str, range(50))))
+    return TaskSpec((1, 28, 28), 5, True), EpisodeSampler(data, 5, k_shot, 15).batch(0, 8), 0.4, 1
+
+
+# setting -> (spec, batch, inner lr, iterations per --iters)
+SETTINGS = {
+    "sinusoid-mlp-mb25": lambda: (TaskSpec((1,), 1, False), SinusoidTasks(5, 10).batch(0, 25), 0.01, 10),
+    "conv4-5w1s-mb8": lambda: _omniglot_like(1),
+    "conv4-5w5s-mb8": lambda: _omniglot_like(5),
+}
+
+
 def main() -> None:
     p = argparse.ArgumentParser(description=__doc__.splitlines()[0])
     p.add_argument("--iters", type=int, default=20)
     p.add_argument("--threads", type=int, default=2)
     p.add_argument("--device", default="cpu", help="cpu, cuda, cuda:N or auto")
+    p.add_argument("--methods", default="maml", help="comma-separated gradient-based methods (default maml)")
+    p.add_argument("--modes", default="loop,vmap,batched", help="comma-separated task modes")
+    p.add_argument("--settings", default="sinusoid-mlp-mb25,conv4-5w1s-mb8",
+                   help=f"comma-separated, of {', '.join(SETTINGS)}")
+    p.add_argument("--channels-last", action="store_true", help="build conv4 channels-last")
     records.add_results_flag(p)
     args = p.parse_args()
+    settings = args.settings.split(",")
+    unknown = [s for s in settings if s not in SETTINGS]
+    if unknown:
+        p.error(f"unknown --settings {', '.join(unknown)}; choose from {', '.join(SETTINGS)}")
     device = resolve_device(args.device)
     suffix = "" if device.type == "cpu" else f"-{device.type}"
     torch.set_num_threads(args.threads)
-    images = torch.rand(50, 20, 1, 28, 28, generator=torch.Generator().manual_seed(0))
-    omniglot_like = ClassDataset(images, tuple(range(50)), tuple(map(str, range(50))))
-    cases = {
-        "sinusoid-mlp-mb25": (TaskSpec((1,), 1, False), SinusoidTasks(5, 10).batch(0, 25), 0.01, args.iters * 10),
-        "conv4-5w1s-mb8": (TaskSpec((1, 28, 28), 5, True), EpisodeSampler(omniglot_like, 5, 1, 15).batch(0, 8), 0.4, args.iters),
-    }
     rows = []
-    for setting, (spec, batch, lr, iters) in cases.items():
-        for mode in ("loop", "vmap", "batched"):
-            torch.manual_seed(0)
-            algo = build("maml", spec, inner_lr=lr, task_mode=mode).to(device)
-            sec = seconds_per_iter(algo, algo.on_device(batch), iters)
-            print(f"{setting}{suffix} {mode}: {sec * 1000:.1f} ms/iter", flush=True)
-            rows.append(records.record("throughput", f"maml-{mode}", setting + suffix, "seconds_per_iter", sec, None,
-                                       None, None, None, iterations=iters))
+    for setting in settings:
+        spec, batch, lr, scale = SETTINGS[setting]()
+        conv = len(spec.input_shape) == 3
+        layout = {"channels_last": True} if args.channels_last and conv else {}
+        for method in args.methods.split(","):
+            for mode in args.modes.split(","):
+                torch.manual_seed(0)
+                try:
+                    algo = build(method, spec, inner_lr=lr, task_mode=mode, **layout).to(device)
+                except MetalabError as err:  # nothing is recorded: the records are written at the end
+                    p.error(f"{method} with task_mode={mode} on {setting}: {err}")
+                iters = args.iters * scale
+                sec = seconds_per_iter(algo, algo.on_device(batch), iters)
+                label = f"{method}-{mode}" + ("-channels-last" if layout else "")
+                print(f"{setting}{suffix} {label}: {sec * 1000:.1f} ms/iter", flush=True)
+                rows.append(records.record("throughput", label, setting + suffix, "seconds_per_iter", sec, None,
+                                           None, None, None, iterations=iters))
     print(records.append("throughput", rows, args.results_dir))
 
 

@@ -119,6 +119,33 @@ def test_conv4_functional_tasks_equals_each_task_on_its_own(pool_blocks, head):
         torch.testing.assert_close(a, b, rtol=1e-10, atol=1e-12)
 
 
+@pytest.mark.parametrize("channels_last", [False, True])
+@pytest.mark.parametrize("pool_blocks", [4, 2])
+def test_conv4_embed_tasks_equals_the_body_on_each_task_alone(channels_last, pool_blocks):
+    """Shared weights over all tasks' images, batch norm per task: the outputs and gradients of one task at a time."""
+    torch.manual_seed(0)
+    model = Conv4(1, image_size=28, hidden=4, out_features=5, pool_blocks=pool_blocks, channels_last=channels_last)
+    model = model.double()
+    x = torch.stack([_images(4), 0.5 * _images(4) + 0.3, _images(4).flip(-1)])
+    batched = model.embed_tasks(x)
+    single = torch.stack([model.body(task) for task in x])
+    torch.testing.assert_close(batched, single, rtol=1e-12, atol=1e-12)
+    weights = torch.randn_like(single)
+    params = list(model.body.parameters())
+    g_batched = torch.autograd.grad((model.embed_tasks(x) * weights).sum(), params)
+    g_single = torch.autograd.grad(sum((model.body(task) * w).sum() for task, w in zip(x, weights)), params)
+    for a, b in zip(g_batched, g_single):
+        torch.testing.assert_close(a, b, rtol=1e-10, atol=1e-12)
+    with pytest.raises(ValueError, match="batch statistics"):
+        Conv4(1, image_size=28, hidden=4, track_running_stats=True).embed_tasks(x.float())
+
+
+def test_mlp_embed_tasks_is_its_body_on_every_task():
+    model = MLP((2, 7, 5, 3)).double()
+    x = torch.randn(4, 6, 2, dtype=torch.float64)
+    torch.testing.assert_close(model.embed_tasks(x), torch.stack([model.body(t) for t in x]), rtol=0, atol=0)
+
+
 def test_mlp_functional_tasks_equals_each_task_on_its_own():
     torch.manual_seed(0)
     model = MLP((2, 7, 5, 3)).double()

@@ -635,13 +635,36 @@ def test_meta_sgd_batched_equals_loop_on_conv4(first_order, per_step_lrs):
     torch.testing.assert_close(results[0][1], results[1][1], rtol=1e-10, atol=1e-12)
 
 
+@pytest.mark.parametrize("channels_last", [False, True])
+@pytest.mark.parametrize("first_order", [False, True])
+def test_anil_batched_equals_loop_on_conv4(first_order, channels_last):
+    batch = image_batch(tasks=3, k_shot=2, n_query=4)
+    results = []
+    for mode in ("loop", "batched"):
+        torch.manual_seed(0)
+        model = Conv4(1, image_size=16, hidden=4, out_features=3, channels_last=channels_last).double()
+        algo = _build(ANIL, model, IMAGES, inner_lr=0.3, inner_steps=2, first_order=first_order, task_mode=mode,
+                      inner_grad_clip=0.5)
+        out = algo.meta_gradient(batch)
+        assert out.metrics.keys() == {"loss", "accuracy"}
+        results.append((out.loss, flat_grad(algo), algo.meta_loss(batch).loss))
+    for a, b in zip(*results):
+        torch.testing.assert_close(a, b, rtol=1e-10, atol=1e-12)
+    assert results[0][1].abs().sum() > 0
+
+
+def test_anil_batched_refuses_running_statistics():
+    model = Conv4(1, image_size=16, hidden=2, out_features=3, track_running_stats=True).double()
+    with pytest.raises(MetalabError, match="running statistics"):
+        _build(ANIL, model, IMAGES, task_mode="batched")
+
+
 class _ScaledInputMAML(MAML):
     def embed(self, x):
         return 2 * x
 
 
 @pytest.mark.parametrize("cls, hparams, reason", [
-    (ANIL, {}, "no batched form"),
     (_ScaledInputMAML, {}, "maps the inputs first"),
     (MAML, {"inner_grad_clip": 1.0}, "one norm per task"),
     (Reptile, {}, "no batched form"),

@@ -11,18 +11,27 @@ a task's support and query sets are computed once (``embed``) and the inner loop
 the linear head alone, which is why ANIL is much cheaper than MAML.
 
 The backbone must have ``body`` and ``head`` sub-modules (both default backbones do).
+
+``task_mode="batched"`` embeds the support sets of all the meta-batch's tasks in one pass
+of the body, and their query sets in another (the backbone's ``embed_tasks``: the tasks
+share the body, and batch norm keeps each task's own statistics), then adapts each task's
+head on its features; the same meta-gradient as the task loop (tested), with the body's
+graph of the whole meta-batch alive until the backward pass.
 """
 
 from __future__ import annotations
 
 from dataclasses import dataclass
 
+import torch
 from torch import Tensor, nn
 
 from metalab._types import Params
+from metalab.algorithms.base import MetaAlgorithm, MetaOutput, finite
 from metalab.algorithms.gradient import GradientConfig, GradientMethod
 from metalab.algorithms.registry import register
 from metalab.data.benchmarks import TaskSpec
+from metalab.data.episode import EpisodeBatch
 from metalab.func import forward, params_of
 from metalab.utils.errors import MetalabError
 
@@ -52,3 +61,25 @@ class ANIL(GradientMethod):
 
     def predict(self, params: Params, x: Tensor) -> Tensor:
         return forward(self.model.head, params, x)
+
+    def _batchable(self) -> str | None:
+        if not callable(getattr(self.model, "embed_tasks", None)):
+            return f"its backbone {type(self.model).__name__} has no embed_tasks"
+        if any(getattr(m, "track_running_stats", False) for m in self.model.modules()):
+            return "its batch norm keeps running statistics"
+        return None
+
+    def meta_loss(self, batch: EpisodeBatch) -> MetaOutput:
+        if self.task_mode != "batched":
+            return super().meta_loss(batch)
+        self.check_head(batch.metas[0].n_way, batch.is_classification)
+        one_task = self._task_fn(embedded=True)
+        support, query = self.model.embed_tasks(batch.support_x), self.model.embed_tasks(batch.query_x)
+        losses, metrics = zip(*map(one_task, support, batch.support_y, query, batch.query_y))
+        loss = finite(torch.stack(losses).mean(), f"{self.name}.meta_loss")
+        return self._output(loss, torch.stack(metrics), batch.is_classification)
+
+    def meta_gradient(self, batch: EpisodeBatch) -> MetaOutput:
+        if self.task_mode != "batched":
+            return super().meta_gradient(batch)
+        return MetaAlgorithm.meta_gradient(self, batch)  # one backward pass through the shared body

@@ -58,7 +58,8 @@ class GradientConfig:
             ``functional_tasks`` (grouped convolutions), then each task's query pass on
             its own and one backward pass through all the inner loops (see
             :meth:`GradientMethod._meta_gradient_batched`; MAML and Meta-SGD with a
-            backbone that has ``functional_tasks``); ``auto``: vmap for vector inputs
+            backbone that has ``functional_tasks``; ANIL embeds all tasks in one pass of
+            the shared body, see :mod:`metalab.algorithms.anil`); ``auto``: vmap for vector inputs
             and the loop for images. Measured by ``benchmarks/task_modes.py`` and
             ``benchmarks/throughput.py`` on a 2-core CPU: vmap is 12x faster than the
             loop for the sinusoid MLP (batched 0.8x: one query pass per task); for
@@ -179,13 +180,15 @@ class GradientMethod(MetaAlgorithm):
                 "train with --train-n-way equal to --n-way"
             )
 
-    def _task_fn(self) -> Callable[[Tensor, Tensor, Tensor, Tensor], tuple[Tensor, Tensor]]:
+    def _task_fn(self, embedded: bool = False) -> Callable[[Tensor, Tensor, Tensor, Tensor], tuple[Tensor, Tensor]]:
+        """One task's query loss and metric from its support and query sets (already embedded if ``embedded``)."""
         params = self.fast_params()
         cfg = self.config
+        features = (lambda x: x) if embedded else self.embed
 
         def one_task(sx: Tensor, sy: Tensor, qx: Tensor, qy: Tensor) -> tuple[Tensor, Tensor]:
-            adapted = self.adapted(params, self.embed(sx), sy, cfg.inner_steps, cfg.first_order)
-            pred = self.predict(adapted, self.embed(qx))
+            adapted = self.adapted(params, features(sx), sy, cfg.inner_steps, cfg.first_order)
+            pred = self.predict(adapted, features(qx))
             return task_loss(pred, qy), task_metric(pred.detach(), qy)
 
         return one_task

@@ -9,7 +9,7 @@ import torch.nn.functional as F
 from torch import Tensor, nn
 
 from metalab._types import Params
-from metalab.nn.batchnorm import BatchNorm, batch_statistics_norm
+from metalab.nn.batchnorm import BatchNorm, batch_statistics_norm, grouped_batch_statistics_norm
 
 
 class ChannelsLast(nn.Module):
@@ -66,17 +66,36 @@ class ConvBlock(nn.Module):
 
     def functional(self, params: Params, x: Tensor) -> Tensor:
         """The block with ``params`` (``conv.weight``, ``conv.bias``, ``norm.weight``, ``norm.bias``)."""
+        return self.after_conv(params, self._conv(params, x))
+
+    def _conv(self, params: Params, x: Tensor) -> Tensor:
         weight, bias = params["conv.weight"], params["conv.bias"]
         if self.channels_last and x.shape[1] <= 3:
-            x = conv3x3_few_channels(x, weight, bias)
-        else:
-            x = F.conv2d(x, weight, bias, padding=1)
-        return self.after_conv(params, x)
+            return conv3x3_few_channels(x, weight, bias)
+        return F.conv2d(x, weight, bias, padding=1)
 
     def after_conv(self, params: Params, x: Tensor) -> Tensor:
         """The rest of the block on the convolution's output ``x``: batch norm, pool, ReLU."""
-        x = self.norm.functional(x, params["norm.weight"], params["norm.bias"])
+        return self._pool_relu(self.norm.functional(x, params["norm.weight"], params["norm.bias"]))
+
+    def _pool_relu(self, x: Tensor) -> Tensor:
         return F.relu(F.max_pool2d(x, 2) if self.pool else x)
+
+    def _needs_batch_statistics(self, what: str) -> None:
+        if self.norm.track_running_stats:
+            raise ValueError(f"{what} needs batch norm with batch statistics (track_running_stats=False)")
+
+    def shared_tasks(self, x: Tensor, tasks: int) -> Tensor:
+        """The block with its own parameters on ``tasks`` equal blocks of rows of ``x``, each normalised alone.
+
+        ``x`` is ``(tasks * N, C, H, W)``: one convolution over all rows, batch norm with
+        each block's statistics (:func:`~metalab.nn.batchnorm.grouped_batch_statistics_norm`).
+        """
+        self._needs_batch_statistics("shared_tasks")
+        params = dict(self.named_parameters())
+        x = grouped_batch_statistics_norm(self._conv(params, x), tasks, params["norm.weight"], params["norm.bias"],
+                                          self.norm.eps)
+        return self._pool_relu(x)
 
     def functional_tasks(self, params: Params, x: Tensor, tasks: int) -> Tensor:
         """The block for ``tasks`` tasks at once, each with its own parameters.
@@ -85,13 +104,12 @@ class ConvBlock(nn.Module):
         ``t``'s channels at ``t*C:(t+1)*C``. The convolution is grouped by task and batch
         norm over the ``tasks * C`` channels is batch norm per task and channel.
         """
-        if self.norm.track_running_stats:
-            raise ValueError("functional_tasks needs batch norm with batch statistics (track_running_stats=False)")
+        self._needs_batch_statistics("functional_tasks")
         weight = params["conv.weight"]
         x = F.conv2d(x, weight.reshape(-1, *weight.shape[2:]), params["conv.bias"].reshape(-1), padding=1,
                      groups=tasks)
         x = batch_statistics_norm(x, params["norm.weight"].reshape(-1), params["norm.bias"].reshape(-1), self.norm.eps)
-        return F.relu(F.max_pool2d(x, 2) if self.pool else x)
+        return self._pool_relu(x)
 
     def forward(self, x: Tensor) -> Tensor:
         return self.functional(dict(self.named_parameters()), x)
@@ -189,6 +207,20 @@ class Conv4(nn.Module):
             return h
         return torch.baddbmm(params["head.bias"].unsqueeze(1), h, params["head.weight"].transpose(1, 2))
 
+    def embed_tasks(self, x: Tensor) -> Tensor:
+        """``body`` of ``T`` tasks' images ``(T, N, C, H, W)`` in one pass -> ``(T, N, embedding_dim)``.
+
+        The tasks share the module's own parameters, so every convolution runs once over
+        all ``T * N`` images; batch norm uses each task's own statistics, so the result is
+        ``body`` applied to each task alone (tested). What ANIL's batched task mode runs.
+        Needs batch statistics (``track_running_stats=False``).
+        """
+        tasks = x.shape[0]
+        h = self.body[0](x.flatten(0, 1))
+        for i in range(1, 5):
+            h = self.body[i].shared_tasks(h, tasks)
+        return h.flatten(1).unflatten(0, (tasks, -1))
+
 
 class MLP(nn.Module):
     """Fully connected ReLU network; ``sizes=(1, 40, 40, 1)`` is MAML's sinusoid regressor.
@@ -216,6 +248,10 @@ class MLP(nn.Module):
         for i in range(0, len(self.body), 2):
             x = F.relu(F.linear(x, params[f"body.{i}.weight"], params[f"body.{i}.bias"]))
         return F.linear(x, params["head.weight"], params["head.bias"])
+
+    def embed_tasks(self, x: Tensor) -> Tensor:
+        """``body`` of ``T`` tasks' inputs ``(T, N, in)`` -> ``(T, N, sizes[-2])`` (no statistics: one call)."""
+        return self.body(x)
 
     def functional_tasks(self, params: Params, x: Tensor) -> Tensor:
         """:meth:`functional` of ``T`` tasks in one pass: ``params`` with a leading task dim, ``x`` ``(T, N, in)``."""

@@ -35,6 +35,20 @@ def batch_statistics_norm(x: Tensor, weight: Tensor, bias: Tensor, eps: float) -
     return _normalise(x, *torch.var_mean(x, dim=[0, *range(2, x.dim())], correction=0), weight, bias, eps)
 
 
+def grouped_batch_statistics_norm(x: Tensor, groups: int, weight: Tensor, bias: Tensor, eps: float) -> Tensor:
+    """Batch norm of ``x`` ``(groups * N, C, *)`` with the statistics of each block of ``N`` consecutive rows.
+
+    The same as :func:`batch_statistics_norm` of every block on its own, concatenated: the
+    tasks of a meta-batch pass through shared weights in one call and each is normalised
+    with its own statistics, as it would be alone (``var_mean`` and element-wise arithmetic,
+    in any memory layout).
+    """
+    blocks = x.unflatten(0, (groups, -1))
+    var, mean = torch.var_mean(blocks, dim=[1, *range(3, blocks.dim())], keepdim=True, correction=0)
+    shape = (1, 1, -1) + (1,) * (x.dim() - 2)
+    return ((blocks - mean) * (torch.rsqrt(var + eps) * weight.view(shape)) + bias.view(shape)).flatten(0, 1)
+
+
 def _normalise(x: Tensor, var: Tensor, mean: Tensor, weight: Tensor, bias: Tensor, eps: float) -> Tensor:
     shape = (1, -1) + (1,) * (x.dim() - 2)
     scale = torch.rsqrt(var + eps) * weight
