@@ -8,7 +8,8 @@ meta-iteration and against training wall time, read from each folder's ``metrics
 
 From the records (the run folders need not exist): the validation curve each record carries
 (``val_curve``) against training time, ending at the record's test accuracy ± 95% CI. The newest
-record of each method with the given benchmark, setting and budget label prefix is drawn:
+record of each method with the given benchmark, setting and budget label prefix is drawn (its curve
+validated on --val-setting, by default the setting itself):
 
     python benchmarks/plot_curves.py --records benchmarks/results --benchmark omniglot \
         --setting 5w1s --budget 120min --out docs/omniglot_120min_5w1s_curves.png \
@@ -32,12 +33,14 @@ from metalab.plot import plot_curves, plot_record_curves  # noqa: E402
 from metalab.utils.errors import MetalabError  # noqa: E402
 
 
-def chosen_records(directory: Path, benchmark: str, setting: str, budget: str) -> list[dict]:
+def chosen_records(directory: Path, benchmark: str, setting: str, budget: str, val_setting: str | None = None) -> list[dict]:
     """The current records of ``benchmark``/``setting`` whose budget label starts with ``budget`` and that carry
-    a validation curve measured on that setting, one per method (the newest), by method name."""
+    a validation curve measured on ``val_setting`` (default: ``setting``), one per method (the newest), by method
+    name."""
+    val_setting = val_setting or setting
     rows = [r for r in results.current(results.load(directory))
             if r["benchmark"] == benchmark and r["setting"] == setting and (r.get("budget") or "").startswith(budget)
-            and r.get("val_curve") and r.get("val_setting", setting) == setting]
+            and r.get("val_curve") and r.get("val_setting", setting) == val_setting]
     newest: dict[str, dict] = {}
     for r in rows:
         if r["method"] not in newest or r["date"] > newest[r["method"]]["date"]:
@@ -53,6 +56,8 @@ def main() -> int:
     p.add_argument("--benchmark", default="omniglot", help="with --records: the records' benchmark")
     p.add_argument("--setting", help="with --records: the records' setting, e.g. 5w1s")
     p.add_argument("--budget", default="", help="with --records: the budget label prefix, e.g. 120min")
+    p.add_argument("--val-setting", help="with --records: the setting the curves were validated on, where it is not "
+                                         "--setting (mann-instance records: 5class-all-steps)")
     p.add_argument("--out", required=True, type=Path, help="PNG file")
     p.add_argument("--title", default="")
     args = p.parse_args()
@@ -62,7 +67,7 @@ def main() -> int:
         p.error("--records needs --setting (e.g. --setting 5w1s)")
     try:
         if args.records:
-            chosen = chosen_records(args.records, args.benchmark, args.setting, args.budget)
+            chosen = chosen_records(args.records, args.benchmark, args.setting, args.budget, args.val_setting)
             print(plot_record_curves(chosen, args.out, args.title, command()))
         else:
             print(plot_curves(args.runs, args.out, args.title, command()))

@@ -89,6 +89,7 @@ def test_plot_curves_draws_the_newest_matching_record_per_method_and_stores_its_
     chosen = chosen_records(tmp_path, "omniglot", "5w1s", "120min")
     assert [(r["method"], r["value"], r["budget"]) for r in chosen] == [("anil", 0.9, "120min"),
                                                                          ("maml", 0.95, "120min batched")]
+    assert chosen_records(tmp_path, "omniglot", "5w1s", "120min", "5w5s") == []
     out = tmp_path / "c.png"
     args = ("--records", str(tmp_path), "--setting", "5w1s", "--budget", "120min", "--out", str(out))
     done = run_script("plot_curves.py", *args)
