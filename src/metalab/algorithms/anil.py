@@ -16,7 +16,9 @@ The backbone must have ``body`` and ``head`` sub-modules (both default backbones
 of the body, and their query sets in another (the backbone's ``embed_tasks``: the tasks
 share the body, and batch norm keeps each task's own statistics), then adapts each task's
 head on its features; the same meta-gradient as the task loop (tested), with the body's
-graph of the whole meta-batch alive until the backward pass.
+graph of the whole meta-batch alive until the backward pass. On a 2-core CPU it is about 3x
+slower than the loop (``benchmarks/task_modes.py --methods anil``: activations of a whole
+meta-batch fall out of cache), so it is meant for GPUs; the default stays the loop.
 """
 
 from __future__ import annotations

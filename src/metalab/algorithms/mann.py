@@ -132,7 +132,13 @@ class MANNConfig(LSTMConfig):
             as in the public re-implementations (e.g. Deleu's ``ntm-one-shot``); the key then
             only addresses. Santoro et al.'s section 3.2 writes the key itself, hence off by
             default. Written keys make the slot just written match its own key exactly
-            (cosine 1), so the read that follows the write is drawn to it.
+            (cosine 1), so the read that follows the write is drawn to it. Measured on
+            Omniglot 5-class episodes, 100 minutes on one thread with ``key_strength``
+            (``benchmarks/results/mann-instance.jsonl``): 37.5 / 88.4 / 91.7 / 94.2 / 95.3 /
+            96.1% at the 1st / 2nd / 3rd / 4th / 5th / 10th instance with the add vector,
+            33.8 / 84.5 / 88.2 / 91.2 / 92.1 / 93.6% writing the key (the paper: 36.4 / 82.8 /
+            91.0 / 92.6 / 94.9 / 98.1%); the add vector's validation accuracy after 4000
+            steps (0.80) the key-writing model reached only after about 14000.
     """
 
     memory_slots: int = 128
