@@ -34,11 +34,11 @@ from metalab.utils.errors import MetalabError  # noqa: E402
 
 
 def chosen_records(directory: Path, benchmark: str, setting: str, budget: str, val_setting: str | None = None) -> list[dict]:
-    """The current records of ``benchmark``/``setting`` whose budget label starts with ``budget`` and that carry
+    """The records of ``benchmark``/``setting`` whose budget label starts with ``budget`` and that carry
     a validation curve measured on ``val_setting`` (default: ``setting``), one per method (the newest), by method
     name."""
     val_setting = val_setting or setting
-    rows = [r for r in results.current(results.load(directory))
+    rows = [r for r in results.load(directory)
             if r["benchmark"] == benchmark and r["setting"] == setting and (r.get("budget") or "").startswith(budget)
             and r.get("val_curve") and r.get("val_setting", setting) == val_setting]
     newest: dict[str, dict] = {}

@@ -17,8 +17,8 @@ of the body, and their query sets in another (the backbone's ``embed_tasks``: th
 share the body, and batch norm keeps each task's own statistics), then adapts each task's
 head on its features; the same meta-gradient as the task loop (tested), with the body's
 graph of the whole meta-batch alive until the backward pass. On a 2-core CPU it is about 3x
-slower than the loop (``benchmarks/task_modes.py --methods anil``: activations of a whole
-meta-batch fall out of cache), so it is meant for GPUs; the default stays the loop.
+slower than the loop (``benchmarks/task_modes.py --methods anil --modes loop,batched``), so
+it is meant for GPUs; the default stays the loop.
 """
 
 from __future__ import annotations
@@ -67,9 +67,7 @@ class ANIL(GradientMethod):
     def _batchable(self) -> str | None:
         if not callable(getattr(self.model, "embed_tasks", None)):
             return f"its backbone {type(self.model).__name__} has no embed_tasks"
-        if any(getattr(m, "track_running_stats", False) for m in self.model.modules()):
-            return "its batch norm keeps running statistics"
-        return None
+        return self._running_statistics()
 
     def meta_loss(self, batch: EpisodeBatch) -> MetaOutput:
         if self.task_mode != "batched":

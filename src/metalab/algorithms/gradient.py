@@ -151,6 +151,10 @@ class GradientMethod(MetaAlgorithm):
             return "it adapts part of the network or maps the inputs first"
         if self.config.inner_grad_clip is not None:
             return "inner_grad_clip takes one norm per task"
+        return self._running_statistics()
+
+    def _running_statistics(self) -> str | None:
+        """Why batch norm stops tasks from being batched (``None``: it uses batch statistics only)."""
         if any(getattr(m, "track_running_stats", False) for m in self.model.modules()):
             return "its batch norm keeps running statistics"
         return None

@@ -138,7 +138,8 @@ class MANNConfig(LSTMConfig):
             96.1% at the 1st / 2nd / 3rd / 4th / 5th / 10th instance with the add vector,
             33.8 / 84.5 / 88.2 / 91.2 / 92.1 / 93.6% writing the key (the paper: 36.4 / 82.8 /
             91.0 / 92.6 / 94.9 / 98.1%); the add vector's validation accuracy after 4000
-            steps (0.80) the key-writing model reached only after about 14000.
+            steps (0.80, the record's ``val_curve``) the key-writing model reached after
+            about 12000 (``docs/mann_curves.png``, "bench-mann-mann-strength").
     """
 
     memory_slots: int = 128
