@@ -137,8 +137,9 @@ def _adam_against_torch(rule, grads, torch_eps, rtol, atol):
 @pytest.mark.parametrize("b1", [0.9, 0.0])
 def test_adam_equals_torch_adam_step_by_step(b1):
     grads = [_random_params(1 + t) for t in range(5)]
-    (m, v), optimizer, reference = _adam_against_torch(Adam(lr=0.1, b1=b1, eps=0.0), grads, lambda t: 0.0,
+    (m, v, count), optimizer, reference = _adam_against_torch(Adam(lr=0.1, b1=b1, eps=0.0), grads, lambda t: 0.0,
                                                        1e-12, 1e-14)
+    assert count.item() == len(grads)
     for k in m:  # the moments are torch's too
         torch.testing.assert_close(m[k], optimizer.state[reference[k]]["exp_avg"], rtol=1e-12, atol=1e-15)
         torch.testing.assert_close(v[k], optimizer.state[reference[k]]["exp_avg_sq"], rtol=1e-12, atol=1e-15)
@@ -162,7 +163,7 @@ def test_adam_per_step_rates():
     state = rule.init(params)
     a, state_a = rule(params, grads, state, 0)
     b, _ = rule(a, grads, state_a, 1)
-    c, _ = rule(a, grads, state_a, 4)  # beyond the tuple: its last rate (with step 4's bias correction)
+    c, _ = rule(a, grads, state_a, 4)  # beyond the tuple: its last rate (bias correction from the state's count)
     ref_a, _ = Adam(lr=0.1, eps=0.0)(params, grads, state, 0)
     ref_b, _ = Adam(lr=0.02, eps=0.0)(a, grads, state_a, 1)
     ref_c, _ = Adam(lr=0.02, eps=0.0)(a, grads, state_a, 4)

@@ -169,10 +169,73 @@ def test_adapt_uses_only_the_support_set_and_keeps_no_graph():
     assert task_loss(out, episode.support_y) < before
 
 
-@pytest.mark.parametrize("field, value", [("inner_optimizer", "rmsprop"), ("inner_batch_size", 0), ("adam_b1", 1.0)])
+@pytest.mark.parametrize("field, value", [("inner_optimizer", "rmsprop"), ("inner_batch_size", 0), ("adam_b1", 1.0),
+                                          ("inner_state", "shared")])
 def test_bad_config_names_the_field(field, value):
     with pytest.raises(MetalabError, match=field):
         make_config("reptile", **{field: value})
+
+
+@pytest.mark.parametrize("other", [{"inner_optimizer": "sgd"}, {"task_mode": "vmap"}, {"task_mode": "batched"}])
+def test_persistent_state_needs_adam_and_the_loop(other):
+    field = next(iter(other))
+    with pytest.raises(MetalabError, match=f"inner_state='persistent'.*{field}|{field}.*inner_state='persistent'"):
+        make_config("reptile", inner_state="persistent", **other)
+
+
+def test_persistent_inner_adam_carries_over_tasks_and_meta_batches_like_the_reference_code():
+    """openai/supervised-reptile: one Adam for all of meta-training; only the weights are reset per task."""
+    lr, steps, size = 0.01, 5, 4
+    algo = _mlp_reptile(inner_lr=lr, inner_batch_size=size, inner_state="persistent")
+    assert algo.task_mode == "loop"  # auto gives vmap for vectors, but the state passes task to task
+    weights = {k: p.detach().clone().requires_grad_() for k, p in algo.model.named_parameters()}
+    reference = torch.optim.Adam(weights.values(), lr=lr, betas=(0.0, B2))
+    outer = algo.outer_optimizer(0.5)
+    t = 0
+    for seed in (0, 1):
+        batch = sinusoid_batch(seed=seed)
+        theta = {k: p.detach().clone() for k, p in algo.model.named_parameters()}
+        adapted = []
+        for ep in batch.episodes():
+            with torch.no_grad():
+                for k, w in weights.items():
+                    w.copy_(theta[k])
+            x, y = torch.cat([ep.support_x, ep.query_x]), torch.cat([ep.support_y, ep.query_y])
+            for index in minibatches(len(x), size, steps, ep.meta.seed):
+                t += 1
+                _tf_eps(reference, t)
+                reference.zero_grad()
+                task_loss(functional_call(algo.model, weights, (x[index],)), y[index]).backward()
+                reference.step()
+            adapted.append(_flat(weights.values()))
+        outer.zero_grad()
+        algo.meta_gradient(batch)
+        mean_w = torch.stack(adapted).mean(0)
+        torch.testing.assert_close(flat_grad(algo), _flat(theta.values()) - mean_w, rtol=1e-9, atol=1e-11)
+        outer.step()
+    m, v, count = algo.stored_state()
+    assert count.item() == t == 2 * 4 * steps
+    for k, w in weights.items():
+        torch.testing.assert_close(v[k], reference.state[w]["exp_avg_sq"], rtol=1e-10, atol=1e-15)
+
+
+def test_persistent_state_is_read_by_adapt_and_written_only_in_training():
+    algo = _mlp_reptile(inner_lr=0.01, inner_state="persistent")
+    episode = sinusoid_batch(tasks=1)[0]
+    fresh = algo.adapt(episode, steps=3)(episode.query_x)
+    algo.eval()
+    algo.meta_loss(sinusoid_batch())
+    assert algo.inner_count.item() == 0  # evaluation mode leaves the state alone
+    algo.train()
+    algo.meta_loss(sinusoid_batch())
+    state = [b.clone() for b in algo.buffers()]
+    assert algo.inner_count.item() == 4 * 5
+    carried = algo.adapt(episode, steps=3)(episode.query_x)
+    assert not torch.allclose(carried, fresh)  # adapt starts from the carried moments
+    assert all(torch.equal(a, b) for a, b in zip(state, algo.buffers()))  # and does not write them back
+    copy = _mlp_reptile(inner_lr=0.01, inner_state="persistent")
+    copy.load_state_dict(algo.state_dict())  # checkpoints carry the state
+    assert torch.equal(copy.adapt(episode, steps=3)(episode.query_x), carried)
 
 
 def test_reptile_learns_sinusoid():

@@ -13,6 +13,15 @@ The paper, mapped to code:
   the surrogate ``1/2 ||phi - stopgrad(mean_i W_i)||^2``, whose gradient is
   ``phi - mean_i W_i``, and :meth:`Reptile.outer_optimizer` is plain SGD, so the trainer's
   step with ``outer_lr = epsilon`` is exactly the Reptile update (n = ``meta_batch_size``).
+- Inner optimiser state: the paper's Algorithm 1 does not say whether Adam's moments
+  start afresh on each task. Its code (openai/supervised-reptile) resets only the
+  trainable variables between tasks, so Adam's moments and step count carry over from
+  task to task through all of meta-training, and evaluation starts from them (without
+  keeping what it changes). ``inner_state="fresh"`` (default) starts every task from zero
+  moments, in which case beta1 = 0 makes each inner step about ``inner_lr * sign(g)``;
+  ``inner_state="persistent"`` follows the code: the state lives in buffers (saved in
+  checkpoints), tasks run one after another (``task_mode="loop"``) and ``meta_loss`` in
+  training mode advances it.
 - Reptile has no support/query split: meta-training adapts on the whole training episode
   (``train_on_query``); evaluation adapts on the support set only, with fresh optimiser
   state, for ``test_inner_steps`` steps.
@@ -33,20 +42,23 @@ statistics: the transductive setting of the paper's reported numbers.
 from __future__ import annotations
 
 from dataclasses import dataclass, replace
+from typing import Any
 
 import torch
-from torch import Tensor
+from torch import Tensor, nn
 
 from metalab._types import Params
 from metalab.algorithms.base import MetaAlgorithm, MetaOutput, Predictor, check_support, finite
 from metalab.algorithms.gradient import GradientConfig, GradientMethod
 from metalab.algorithms.registry import register
+from metalab.data.benchmarks import TaskSpec
 from metalab.data.episode import Episode, EpisodeBatch
 from metalab.func import SGD, Adam, UpdateRule, map_tasks, task_loss, task_metric
 from metalab.utils.errors import MetalabError, require_positive
 from metalab.utils.seeding import make_generator
 
 INNER_OPTIMIZERS = ("adam", "sgd")
+INNER_STATES = ("fresh", "persistent")
 
 
 @dataclass(frozen=True)
@@ -65,6 +77,9 @@ class ReptileConfig(GradientConfig):
         train_on_query: meta-train on the support and query sets of a training episode
             together (Reptile has no support/query split); evaluation always adapts on the
             support set only.
+        inner_state: ``fresh``: every task's inner Adam starts from zero moments;
+            ``persistent``: the moments and step count carry over from task to task
+            through meta-training, as in the paper's code (see the module docstring).
 
     ``first_order`` is ignored: Reptile is first order by construction.
     """
@@ -75,9 +90,18 @@ class ReptileConfig(GradientConfig):
     adam_b1: float = 0.0
     inner_batch_size: int | None = None
     train_on_query: bool = True
+    inner_state: str = "fresh"
 
     def __post_init__(self) -> None:
         super().__post_init__()
+        if self.inner_state not in INNER_STATES:
+            raise MetalabError(f"inner_state must be one of {INNER_STATES}, got {self.inner_state!r}")
+        if self.inner_state == "persistent" and self.inner_optimizer != "adam":
+            raise MetalabError("inner_state='persistent' keeps Adam's moments; inner_optimizer='sgd' has none: "
+                               "use inner_optimizer='adam' or inner_state='fresh'")
+        if self.inner_state == "persistent" and self.task_mode not in ("auto", "loop"):
+            raise MetalabError(f"inner_state='persistent' passes the optimiser state from task to task, so tasks "
+                               f"run one after another: use task_mode='loop' (or 'auto'), not {self.task_mode!r}")
         if self.inner_optimizer not in INNER_OPTIMIZERS:
             raise MetalabError(f"inner_optimizer must be one of {INNER_OPTIMIZERS}, got {self.inner_optimizer!r}")
         if not 0.0 <= self.adam_b1 < 1.0:
@@ -108,6 +132,31 @@ class Reptile(GradientMethod):
     Config = ReptileConfig
     config: ReptileConfig
 
+    def __init__(self, spec: TaskSpec, config: ReptileConfig, model: nn.Module | None = None):
+        super().__init__(spec, config, model)
+        self.persistent = config.inner_state == "persistent"
+        if self.persistent:
+            self.task_mode = "loop"  # the state passes from one task to the next
+            m, v, count = self._rule().init(self.fast_params())
+            for i, name in enumerate(m):
+                self.register_buffer(f"inner_m_{i}", m[name])
+                self.register_buffer(f"inner_v_{i}", v[name])
+            self.register_buffer("inner_count", count)
+
+    def stored_state(self) -> tuple[Params, Params, Tensor]:
+        """The persistent inner Adam state ``(m, v, count)``, keyed like :meth:`fast_params`."""
+        names = list(self.fast_params())
+        return ({name: getattr(self, f"inner_m_{i}") for i, name in enumerate(names)},
+                {name: getattr(self, f"inner_v_{i}") for i, name in enumerate(names)}, self.inner_count)
+
+    def _store(self, state: tuple[Params, Params, Tensor]) -> None:
+        m, v, count = state
+        with torch.no_grad():
+            for i, name in enumerate(m):
+                getattr(self, f"inner_m_{i}").copy_(m[name])
+                getattr(self, f"inner_v_{i}").copy_(v[name])
+            self.inner_count.copy_(count)
+
     def rule(self) -> UpdateRule:
         cfg = self.config
         return Adam(cfg.inner_lr, b1=cfg.adam_b1) if cfg.inner_optimizer == "adam" else SGD(cfg.inner_lr)
@@ -116,23 +165,27 @@ class Reptile(GradientMethod):
         """Plain SGD on the surrogate: ``phi <- phi + lr * (mean_i W_i - phi)``."""
         return torch.optim.SGD(self.parameters(), lr=lr)
 
-    def adapted_on(self, params: Params, x: Tensor, y: Tensor, batches: Tensor) -> Params:
-        """``params`` after one rule step per row of ``batches`` (indices into ``x``, ``y``); no graph.
+    def adapted_on(self, params: Params, x: Tensor, y: Tensor, batches: Tensor,
+                   state: Any = None) -> tuple[Params, Any]:
+        """``params`` after one rule step per row of ``batches`` (indices into ``x``, ``y``), and
+        the rule's final state; no graph.
 
         Args:
             params: initial parameters (detached here).
             x: the task's inputs ``(n, *input_shape)``.
             y: its targets ``(n,)`` labels or ``(n, d)`` regression targets.
             batches: ``(steps, b)`` int64 indices, e.g. from :func:`minibatches`.
+            state: the rule's state to start from; ``None``: a fresh one.
         """
         grad_fn = torch.func.grad(lambda p, xb, yb: task_loss(self.predict(p, xb), yb))
         rule = self._rule()
         params = {name: p.detach() for name, p in params.items()}
-        state = rule.init(params)
+        if state is None:
+            state = rule.init(params)
         for step in range(batches.shape[0]):
             index = batches[step]
             params, state = rule(params, grad_fn(params, x[index], y[index]), state, step)
-        return params
+        return params, state
 
     def meta_loss(self, batch: EpisodeBatch) -> MetaOutput:
         self.check_head(batch.metas[0].n_way, batch.is_classification)
@@ -144,14 +197,20 @@ class Reptile(GradientMethod):
         batches = torch.stack([minibatches(x.shape[1], cfg.inner_batch_size, cfg.inner_steps, m.seed)
                                for m in batch.metas]).to(x.device)
         params = self.fast_params()
+        state = self.stored_state() if self.persistent else None
 
         def one_task(x: Tensor, y: Tensor, index: Tensor, qx: Tensor, qy: Tensor) -> tuple[Tensor, ...]:
-            adapted = self.adapted_on(params, x, y, index)
+            nonlocal state  # persistent: task i starts from task i-1's final state (loop mode, in order)
+            adapted, end = self.adapted_on(params, x, y, index, state)
+            if self.persistent:
+                state = end
             pred = self.predict(adapted, qx)
             return (*(adapted[name] for name in params), task_loss(pred, qy), task_metric(pred, qy))
 
         tensors = (x, y, batches, batch.query_x, batch.query_y)
         *adapted, losses, metrics = map_tasks(one_task, tensors, self.task_mode)
+        if self.persistent and self.training:
+            self._store(state)
         # d/dphi of 1/2 ||phi - stopgrad(mean_i W_i)||^2 is phi - mean_i W_i: SGD makes it Reptile's step
         surrogate = sum(0.5 * (p - w.mean(0).detach()).square().sum() for p, w in zip(params.values(), adapted))
         loss = finite(surrogate, f"{self.name}.meta_loss")
@@ -168,7 +227,8 @@ class Reptile(GradientMethod):
         x, y = episode.support_x, episode.support_y
         batches = minibatches(x.shape[0], self.config.inner_batch_size, self.test_steps(steps), episode.meta.seed)
         with torch.no_grad():
-            adapted = self.adapted_on(self.fast_params(), x, y, batches.to(x.device))
+            state = self.stored_state() if self.persistent else None  # read, never written back
+            adapted, _ = self.adapted_on(self.fast_params(), x, y, batches.to(x.device), state)
 
         def predict(inputs: Tensor) -> Tensor:
             with torch.no_grad():

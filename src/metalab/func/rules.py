@@ -81,6 +81,11 @@ class Adam:
     bias correction is folded into the step size (the paper's section 2 formulation, also
     TensorFlow's), so ``eps`` is the paper's "epsilon hat"; ``torch.optim.Adam`` adds eps
     after the correction and differs by O(eps).
+
+    The state is ``(m, v, count)``: the moments and the number of steps they have seen (a
+    scalar tensor, as optax's ``count``), which sets the bias correction. ``step`` only
+    picks the rate of a per-step ``lr``, so a state carried over from earlier tasks (see
+    Reptile's ``inner_state="persistent"``) keeps its own bias correction.
     """
 
     lr: float | Sequence[float] = 1e-3
@@ -88,19 +93,20 @@ class Adam:
     b2: float = 0.999
     eps: float = 1e-8
 
-    def init(self, params: Params) -> tuple[Params, Params]:
+    def init(self, params: Params) -> tuple[Params, Params, Tensor]:
         zeros = {name: torch.zeros_like(p) for name, p in params.items()}
-        return zeros, dict(zeros)
+        first = next(iter(params.values()))
+        return zeros, dict(zeros), torch.zeros((), dtype=first.dtype, device=first.device)
 
-    def __call__(self, params: Params, grads: Params, state: tuple[Params, Params], step: int,
+    def __call__(self, params: Params, grads: Params, state: tuple[Params, Params, Tensor], step: int,
                  value: Tensor | None = None):
-        m, v = state
+        m, v, count = state
         m = {k: self.b1 * m[k] + (1 - self.b1) * g for k, g in grads.items()}
         v = {k: self.b2 * v[k] + (1 - self.b2) * g * g for k, g in grads.items()}
-        t = step + 1
-        lr = per_step(self.lr, step) * (1 - self.b2**t) ** 0.5 / (1 - self.b1**t)
+        count = count + 1
+        lr = per_step(self.lr, step) * (1 - self.b2**count).sqrt() / (1 - self.b1**count)
         new = {k: p - lr * m[k] / (v[k].sqrt() + self.eps) for k, p in params.items()}
-        return new, (m, v)
+        return new, (m, v, count)
 
 
 def global_norm(tensors: Params) -> Tensor:
