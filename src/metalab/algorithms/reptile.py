@@ -23,8 +23,8 @@ The paper, mapped to code:
   checkpoints), tasks run one after another (``task_mode="loop"``) and ``meta_loss`` in
   training mode advances it.
 - Reptile has no support/query split: meta-training adapts on the whole training episode
-  (``train_on_query``); evaluation adapts on the support set only, with fresh optimiser
-  state, for ``test_inner_steps`` steps.
+  (``train_on_query``); evaluation adapts on the support set only, for
+  ``test_inner_steps`` steps, from fresh optimiser state (or the carried one, above).
 
 Omniglot hyper-parameters of the paper (Table 3, appendix A), in metalab terms: Adam with
 beta1 = 0 (``adam_b1=0.0``), inner rate 1e-3 (``inner_lr``), 5 inner iterations
