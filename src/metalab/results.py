@@ -111,6 +111,8 @@ def load(directory: Path) -> list[dict[str, Any]]:
 
 # a run's validation curve is fitted from this fraction of its training time on: the steep start is left out
 PROJECTION_FIT_FROM = 0.25
+# a projection beyond this multiple of the run's own time extrapolates a nearly flat curve: not shown as a time
+PROJECTION_MAX_FACTOR = 100.0
 
 
 def power_law_exponent(seconds: Iterable[float], errors: Iterable[float],
@@ -165,9 +167,14 @@ def _projections(rows: list[dict[str, Any]]) -> list[str]:
         when = projected_seconds(r["train_seconds"], 1 - r["value"], 1 - paper, exponent)
         setting = _label(r)
         reached = f"{_fmt('accuracy', r['value'])} after {r['train_seconds'] / 60:.1f} min"
-        lines.append(f"- {r['method']} {setting}: " + (
-            f"no projection: the validation error did not fall over the fitted part ({reached})" if when is None else
-            f"{when / 3600:.1f} h to {_fmt('accuracy', paper)} (b = {exponent:.2f}; {reached})"))
+        if when is None:
+            text = f"no projection: the validation error did not fall over the fitted part ({reached})"
+        elif when > PROJECTION_MAX_FACTOR * r["train_seconds"]:
+            text = (f"no projection: the validation error barely falls (b = {exponent:.2f}), so reaching "
+                    f"{_fmt('accuracy', paper)} would take over {PROJECTION_MAX_FACTOR:.0f}x this run's time ({reached})")
+        else:
+            text = f"{when / 3600:.1f} h to {_fmt('accuracy', paper)} (b = {exponent:.2f}; {reached})"
+        lines.append(f"- {r['method']} {setting}: {text}")
     return lines
 
 
