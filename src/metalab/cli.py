@@ -59,7 +59,7 @@ PAPER_HPARAMS: dict[tuple[str, str], dict[str, Any]] = {
     # Nichol et al. 2018, appendix: Adam(beta1=0) 1e-3, 5 steps of batch 10; 50 steps at test; the moments
     # carry over from task to task as in the paper's code (benchmarks/results/omniglot.jsonl, "20min persistent Adam")
     ("reptile", "omniglot"): {"inner_lr": 1e-3, "inner_steps": 5, "inner_batch_size": 10, "test_inner_steps": 50,
-                            "inner_state": "persistent"},
+                               "inner_state": "persistent"},
     # MuJoCo and Meta-World actions live on [-1, 1] already (2D navigation's policy outputs are scaled by 0.1)
     **{(method, bench): {"action_scale": 1.0} for method in ("maml_rl", "rl2")
        for bench in ("cheetah-vel", "cheetah-dir", "ant-dir", "ml1-reach", "ml10")},
