@@ -94,20 +94,20 @@ class ReptileConfig(GradientConfig):
 
     def __post_init__(self) -> None:
         super().__post_init__()
-        if self.inner_state not in INNER_STATES:
-            raise MetalabError(f"inner_state must be one of {INNER_STATES}, got {self.inner_state!r}")
-        if self.inner_state == "persistent" and self.inner_optimizer != "adam":
-            raise MetalabError("inner_state='persistent' keeps Adam's moments; inner_optimizer='sgd' has none: "
-                               "use inner_optimizer='adam' or inner_state='fresh'")
-        if self.inner_state == "persistent" and self.task_mode not in ("auto", "loop"):
-            raise MetalabError(f"inner_state='persistent' passes the optimiser state from task to task, so tasks "
-                               f"run one after another: use task_mode='loop' (or 'auto'), not {self.task_mode!r}")
         if self.inner_optimizer not in INNER_OPTIMIZERS:
             raise MetalabError(f"inner_optimizer must be one of {INNER_OPTIMIZERS}, got {self.inner_optimizer!r}")
         if not 0.0 <= self.adam_b1 < 1.0:
             raise MetalabError(f"adam_b1 must be in [0, 1), got {self.adam_b1}")
         if self.inner_batch_size is not None:
             require_positive(inner_batch_size=self.inner_batch_size)
+        if self.inner_state not in INNER_STATES:
+            raise MetalabError(f"inner_state must be one of {INNER_STATES}, got {self.inner_state!r}")
+        if self.inner_state == "persistent" and self.inner_optimizer != "adam":
+            raise MetalabError(f"inner_state='persistent' keeps Adam's moments; inner_optimizer="
+                               f"{self.inner_optimizer!r} has none: use inner_optimizer='adam' or inner_state='fresh'")
+        if self.inner_state == "persistent" and self.task_mode not in ("auto", "loop"):
+            raise MetalabError(f"inner_state='persistent' passes the optimiser state from task to task, so tasks "
+                               f"run one after another: use task_mode='loop' (or 'auto'), not {self.task_mode!r}")
 
 
 def minibatches(n: int, batch_size: int | None, steps: int, seed: int) -> Tensor:
@@ -150,12 +150,12 @@ class Reptile(GradientMethod):
                 {name: getattr(self, f"inner_v_{i}") for i, name in enumerate(names)}, self.inner_count)
 
     def _store(self, state: tuple[Params, Params, Tensor]) -> None:
-        m, v, count = state
+        (m, v, count), (held_m, held_v, held_count) = state, self.stored_state()
         with torch.no_grad():
-            for i, name in enumerate(m):
-                getattr(self, f"inner_m_{i}").copy_(m[name])
-                getattr(self, f"inner_v_{i}").copy_(v[name])
-            self.inner_count.copy_(count)
+            for name in held_m:
+                held_m[name].copy_(m[name])
+                held_v[name].copy_(v[name])
+            held_count.copy_(count)
 
     def rule(self) -> UpdateRule:
         cfg = self.config
