@@ -12,6 +12,7 @@ from metalab.plot import validation_curve
 
 RESULTS_DIR = Path(__file__).resolve().parent / "results"
 REPO = Path(__file__).resolve().parents[1]
+results.commit()  # pinned as the benchmark starts: its records name the source it runs, whatever HEAD is at the end
 
 
 def command() -> str:

@@ -179,6 +179,8 @@ def reproduce(table: str, out: Path, minutes: float | None, overrides: dict[str,
     if page is not None and records_dir is None:
         raise MetalabError("a results page is rendered from result records: give a records folder with it")
     command = command or f"metalab reproduce {table}"
+    if records_dir is not None:
+        results.commit()  # pinned before training: the records name the source these runs loaded
     rows = []
     names = TABLES[table]
     if only:

@@ -12,6 +12,7 @@ produced each row.
 from __future__ import annotations
 
 import datetime
+import functools
 import json
 import math
 import os
@@ -42,11 +43,17 @@ def machine() -> str:
     return f"{os.cpu_count()} cores, {model}, torch {torch.__version__}, {device}, {torch.get_num_threads()} threads"
 
 
-def commit() -> str:
-    """The git commit of metalab's source (``-dirty`` if ``src`` has changes); ``unknown`` outside a checkout."""
+@functools.cache
+def commit(source: Path = _SOURCE) -> str:
+    """The git commit of metalab's source (``-dirty`` if ``src`` has changes); ``unknown`` outside a checkout.
+
+    ``source`` is the folder whose checkout is read (metalab's package folder). Computed once per process, at the
+    first call: a long run calls it when it starts, so that its records name the source it loaded and not a HEAD
+    that moved while it trained.
+    """
     def git(*args: str) -> str:
         try:
-            done = subprocess.run(["git", *args], cwd=_SOURCE, capture_output=True, text=True, timeout=10)
+            done = subprocess.run(["git", *args], cwd=source, capture_output=True, text=True, timeout=10)
         except (OSError, subprocess.SubprocessError):
             return ""
         return done.stdout.strip() if done.returncode == 0 else ""

@@ -67,6 +67,7 @@ def main() -> int:
         train(model, wrapped, cfg, None, progress=False, distributed=distributed)
         if distributed.is_main:
             torch.save({k: v.detach().cpu().clone() for k, v in model.state_dict().items()}, out)
+        distributed.barrier("waiting for every rank to finish")  # as the command line does: ranks leave together
         return 0
     except MetalabError as exc:
         print(f"error: {exc}", file=sys.stderr, flush=True)

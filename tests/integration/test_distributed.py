@@ -36,19 +36,10 @@ def ranks(world: int, *args: str) -> list[subprocess.Popen]:
             for r in range(world)]
 
 
-# A rank of a gloo group that is starting up on a heavily loaded machine sometimes aborts inside torch's C++
-# before running any metalab code (this message, SIGABRT, within seconds; seen 2 times in about 20 launches
-# with two training runs beside the tests, never on an idle machine): such a launch is started once more.
-TORCH_STARTUP_ABORT = "terminate called without an active exception"
-
-
 def torchrun(*args: str) -> subprocess.CompletedProcess:
     command = [sys.executable, "-m", "torch.distributed.run", "--standalone", "--nproc_per_node", "2", "-m", "metalab",
                *args]
-    done = subprocess.run(command, capture_output=True, text=True, timeout=600, env=ENV)
-    if done.returncode and done.stderr.startswith(TORCH_STARTUP_ABORT):
-        done = subprocess.run(command, capture_output=True, text=True, timeout=600, env=ENV)
-    return done
+    return subprocess.run(command, capture_output=True, text=True, timeout=600, env=ENV)
 
 
 def metalab(*args: str) -> subprocess.CompletedProcess:

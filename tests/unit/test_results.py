@@ -3,6 +3,7 @@
 from __future__ import annotations
 
 import json
+import subprocess
 
 import pytest
 
@@ -26,6 +27,29 @@ def test_record_has_the_design_fields_and_append_accumulates(tmp_path):
     results.append([r], path)
     results.append([_rec(0.8, "2026-01-02")], path)
     assert [x["value"] for x in results.load(tmp_path)] == [0.9, 0.8]
+
+
+def test_the_commit_is_read_once_so_a_head_that_moves_during_a_run_does_not_change_its_records(tmp_path):
+    def git(*args):
+        subprocess.run(["git", "-c", "user.name=t", "-c", "user.email=t@t", *args], cwd=tmp_path, check=True,
+                       capture_output=True)
+
+    assert results.commit(tmp_path) == "unknown"  # not a checkout
+    results.commit.cache_clear()
+    git("init", "-q")
+    (tmp_path / "a.py").write_text("1\n")
+    git("add", "a.py")
+    git("commit", "-q", "-m", "one")
+    first = results.commit(tmp_path)
+    assert len(first) == 12 and not first.endswith("-dirty")
+    (tmp_path / "a.py").write_text("2\n")
+    git("commit", "-q", "-am", "two")
+    assert results.commit(tmp_path) == first
+    results.commit.cache_clear()
+    assert results.commit(tmp_path) not in (first, "unknown")
+    (tmp_path / "a.py").write_text("3\n")
+    results.commit.cache_clear()
+    assert results.commit(tmp_path).endswith("-dirty")
 
 
 def test_newest_record_per_key_is_current_and_budget_labels_keep_their_own_row():
