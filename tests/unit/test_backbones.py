@@ -10,18 +10,22 @@ from metalab.nn import MLP, Conv4
 from metalab.nn.backbones import conv3x3_few_channels
 
 
-def _plain_conv4(in_channels: int, hidden: int, n_out: int) -> nn.Sequential:
-    layers = []
+def _plain_conv4(in_channels: int, hidden: int, n_out: int, downsample: str = "pool") -> nn.Sequential:
+    """The paper's conv4: conv -> BN -> ReLU -> 2x2 max-pool, or with ``"stride"`` conv (stride 2) -> BN -> ReLU."""
+    layers, stride = [], 2 if downsample == "stride" else 1
     for i in range(4):
-        layers += [nn.Conv2d(in_channels if i == 0 else hidden, hidden, 3, padding=1),
-                   nn.BatchNorm2d(hidden, track_running_stats=False), nn.ReLU(), nn.MaxPool2d(2)]
-    return nn.Sequential(*layers, nn.Flatten(), nn.Linear(hidden, n_out))
+        layers += [nn.Conv2d(in_channels if i == 0 else hidden, hidden, 3, padding=1, stride=stride),
+                   nn.BatchNorm2d(hidden, track_running_stats=False), nn.ReLU()]
+        layers += [nn.MaxPool2d(2)] if downsample == "pool" else []
+    side = 1 if downsample == "pool" else 2  # 28 -> 14 -> 7 -> 3 -> 1, or 28 -> 14 -> 7 -> 4 -> 2
+    return nn.Sequential(*layers, nn.Flatten(), nn.Linear(hidden * side * side, n_out))
 
 
-def _pair(in_channels=1, hidden=8, n_out=5, channels_last=False):
+def _pair(in_channels=1, hidden=8, n_out=5, channels_last=False, downsample="pool"):
     torch.manual_seed(0)
-    plain = _plain_conv4(in_channels, hidden, n_out).double()
-    fast = Conv4(in_channels, image_size=28, hidden=hidden, out_features=n_out, channels_last=channels_last).double()
+    plain = _plain_conv4(in_channels, hidden, n_out, downsample).double()
+    fast = Conv4(in_channels, image_size=28, hidden=hidden, out_features=n_out, channels_last=channels_last,
+                 downsample=downsample).double()
     assert [p.shape for p in plain.parameters()] == [p.shape for p in fast.parameters()]
     with torch.no_grad():
         for p, q in zip(plain.parameters(), fast.parameters()):
@@ -37,10 +41,11 @@ def _images(n=6, in_channels=1):
     return torch.where(strokes, torch.rand(x.shape, generator=g, dtype=torch.float64), x)
 
 
+@pytest.mark.parametrize("downsample", ["pool", "stride"])
 @pytest.mark.parametrize("channels_last", [False, True])
 @pytest.mark.parametrize("in_channels", [1, 3])
-def test_fast_conv4_equals_the_plain_sequential_conv4(in_channels, channels_last):
-    plain, fast = _pair(in_channels, channels_last=channels_last)
+def test_fast_conv4_equals_the_plain_sequential_conv4(in_channels, channels_last, downsample):
+    plain, fast = _pair(in_channels, channels_last=channels_last, downsample=downsample)
     x, y = _images(in_channels=in_channels), torch.arange(6) % 5
     out_plain, out_fast = plain(x), fast(x)
     torch.testing.assert_close(out_fast, out_plain, rtol=1e-10, atol=1e-12)
@@ -50,10 +55,11 @@ def test_fast_conv4_equals_the_plain_sequential_conv4(in_channels, channels_last
         torch.testing.assert_close(a, b, rtol=1e-9, atol=1e-12)
 
 
+@pytest.mark.parametrize("downsample", ["pool", "stride"])
 @pytest.mark.parametrize("channels_last", [False, True])
-def test_fast_conv4_second_order_equals_the_plain_conv4(channels_last):
+def test_fast_conv4_second_order_equals_the_plain_conv4(channels_last, downsample):
     """MAML's meta-gradient through one inner step: Hessian-vector products included."""
-    plain, fast = _pair(channels_last=channels_last)
+    plain, fast = _pair(channels_last=channels_last, downsample=downsample)
     sx, qx, y = _images(5), _images(10), torch.arange(10) % 5
 
     def meta_grad(model):
@@ -67,12 +73,13 @@ def test_fast_conv4_second_order_equals_the_plain_conv4(channels_last):
         torch.testing.assert_close(a, b, rtol=1e-9, atol=1e-12)
 
 
-def test_few_channel_convolution_is_conv2d_and_channels_last():
+@pytest.mark.parametrize("stride", [1, 2])
+def test_few_channel_convolution_is_conv2d_and_channels_last(stride):
     g = torch.Generator().manual_seed(2)
     x = torch.randn(4, 2, 9, 7, generator=g, dtype=torch.float64)
     w, b = torch.randn(5, 2, 3, 3, generator=g, dtype=torch.float64), torch.randn(5, generator=g, dtype=torch.float64)
-    out = conv3x3_few_channels(x, w, b)
-    torch.testing.assert_close(out, F.conv2d(x, w, b, padding=1), rtol=1e-12, atol=1e-12)
+    out = conv3x3_few_channels(x, w, b, stride)
+    torch.testing.assert_close(out, F.conv2d(x, w, b, stride=stride, padding=1), rtol=1e-12, atol=1e-12)
     assert out.is_contiguous(memory_format=torch.channels_last)
 
 
@@ -98,12 +105,13 @@ def test_every_block_output_is_channels_last_when_asked():
             assert h.is_contiguous(memory_format=torch.channels_last), type(block).__name__
 
 
-@pytest.mark.parametrize("pool_blocks", [4, 2])
+@pytest.mark.parametrize("pool_blocks,downsample", [(4, "pool"), (2, "pool"), (4, "stride")])
 @pytest.mark.parametrize("head", [True, False])
-def test_conv4_functional_tasks_equals_each_task_on_its_own(pool_blocks, head):
+def test_conv4_functional_tasks_equals_each_task_on_its_own(pool_blocks, downsample, head):
     """Tasks side by side in grouped convolutions: the same outputs and gradients as one task at a time."""
     torch.manual_seed(0)
-    model = Conv4(1, image_size=28, hidden=4, out_features=5 if head else None, pool_blocks=pool_blocks).double()
+    model = Conv4(1, image_size=28, hidden=4, out_features=5 if head else None, pool_blocks=pool_blocks,
+                  downsample=downsample).double()
     tasks = 3
     params = {k: v.detach() + 0.1 * torch.randn(tasks, *v.shape, dtype=v.dtype) for k, v in params_of(model).items()}
     x = torch.stack([_images(4), 0.5 * _images(4), _images(4).flip(-1)])
@@ -120,11 +128,12 @@ def test_conv4_functional_tasks_equals_each_task_on_its_own(pool_blocks, head):
 
 
 @pytest.mark.parametrize("channels_last", [False, True])
-@pytest.mark.parametrize("pool_blocks", [4, 2])
-def test_conv4_embed_tasks_equals_the_body_on_each_task_alone(channels_last, pool_blocks):
+@pytest.mark.parametrize("pool_blocks,downsample", [(4, "pool"), (2, "pool"), (4, "stride")])
+def test_conv4_embed_tasks_equals_the_body_on_each_task_alone(channels_last, pool_blocks, downsample):
     """Shared weights over all tasks' images, batch norm per task: the outputs and gradients of one task at a time."""
     torch.manual_seed(0)
-    model = Conv4(1, image_size=28, hidden=4, out_features=5, pool_blocks=pool_blocks, channels_last=channels_last)
+    model = Conv4(1, image_size=28, hidden=4, out_features=5, pool_blocks=pool_blocks, channels_last=channels_last,
+                  downsample=downsample)
     model = model.double()
     x = torch.stack([_images(4), 0.5 * _images(4) + 0.3, _images(4).flip(-1)])
     batched = model.embed_tasks(x)
@@ -138,6 +147,16 @@ def test_conv4_embed_tasks_equals_the_body_on_each_task_alone(channels_last, poo
         torch.testing.assert_close(a, b, rtol=1e-10, atol=1e-12)
     with pytest.raises(ValueError, match="batch statistics"):
         Conv4(1, image_size=28, hidden=4, track_running_stats=True).embed_tasks(x.float())
+
+
+def test_strided_conv4_halves_like_the_papers_omniglot_model_and_rejects_unknown_modes():
+    model = Conv4(1, image_size=28, downsample="stride")
+    assert model.feature_shape == (64, 2, 2) and model.embedding_dim == 256
+    assert not any(isinstance(m, nn.MaxPool2d) for m in model.modules())
+    assert model(torch.zeros(3, 1, 28, 28)).shape == (3, 256)
+    assert Conv4(1, image_size=28, pool_blocks=2, downsample="stride").feature_shape == (64, 7, 7)
+    with pytest.raises(ValueError, match="downsample must be one of"):
+        Conv4(1, downsample="avg")
 
 
 def test_mlp_embed_tasks_is_its_body_on_every_task():

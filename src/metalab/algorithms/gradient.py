@@ -34,6 +34,7 @@ from metalab.func import (
     task_metric,
 )
 from metalab.nn import make_backbone
+from metalab.nn.backbones import DOWNSAMPLE
 from metalab.utils.errors import MetalabError, require_non_negative
 
 
@@ -72,6 +73,9 @@ class GradientConfig:
             its batch norm then uses ``var_mean``, see
             :func:`metalab.nn.batchnorm.batch_statistics_norm`); measured by
             ``benchmarks/throughput.py``.
+        downsample: how the default Conv4 halves the image: ``"pool"`` (max-pool, the
+            default) or ``"stride"`` (stride-2 convolutions: the Omniglot model of the MAML
+            and Reptile papers' code, see :class:`metalab.nn.Conv4`). Images only.
 
     Evaluation (``adapt``) always runs the inner loop without building a graph.
     """
@@ -83,10 +87,13 @@ class GradientConfig:
     inner_grad_clip: float | None = None
     task_mode: str = "auto"
     channels_last: bool = False
+    downsample: str = "pool"
 
     def __post_init__(self) -> None:
         if self.task_mode not in GRADIENT_TASK_MODES:
             raise MetalabError(f"task_mode must be one of {GRADIENT_TASK_MODES}, got {self.task_mode!r}")
+        if self.downsample not in DOWNSAMPLE:
+            raise MetalabError(f"downsample must be one of {DOWNSAMPLE}, got {self.downsample!r}")
         require_non_negative(inner_steps=self.inner_steps,
                              **({} if self.test_inner_steps is None else {"test_inner_steps": self.test_inner_steps}))
         rates = self.inner_lr if isinstance(self.inner_lr, (tuple, list)) else (self.inner_lr,)
@@ -117,8 +124,11 @@ class GradientMethod(MetaAlgorithm):
         mode = config.task_mode
         unbatched = "vmap" if len(spec.input_shape) == 1 else "loop"
         if model is None:
+            if config.downsample != "pool" and len(spec.input_shape) != 3:
+                raise MetalabError(f"downsample={config.downsample!r} is a Conv4 option for images; this "
+                                   f"benchmark's inputs have shape {tuple(spec.input_shape)}")
             model = make_backbone(spec.input_shape, spec.output_dim, vmap_safe=mode == "vmap",
-                                  channels_last=config.channels_last)
+                                  channels_last=config.channels_last, downsample=config.downsample)
         self.model = model
         if mode == "auto":
             mode = unbatched

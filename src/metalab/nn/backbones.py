@@ -12,6 +12,9 @@ from metalab._types import Params
 from metalab.nn.batchnorm import BatchNorm, batch_statistics_norm, grouped_batch_statistics_norm
 
 
+DOWNSAMPLE = ("pool", "stride")
+
+
 class ChannelsLast(nn.Module):
     """Lays images out channels-last, the fast memory format of CPU convolutions (when ``enabled``)."""
 
@@ -23,17 +26,18 @@ class ChannelsLast(nn.Module):
         return x.contiguous(memory_format=torch.channels_last) if self.enabled else x
 
 
-def conv3x3_few_channels(x: Tensor, weight: Tensor, bias: Tensor) -> Tensor:
-    """3x3 convolution (padding 1) as im2col + one matrix product, output channels-last.
+def conv3x3_few_channels(x: Tensor, weight: Tensor, bias: Tensor, stride: int = 1) -> Tensor:
+    """3x3 convolution (padding 1, ``stride``) as im2col + one matrix product, output channels-last.
 
     For 1-3 input channels oneDNN's convolution runs at under 10 GFLOP/s on CPU and
     returns a channels-first tensor (a 1-channel input is both layouts at once), which
     makes every later layer slow; the matrix product is several times faster and its
     output is laid out ``(N, H, W, C)``. Same result as ``F.conv2d(x, weight, bias,
-    padding=1)`` up to float rounding (tested).
+    stride=stride, padding=1)`` up to float rounding (tested).
     """
     n, c, h, w = x.shape
-    cols = F.unfold(x, 3, padding=1).transpose(1, 2).reshape(n * h * w, c * 9)
+    h, w = (h - 1) // stride + 1, (w - 1) // stride + 1
+    cols = F.unfold(x, 3, padding=1, stride=stride).transpose(1, 2).reshape(n * h * w, c * 9)
     # a contiguous (c*9, out) operand: its gradient is then cols^T @ grad, the fast form of
     # a product with a long inner dimension (the transposed form is several times slower)
     out = torch.addmm(bias, cols, weight.reshape(weight.shape[0], -1).t().contiguous())
@@ -47,7 +51,7 @@ def sub_params(params: Params, prefix: str) -> Params:
 
 
 class ConvBlock(nn.Module):
-    """conv 3x3 (padding 1) -> batch norm -> 2x2 max-pool (if ``pool``) -> ReLU.
+    """conv 3x3 (padding 1, ``stride`` 1 or 2) -> batch norm -> 2x2 max-pool (if ``pool``) -> ReLU.
 
     The paper's order is conv -> BN -> ReLU -> pool; ReLU and max-pool commute (both are
     monotone, element-wise vs. window max, and ties break the same way), so pooling first
@@ -57,10 +61,10 @@ class ConvBlock(nn.Module):
     """
 
     def __init__(self, in_channels: int, out_channels: int, track_running_stats: bool, vmap_safe: bool,
-                 channels_last: bool = False, pool: bool = True):
+                 channels_last: bool = False, pool: bool = True, stride: int = 1):
         super().__init__()
-        self.pool = pool
-        self.conv = nn.Conv2d(in_channels, out_channels, kernel_size=3, padding=1)
+        self.pool, self.stride = pool, stride
+        self.conv = nn.Conv2d(in_channels, out_channels, kernel_size=3, padding=1, stride=stride)
         self.norm = BatchNorm(out_channels, track_running_stats=track_running_stats, vmap_safe=vmap_safe)
         self.channels_last = channels_last and not vmap_safe
 
@@ -71,8 +75,8 @@ class ConvBlock(nn.Module):
     def _conv(self, params: Params, x: Tensor) -> Tensor:
         weight, bias = params["conv.weight"], params["conv.bias"]
         if self.channels_last and x.shape[1] <= 3:
-            return conv3x3_few_channels(x, weight, bias)
-        return F.conv2d(x, weight, bias, padding=1)
+            return conv3x3_few_channels(x, weight, bias, self.stride)
+        return F.conv2d(x, weight, bias, stride=self.stride, padding=1)
 
     def after_conv(self, params: Params, x: Tensor) -> Tensor:
         """The rest of the block on the convolution's output ``x``: batch norm, pool, ReLU."""
@@ -106,8 +110,8 @@ class ConvBlock(nn.Module):
         """
         self._needs_batch_statistics("functional_tasks")
         weight = params["conv.weight"]
-        x = F.conv2d(x, weight.reshape(-1, *weight.shape[2:]), params["conv.bias"].reshape(-1), padding=1,
-                     groups=tasks)
+        x = F.conv2d(x, weight.reshape(-1, *weight.shape[2:]), params["conv.bias"].reshape(-1), stride=self.stride,
+                     padding=1, groups=tasks)
         x = batch_statistics_norm(x, params["norm.weight"].reshape(-1), params["norm.bias"].reshape(-1), self.norm.eps)
         return self._pool_relu(x)
 
@@ -121,6 +125,11 @@ class Conv4(nn.Module):
     On 28x28 Omniglot the spatial size goes 28 -> 14 -> 7 -> 3 -> 1, so the embedding has
     ``hidden`` (64) features. With ``pool_blocks=2`` only the first two blocks pool (the
     embedding module of Relation Networks): 28 -> 14 -> 7, ``feature_shape`` (64, 7, 7).
+    With ``downsample="stride"`` the blocks halve the size with a stride-2 convolution
+    instead of a max-pool, as the Omniglot models of the MAML and Reptile papers' code do
+    (cbfinn/maml without ``--max_pool``, openai/supervised-reptile ``OmniglotModel``):
+    28 -> 14 -> 7 -> 4 -> 2, a 256-feature embedding, and every convolution after the
+    first runs on a quarter of the positions.
 
     Args:
         in_channels: image channels (1 for Omniglot).
@@ -128,7 +137,9 @@ class Conv4(nn.Module):
         hidden: channels of every block.
         out_features: size of the linear head; ``None`` returns the embedding.
         track_running_stats, vmap_safe: see :class:`metalab.nn.BatchNorm`.
-        pool_blocks: how many blocks (from the first) end with a 2x2 max-pool, 0 to 4.
+        pool_blocks: how many blocks (from the first) halve the spatial size, 0 to 4.
+        downsample: how those blocks halve it: ``"pool"`` (2x2 max-pool after batch norm,
+            the default) or ``"stride"`` (stride-2 convolution, no pooling).
         channels_last: lay activations out channels-last and compute the first convolution
             as im2col + one matrix product; batch norm then runs as ``var_mean`` plus
             element-wise arithmetic (:func:`metalab.nn.batchnorm.batch_statistics_norm`:
@@ -154,21 +165,26 @@ class Conv4(nn.Module):
         vmap_safe: bool = False,
         channels_last: bool = False,
         pool_blocks: int = 4,
+        downsample: str = "pool",
     ):
         super().__init__()
         if not 0 <= pool_blocks <= 4:
             raise ValueError(f"pool_blocks must be between 0 and 4, got {pool_blocks}")
+        if downsample not in DOWNSAMPLE:
+            raise ValueError(f"downsample must be one of {DOWNSAMPLE}, got {downsample!r}")
+        strided = downsample == "stride"
         self.vmap_safe = vmap_safe
         fast = channels_last and not vmap_safe
         self.body = nn.Sequential(
             ChannelsLast(enabled=fast),
             *(ConvBlock(in_channels if i == 0 else hidden, hidden, track_running_stats, vmap_safe, fast,
-                        pool=i < pool_blocks) for i in range(4)),
+                        pool=i < pool_blocks and not strided, stride=2 if i < pool_blocks and strided else 1)
+              for i in range(4)),
             nn.Flatten(),
         )
         side = image_size
         for _ in range(pool_blocks):
-            side //= 2
+            side = (side - 1) // 2 + 1 if strided else side // 2
         if side < 1:
             raise ValueError(f"Conv4 with {pool_blocks} pooling blocks needs images of at least "
                              f"{2 ** pool_blocks}x{2 ** pool_blocks}, got {image_size}x{image_size}")
