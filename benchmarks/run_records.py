@@ -57,7 +57,7 @@ def main() -> None:
         rows.append(("test", rows[-1][1]))
     out = [results.record(bench["name"], args.method or summary["algorithm"], setting, test["metric"], test["mean"], test["ci95"],
                           paper.get(setting), summary["train_seconds"], summary["steps"], command,
-                          test_episodes=test["episodes"], run=str(run),
+                          source_commit=summary.get("commit"), test_episodes=test["episodes"], run=str(run),
                           **({"budget": args.budget_label} if args.budget_label else {}))
            for setting, test in rows]
     print(records.append(bench["name"], out, args.results_dir))

@@ -90,6 +90,7 @@ def run_experiment(cfg: dict[str, Any], run_dir: Path, resume: bool = False, pro
     if kind == "rl" and device.type != "cpu":
         raise MetalabError(RUNS_ON_CPU)
     method_config = algorithms.make_config(cfg["algorithm"], **cfg["hparams"])
+    source = results.commit()  # before training: the source this run loaded
     benchmark = build_benchmark(bench_cfg, progress)
     with torch.random.fork_rng(devices=[]):
         torch.manual_seed(derive_seed(train_cfg.seed, 0))
@@ -112,7 +113,7 @@ def run_experiment(cfg: dict[str, Any], run_dir: Path, resume: bool = False, pro
         tests.append(test.to_dict())
     summary = {**{k: cfg[k] for k in ("algorithm", "benchmark", "hparams", "train")},
                "train_seconds": round(result.seconds, 2), "steps": result.steps, "best_val": result.best,
-               "test": tests, "checkpoint": str(run_dir / "best.pt")}
+               "test": tests, "checkpoint": str(run_dir / "best.pt"), "commit": source}
     if distributed.is_main:
         atomic_write_text(run_dir / "results.json", json.dumps(summary, indent=2))
     return summary

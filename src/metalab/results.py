@@ -66,13 +66,17 @@ def commit(source: Path = _SOURCE) -> str:
 
 def record(benchmark: str, method: str, setting: str, metric: str, value: float, ci95: float | None,
            paper: float | None, train_seconds: float | None, steps: int | None, command: str,
-           **extra: Any) -> dict[str, Any]:
-    """One result record with its provenance (commit, date, machine) filled in."""
+           source_commit: str | None = None, **extra: Any) -> dict[str, Any]:
+    """One result record with its provenance (commit, date, machine) filled in.
+
+    ``source_commit``: the commit of the source that produced the measurement when it is not this process's
+    (:func:`commit`), e.g. the one a run folder's ``results.json`` names.
+    """
     return {
         "benchmark": benchmark, "method": method, "setting": setting, "metric": metric,
         "value": value, "ci95": ci95, "paper": paper,
         "train_seconds": None if train_seconds is None else round(train_seconds, 1), "steps": steps,
-        "command": command, "commit": commit(),
+        "command": command, "commit": source_commit or commit(),
         "date": datetime.datetime.now(datetime.timezone.utc).isoformat(timespec="seconds"),
         "machine": machine(), **extra,
     }

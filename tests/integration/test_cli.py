@@ -5,8 +5,13 @@ from __future__ import annotations
 import json
 import subprocess
 import sys
+from pathlib import Path
 
 import pytest
+
+from metalab import results as records
+
+REPO = Path(__file__).resolve().parents[2]
 
 
 def metalab(*args: str, timeout: float = 600) -> subprocess.CompletedProcess:
@@ -37,6 +42,14 @@ def test_maml_on_sinusoid_learns_to_adapt(tmp_path):
     assert again.returncode == 0, again.stderr
     evaluated = json.loads((tmp_path / "eval.json").read_text())["test"][0]
     assert evaluated["mean"] == pytest.approx(mse[10], rel=1e-6)
+    # the run names the source it trained with; its records carry that commit
+    assert results["commit"] == records.commit()
+    written = subprocess.run([sys.executable, str(REPO / "benchmarks" / "run_records.py"), str(run), "--results-dir",
+                              str(tmp_path / "records")], capture_output=True, text=True, timeout=120)
+    assert written.returncode == 0, written.stderr
+    rows = [json.loads(line) for line in (tmp_path / "records" / "sinusoid.jsonl").read_text().splitlines()]
+    assert [(r["setting"], r["value"], r["commit"]) for r in rows] == [
+        (f"{t['steps']}steps", t["mean"], results["commit"]) for t in results["test"]]
 
 
 def test_protonet_on_real_omniglot_beats_chance_on_held_out_characters(tmp_path, omniglot_dir, omniglot_images, omniglot_cache):
