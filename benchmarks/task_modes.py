@@ -2,20 +2,22 @@
 
     python benchmarks/task_modes.py [--device cuda]
     python benchmarks/task_modes.py --methods anil --modes loop,batched --settings conv4-5w1s-mb8,conv4-5w5s-mb8 \
-        --threads 1 [--channels-last]
+        --threads 1 [--channels-last] [--downsample pool,stride]
 
 Settings: sinusoid (1-40-40-1 MLP, meta-batch 25, 5-shot, 10 query points) and Omniglot-
 shaped conv4 (28x28, 5-way 1-shot or 5-shot, 15 queries per class, meta-batch 8), second
 order, one inner step. One iteration is ``algo.meta_gradient(batch)``, what the trainer
 calls. The fastest mode per learner is metalab's default (`task_mode="auto"`, measured on the
 CPU; with `--device cuda` the settings are named `<setting>-cuda`, to choose the GPU's
-default). Appends `throughput` records (method `<method>-<mode>[-channels-last]`, metric
-`seconds_per_iter`) to results/throughput.jsonl.
+default). `--downsample stride` builds conv4 with stride-2 convolutions instead of max-pooling
+(the papers' Omniglot model, see metalab.nn.Conv4). Appends `throughput` records (method
+`<method>-<mode>[-channels-last][-strided]`, metric `seconds_per_iter`) to results/throughput.jsonl.
 """
 
 from __future__ import annotations
 
 import argparse
+import itertools
 import sys
 import time
 from pathlib import Path
@@ -70,6 +72,8 @@ def main() -> None:
     p.add_argument("--settings", default="sinusoid-mlp-mb25,conv4-5w1s-mb8",
                    help=f"comma-separated, of {', '.join(SETTINGS)}")
     p.add_argument("--channels-last", action="store_true", help="build conv4 channels-last")
+    p.add_argument("--downsample", default="pool",
+                   help="comma-separated conv4 downsampling modes to time: pool (max-pool), stride (stride-2 convs)")
     records.add_results_flag(p)
     args = p.parse_args()
     settings = args.settings.split(",")
@@ -84,19 +88,20 @@ def main() -> None:
         spec, batch, lr, scale = SETTINGS[setting]()
         conv = len(spec.input_shape) == 3
         layout = {"channels_last": True} if args.channels_last and conv else {}
-        for method in args.methods.split(","):
-            for mode in args.modes.split(","):
-                torch.manual_seed(0)
-                try:
-                    algo = build(method, spec, inner_lr=lr, task_mode=mode, **layout).to(device)
-                except MetalabError as err:  # nothing is recorded: the records are written at the end
-                    p.error(f"{method} with task_mode={mode} on {setting}: {err}")
-                iters = args.iters * scale
-                sec = seconds_per_iter(algo, algo.on_device(batch), iters)
-                label = f"{method}-{mode}" + ("-channels-last" if layout else "")
-                print(f"{setting}{suffix} {label}: {sec * 1000:.1f} ms/iter", flush=True)
-                rows.append(records.record("throughput", label, setting + suffix, "seconds_per_iter", sec, None,
-                                           None, None, None, iterations=iters))
+        for method, mode, downsample in itertools.product(args.methods.split(","), args.modes.split(","),
+                                                          args.downsample.split(",") if conv else ["pool"]):
+            torch.manual_seed(0)
+            try:
+                algo = build(method, spec, inner_lr=lr, task_mode=mode, downsample=downsample, **layout).to(device)
+            except MetalabError as err:  # nothing is recorded: the records are written at the end
+                p.error(f"{method} with task_mode={mode}, downsample={downsample} on {setting}: {err}")
+            iters = args.iters * scale
+            sec = seconds_per_iter(algo, algo.on_device(batch), iters)
+            label = f"{method}-{mode}" + ("-channels-last" if layout else "") + ("-strided" if downsample == "stride"
+                                                                                   else "")
+            print(f"{setting}{suffix} {label}: {sec * 1000:.1f} ms/iter", flush=True)
+            rows.append(records.record("throughput", label, setting + suffix, "seconds_per_iter", sec, None,
+                                       None, None, None, iterations=iters))
     print(records.append("throughput", rows, args.results_dir))
 
 

@@ -56,11 +56,13 @@ def test_relation_pairs_bad_settings_exit_2(tmp_path):
 
 def test_task_modes_times_each_method_and_mode_and_explains_what_cannot_run(tmp_path):
     done = run_script("task_modes.py", "--methods", "anil", "--modes", "loop,batched", "--settings", "conv4-5w1s-mb8",
-                      "--iters", "1", "--threads", "1", "--channels-last", "--results-dir", str(tmp_path))
+                      "--iters", "1", "--threads", "1", "--channels-last", "--downsample", "pool,stride",
+                      "--results-dir", str(tmp_path))
     assert done.returncode == 0, done.stderr
     rows = read_records(tmp_path / "throughput.jsonl")
-    assert [(r["method"], r["setting"]) for r in rows] == [("anil-loop-channels-last", "conv4-5w1s-mb8"),
-                                                           ("anil-batched-channels-last", "conv4-5w1s-mb8")]
+    assert [(r["method"], r["setting"]) for r in rows] == [
+        ("anil-loop-channels-last", "conv4-5w1s-mb8"), ("anil-loop-channels-last-strided", "conv4-5w1s-mb8"),
+        ("anil-batched-channels-last", "conv4-5w1s-mb8"), ("anil-batched-channels-last-strided", "conv4-5w1s-mb8")]
     assert all(r["value"] > 0 and r["metric"] == "seconds_per_iter" for r in rows)
     bad = run_script("task_modes.py", "--methods", "reptile", "--modes", "batched", "--settings", "conv4-5w1s-mb8",
                      "--results-dir", str(tmp_path / "bad"))
@@ -68,6 +70,9 @@ def test_task_modes_times_each_method_and_mode_and_explains_what_cannot_run(tmp_
     assert not (tmp_path / "bad").exists()
     unknown = run_script("task_modes.py", "--settings", "conv9", "--results-dir", str(tmp_path / "bad"))
     assert unknown.returncode == 2 and "unknown --settings conv9" in unknown.stderr
+    odd = run_script("task_modes.py", "--methods", "maml", "--settings", "conv4-5w1s-mb8", "--downsample", "avg",
+                     "--results-dir", str(tmp_path / "bad"))
+    assert odd.returncode == 2 and "downsample must be one of" in odd.stderr
 
 
 def test_plot_curves_draws_the_newest_matching_record_per_method_and_stores_its_command(tmp_path):
