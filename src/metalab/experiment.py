@@ -180,8 +180,6 @@ def reproduce(table: str, out: Path, minutes: float | None, overrides: dict[str,
     if page is not None and records_dir is None:
         raise MetalabError("a results page is rendered from result records: give a records folder with it")
     command = command or f"metalab reproduce {table}"
-    if records_dir is not None:
-        results.commit()  # pinned before training: the records name the source these runs loaded
     rows = []
     names = TABLES[table]
     if only:
@@ -205,12 +203,13 @@ def reproduce(table: str, out: Path, minutes: float | None, overrides: dict[str,
         for test in summary["test"]:
             published = paper.get(str(test["steps"])) if isinstance(paper, dict) else paper
             rows.append((summary["algorithm"], setting_name(summary["benchmark"], test["steps"]), test,
-                         published, summary["train_seconds"], summary["steps"], summary["benchmark"]["name"]))
+                         published, summary["train_seconds"], summary["steps"], summary["benchmark"]["name"],
+                         summary.get("commit")))
     lines = [f"# Reproduction: {table}", "",
              f"`metalab reproduce {table}`" + (f" with {minutes:g} minutes of training per method" if minutes else
                                                 " at the presets' full length") + "; test episodes as in each preset.",
              "", "| method | setting | test ± 95% CI | paper | train time | steps |", "|---|---|---|---|---|---|"]
-    for method, setting, test, published, seconds, steps, _ in rows:
+    for method, setting, test, published, seconds, steps, _, _ in rows:
         metric = test["metric"]
         lines.append(f"| {method} | {setting} | {_format(metric, test['mean'])} ± {_format(metric, test['ci95'])} | "
                      f"{_format(metric, published)} | {seconds / 60:.1f} min | {steps} |")
@@ -220,8 +219,8 @@ def reproduce(table: str, out: Path, minutes: float | None, overrides: dict[str,
         budget = {} if minutes is None else {"budget": f"{minutes:g}min"}
         written = results.append_by_benchmark(
             [results.record(bench, method, setting, test["metric"], test["mean"], test["ci95"], published, seconds,
-                            steps, command, test_episodes=test["episodes"], **budget)
-             for method, setting, test, published, seconds, steps, bench in rows], records_dir)
+                            steps, command, source_commit=source, test_episodes=test["episodes"], **budget)
+             for method, setting, test, published, seconds, steps, bench, source in rows], records_dir)
         log("records: " + ", ".join(map(str, written)))
         if page is not None:
             log(f"results page: {results.write_page(records_dir, page, command)}")
