@@ -10,22 +10,31 @@ from metalab.nn import MLP, Conv4
 from metalab.nn.backbones import conv3x3_few_channels
 
 
-def _plain_conv4(in_channels: int, hidden: int, n_out: int, downsample: str = "pool") -> nn.Sequential:
-    """The paper's conv4: conv -> BN -> ReLU -> 2x2 max-pool, or with ``"stride"`` conv (stride 2) -> BN -> ReLU."""
+# (downsample, readout): the conv4 of Vinyals et al. and ProtoNet, the Reptile code's and the MAML code's Omniglot models
+ARCHS = [("pool", "flatten"), ("stride", "flatten"), ("stride", "mean")]
+
+
+def _plain_conv4(in_channels: int, hidden: int, n_out: int, downsample: str = "pool",
+                 readout: str = "flatten") -> nn.Sequential:
+    """The paper's conv4: conv -> BN -> ReLU -> 2x2 max-pool, or with ``"stride"`` conv (stride 2) -> BN -> ReLU;
+    the last map flattened or (``"mean"``) average-pooled."""
     layers, stride = [], 2 if downsample == "stride" else 1
     for i in range(4):
         layers += [nn.Conv2d(in_channels if i == 0 else hidden, hidden, 3, padding=1, stride=stride),
                    nn.BatchNorm2d(hidden, track_running_stats=False), nn.ReLU()]
         layers += [nn.MaxPool2d(2)] if downsample == "pool" else []
     side = 1 if downsample == "pool" else 2  # 28 -> 14 -> 7 -> 3 -> 1, or 28 -> 14 -> 7 -> 4 -> 2
+    if readout == "mean":
+        layers.append(nn.AdaptiveAvgPool2d(1))
+        side = 1
     return nn.Sequential(*layers, nn.Flatten(), nn.Linear(hidden * side * side, n_out))
 
 
-def _pair(in_channels=1, hidden=8, n_out=5, channels_last=False, downsample="pool"):
+def _pair(in_channels=1, hidden=8, n_out=5, channels_last=False, arch=ARCHS[0]):
     torch.manual_seed(0)
-    plain = _plain_conv4(in_channels, hidden, n_out, downsample).double()
+    plain = _plain_conv4(in_channels, hidden, n_out, *arch).double()
     fast = Conv4(in_channels, image_size=28, hidden=hidden, out_features=n_out, channels_last=channels_last,
-                 downsample=downsample).double()
+                 downsample=arch[0], readout=arch[1]).double()
     assert [p.shape for p in plain.parameters()] == [p.shape for p in fast.parameters()]
     with torch.no_grad():
         for p, q in zip(plain.parameters(), fast.parameters()):
@@ -41,11 +50,11 @@ def _images(n=6, in_channels=1):
     return torch.where(strokes, torch.rand(x.shape, generator=g, dtype=torch.float64), x)
 
 
-@pytest.mark.parametrize("downsample", ["pool", "stride"])
+@pytest.mark.parametrize("arch", ARCHS)
 @pytest.mark.parametrize("channels_last", [False, True])
 @pytest.mark.parametrize("in_channels", [1, 3])
-def test_fast_conv4_equals_the_plain_sequential_conv4(in_channels, channels_last, downsample):
-    plain, fast = _pair(in_channels, channels_last=channels_last, downsample=downsample)
+def test_fast_conv4_equals_the_plain_sequential_conv4(in_channels, channels_last, arch):
+    plain, fast = _pair(in_channels, channels_last=channels_last, arch=arch)
     x, y = _images(in_channels=in_channels), torch.arange(6) % 5
     out_plain, out_fast = plain(x), fast(x)
     torch.testing.assert_close(out_fast, out_plain, rtol=1e-10, atol=1e-12)
@@ -55,11 +64,11 @@ def test_fast_conv4_equals_the_plain_sequential_conv4(in_channels, channels_last
         torch.testing.assert_close(a, b, rtol=1e-9, atol=1e-12)
 
 
-@pytest.mark.parametrize("downsample", ["pool", "stride"])
+@pytest.mark.parametrize("arch", ARCHS)
 @pytest.mark.parametrize("channels_last", [False, True])
-def test_fast_conv4_second_order_equals_the_plain_conv4(channels_last, downsample):
+def test_fast_conv4_second_order_equals_the_plain_conv4(channels_last, arch):
     """MAML's meta-gradient through one inner step: Hessian-vector products included."""
-    plain, fast = _pair(channels_last=channels_last, downsample=downsample)
+    plain, fast = _pair(channels_last=channels_last, arch=arch)
     sx, qx, y = _images(5), _images(10), torch.arange(10) % 5
 
     def meta_grad(model):
@@ -105,13 +114,13 @@ def test_every_block_output_is_channels_last_when_asked():
             assert h.is_contiguous(memory_format=torch.channels_last), type(block).__name__
 
 
-@pytest.mark.parametrize("pool_blocks,downsample", [(4, "pool"), (2, "pool"), (4, "stride")])
+@pytest.mark.parametrize("pool_blocks,arch", [(4, ARCHS[0]), (2, ARCHS[0]), (4, ARCHS[1]), (4, ARCHS[2])])
 @pytest.mark.parametrize("head", [True, False])
-def test_conv4_functional_tasks_equals_each_task_on_its_own(pool_blocks, downsample, head):
+def test_conv4_functional_tasks_equals_each_task_on_its_own(pool_blocks, arch, head):
     """Tasks side by side in grouped convolutions: the same outputs and gradients as one task at a time."""
     torch.manual_seed(0)
     model = Conv4(1, image_size=28, hidden=4, out_features=5 if head else None, pool_blocks=pool_blocks,
-                  downsample=downsample).double()
+                  downsample=arch[0], readout=arch[1]).double()
     tasks = 3
     params = {k: v.detach() + 0.1 * torch.randn(tasks, *v.shape, dtype=v.dtype) for k, v in params_of(model).items()}
     x = torch.stack([_images(4), 0.5 * _images(4), _images(4).flip(-1)])
@@ -128,12 +137,12 @@ def test_conv4_functional_tasks_equals_each_task_on_its_own(pool_blocks, downsam
 
 
 @pytest.mark.parametrize("channels_last", [False, True])
-@pytest.mark.parametrize("pool_blocks,downsample", [(4, "pool"), (2, "pool"), (4, "stride")])
-def test_conv4_embed_tasks_equals_the_body_on_each_task_alone(channels_last, pool_blocks, downsample):
+@pytest.mark.parametrize("pool_blocks,arch", [(4, ARCHS[0]), (2, ARCHS[0]), (4, ARCHS[1]), (4, ARCHS[2])])
+def test_conv4_embed_tasks_equals_the_body_on_each_task_alone(channels_last, pool_blocks, arch):
     """Shared weights over all tasks' images, batch norm per task: the outputs and gradients of one task at a time."""
     torch.manual_seed(0)
     model = Conv4(1, image_size=28, hidden=4, out_features=5, pool_blocks=pool_blocks, channels_last=channels_last,
-                  downsample=downsample)
+                  downsample=arch[0], readout=arch[1])
     model = model.double()
     x = torch.stack([_images(4), 0.5 * _images(4) + 0.3, _images(4).flip(-1)])
     batched = model.embed_tasks(x)
@@ -149,14 +158,18 @@ def test_conv4_embed_tasks_equals_the_body_on_each_task_alone(channels_last, poo
         Conv4(1, image_size=28, hidden=4, track_running_stats=True).embed_tasks(x.float())
 
 
-def test_strided_conv4_halves_like_the_papers_omniglot_model_and_rejects_unknown_modes():
-    model = Conv4(1, image_size=28, downsample="stride")
-    assert model.feature_shape == (64, 2, 2) and model.embedding_dim == 256
-    assert not any(isinstance(m, nn.MaxPool2d) for m in model.modules())
-    assert model(torch.zeros(3, 1, 28, 28)).shape == (3, 256)
+def test_strided_conv4_halves_like_the_papers_omniglot_models_and_rejects_unknown_modes():
+    reptile = Conv4(1, image_size=28, downsample="stride")
+    assert reptile.feature_shape == (64, 2, 2) and reptile.embedding_dim == 256
+    assert not any(isinstance(m, nn.MaxPool2d) for m in reptile.modules())
+    assert reptile(torch.zeros(3, 1, 28, 28)).shape == (3, 256)
+    maml = Conv4(1, image_size=28, out_features=5, downsample="stride", readout="mean")
+    assert maml.feature_shape == (64, 2, 2) and maml.embedding_dim == 64 and maml.head.in_features == 64
     assert Conv4(1, image_size=28, pool_blocks=2, downsample="stride").feature_shape == (64, 7, 7)
     with pytest.raises(ValueError, match="downsample must be one of"):
         Conv4(1, downsample="avg")
+    with pytest.raises(ValueError, match="readout must be one of"):
+        Conv4(1, readout="max")
 
 
 def test_mlp_embed_tasks_is_its_body_on_every_task():

@@ -712,6 +712,7 @@ def test_meta_sgd_loop_equals_vmap(first_order):
     ("inner_grad_clip", math.nan),
     ("task_mode", "threads"),
     ("downsample", "avg"),
+    ("readout", "max"),
 ])
 def test_bad_inner_loop_options_raise_naming_the_field(name, field, value):
     with pytest.raises(MetalabError, match=field):
@@ -725,14 +726,18 @@ def test_non_integer_steps_raise_naming_the_field(field):
 
 
 @pytest.mark.parametrize("cls", [MAML, ANIL, MetaSGD, Reptile])
-def test_downsample_stride_builds_the_strided_default_conv4_and_is_refused_for_vectors(cls):
+def test_downsample_and_readout_build_the_papers_strided_conv4_and_are_refused_for_vectors(cls):
     name = cls.__name__.lower().replace("metasgd", "meta_sgd")
     algo = cls(TaskSpec((1, 28, 28), 5, True), make_config(name, downsample="stride"))
     assert not any(isinstance(m, nn.MaxPool2d) for m in algo.modules())
     assert [m.stride for m in algo.modules() if isinstance(m, nn.Conv2d)] == [(2, 2)] * 4
     assert algo.model.embedding_dim == 64 * 2 * 2  # 28 -> 14 -> 7 -> 4 -> 2 (pooled: 28 -> 14 -> 7 -> 3 -> 1)
+    maml_code = cls(TaskSpec((1, 28, 28), 5, True), make_config(name, downsample="stride", readout="mean"))
+    assert maml_code.model.embedding_dim == 64 and maml_code.model.head.in_features == 64
     with pytest.raises(MetalabError, match="downsample='stride' is a Conv4 option for images"):
         cls(SINE, make_config(name, downsample="stride"))
+    with pytest.raises(MetalabError, match="readout='mean' is a Conv4 option for images"):
+        cls(SINE, make_config(name, readout="mean"))
 
 
 def test_zero_inner_steps_is_no_adaptation():

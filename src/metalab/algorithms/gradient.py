@@ -34,7 +34,7 @@ from metalab.func import (
     task_metric,
 )
 from metalab.nn import make_backbone
-from metalab.nn.backbones import DOWNSAMPLE
+from metalab.nn.backbones import DOWNSAMPLE, READOUT
 from metalab.utils.errors import MetalabError, require_non_negative
 
 
@@ -76,6 +76,10 @@ class GradientConfig:
         downsample: how the default Conv4 halves the image: ``"pool"`` (max-pool, the
             default) or ``"stride"`` (stride-2 convolutions: the Omniglot model of the MAML
             and Reptile papers' code, see :class:`metalab.nn.Conv4`). Images only.
+        readout: how the default Conv4's last feature map becomes the embedding:
+            ``"flatten"`` (the default; Reptile's Omniglot model with ``downsample="stride"``)
+            or ``"mean"`` over positions (the MAML code's Omniglot model with
+            ``downsample="stride"``). Images only.
 
     Evaluation (``adapt``) always runs the inner loop without building a graph.
     """
@@ -88,12 +92,15 @@ class GradientConfig:
     task_mode: str = "auto"
     channels_last: bool = False
     downsample: str = "pool"
+    readout: str = "flatten"
 
     def __post_init__(self) -> None:
         if self.task_mode not in GRADIENT_TASK_MODES:
             raise MetalabError(f"task_mode must be one of {GRADIENT_TASK_MODES}, got {self.task_mode!r}")
         if self.downsample not in DOWNSAMPLE:
             raise MetalabError(f"downsample must be one of {DOWNSAMPLE}, got {self.downsample!r}")
+        if self.readout not in READOUT:
+            raise MetalabError(f"readout must be one of {READOUT}, got {self.readout!r}")
         require_non_negative(inner_steps=self.inner_steps,
                              **({} if self.test_inner_steps is None else {"test_inner_steps": self.test_inner_steps}))
         rates = self.inner_lr if isinstance(self.inner_lr, (tuple, list)) else (self.inner_lr,)
@@ -124,11 +131,14 @@ class GradientMethod(MetaAlgorithm):
         mode = config.task_mode
         unbatched = "vmap" if len(spec.input_shape) == 1 else "loop"
         if model is None:
-            if config.downsample != "pool" and len(spec.input_shape) != 3:
-                raise MetalabError(f"downsample={config.downsample!r} is a Conv4 option for images; this "
-                                   f"benchmark's inputs have shape {tuple(spec.input_shape)}")
+            conv_options = {"downsample": (config.downsample, "pool"), "readout": (config.readout, "flatten")}
+            for name, (value, default) in conv_options.items():
+                if value != default and len(spec.input_shape) != 3:
+                    raise MetalabError(f"{name}={value!r} is a Conv4 option for images; this benchmark's inputs "
+                                       f"have shape {tuple(spec.input_shape)}")
             model = make_backbone(spec.input_shape, spec.output_dim, vmap_safe=mode == "vmap",
-                                  channels_last=config.channels_last, downsample=config.downsample)
+                                  channels_last=config.channels_last, downsample=config.downsample,
+                                  readout=config.readout)
         self.model = model
         if mode == "auto":
             mode = unbatched

@@ -10,7 +10,7 @@ __all__ = ["MLP", "BatchNorm", "Conv4", "make_backbone"]
 
 def make_backbone(
     input_shape: tuple[int, ...], out_features: int | None, track_running_stats: bool = False, vmap_safe: bool = False,
-    channels_last: bool = False, downsample: str = "pool",
+    channels_last: bool = False, downsample: str = "pool", readout: str = "flatten",
 ):
     """The paper backbone for an input shape: Conv4 for images ``(C, H, W)``, MLP for vectors.
 
@@ -21,13 +21,15 @@ def make_backbone(
         track_running_stats, vmap_safe: batch-norm modes, see :class:`BatchNorm`.
         channels_last: Conv4's channels-last layout (faster on CPU; see :class:`Conv4`).
         downsample: how Conv4 halves the image, ``"pool"`` or ``"stride"`` (see :class:`Conv4`).
+        readout: how Conv4's last feature map becomes the embedding, ``"flatten"`` or ``"mean"``.
     """
     if len(input_shape) == 3:
         c, h, w = input_shape
         if h != w:
             raise ValueError(f"Conv4 expects square images, got {h}x{w}")
         return Conv4(c, image_size=h, out_features=out_features, track_running_stats=track_running_stats,
-                     vmap_safe=vmap_safe, channels_last=channels_last, downsample=downsample)
+                     vmap_safe=vmap_safe, channels_last=channels_last, downsample=downsample,
+                     readout=readout)
     if len(input_shape) == 1:
         if out_features is None:
             raise ValueError("an MLP backbone for vector inputs needs out_features")

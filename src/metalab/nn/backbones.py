@@ -13,6 +13,14 @@ from metalab.nn.batchnorm import BatchNorm, batch_statistics_norm, grouped_batch
 
 
 DOWNSAMPLE = ("pool", "stride")
+READOUT = ("flatten", "mean")
+
+
+class SpatialMean(nn.Module):
+    """``(N, C, H, W) -> (N, C)``: the mean over positions (global average pooling)."""
+
+    def forward(self, x: Tensor) -> Tensor:
+        return x.mean((2, 3))
 
 
 class ChannelsLast(nn.Module):
@@ -129,7 +137,10 @@ class Conv4(nn.Module):
     instead of a max-pool, as the Omniglot models of the MAML and Reptile papers' code do
     (cbfinn/maml without ``--max_pool``, openai/supervised-reptile ``OmniglotModel``):
     28 -> 14 -> 7 -> 4 -> 2, a 256-feature embedding, and every convolution after the
-    first runs on a quarter of the positions.
+    first runs on a quarter of the positions. ``readout="mean"`` averages the last feature
+    map over its positions instead of flattening it (``hidden`` features): with strides
+    that is the MAML code's Omniglot model (``tf.reduce_mean(hidden4, [1, 2])``, the
+    64-unit last hidden layer of the paper), Reptile's flattens.
 
     Args:
         in_channels: image channels (1 for Omniglot).
@@ -140,6 +151,8 @@ class Conv4(nn.Module):
         pool_blocks: how many blocks (from the first) halve the spatial size, 0 to 4.
         downsample: how those blocks halve it: ``"pool"`` (2x2 max-pool after batch norm,
             the default) or ``"stride"`` (stride-2 convolution, no pooling).
+        readout: how the last feature map becomes the embedding: ``"flatten"`` (default)
+            or ``"mean"`` over positions.
         channels_last: lay activations out channels-last and compute the first convolution
             as im2col + one matrix product; batch norm then runs as ``var_mean`` plus
             element-wise arithmetic (:func:`metalab.nn.batchnorm.batch_statistics_norm`:
@@ -166,12 +179,16 @@ class Conv4(nn.Module):
         channels_last: bool = False,
         pool_blocks: int = 4,
         downsample: str = "pool",
+        readout: str = "flatten",
     ):
         super().__init__()
         if not 0 <= pool_blocks <= 4:
             raise ValueError(f"pool_blocks must be between 0 and 4, got {pool_blocks}")
         if downsample not in DOWNSAMPLE:
             raise ValueError(f"downsample must be one of {DOWNSAMPLE}, got {downsample!r}")
+        if readout not in READOUT:
+            raise ValueError(f"readout must be one of {READOUT}, got {readout!r}")
+        self.readout = readout
         strided = downsample == "stride"
         self.vmap_safe = vmap_safe
         fast = channels_last and not vmap_safe
@@ -180,7 +197,7 @@ class Conv4(nn.Module):
             *(ConvBlock(in_channels if i == 0 else hidden, hidden, track_running_stats, vmap_safe, fast,
                         pool=i < pool_blocks and not strided, stride=2 if i < pool_blocks and strided else 1)
               for i in range(4)),
-            nn.Flatten(),
+            nn.Flatten() if readout == "flatten" else SpatialMean(),
         )
         side = image_size
         for _ in range(pool_blocks):
@@ -188,8 +205,8 @@ class Conv4(nn.Module):
         if side < 1:
             raise ValueError(f"Conv4 with {pool_blocks} pooling blocks needs images of at least "
                              f"{2 ** pool_blocks}x{2 ** pool_blocks}, got {image_size}x{image_size}")
-        self.feature_shape = (hidden, side, side)
-        self.embedding_dim = hidden * side * side
+        self.feature_shape = (hidden, side, side)  # the last feature map
+        self.embedding_dim = hidden * side * side if readout == "flatten" else hidden
         self.head = nn.Linear(self.embedding_dim, out_features) if out_features is not None else None
 
     def forward(self, x: Tensor) -> Tensor:
@@ -201,7 +218,7 @@ class Conv4(nn.Module):
         x = self.body[0](x)
         for i in range(1, 5):
             x = self.body[i].functional(sub_params(params, f"body.{i}"), x)
-        x = x.flatten(1)
+        x = self.body[5](x)
         return F.linear(x, params["head.weight"], params["head.bias"]) if self.head is not None else x
 
     def functional_tasks(self, params: Params, x: Tensor) -> Tensor:
@@ -218,7 +235,7 @@ class Conv4(nn.Module):
         h = x.transpose(0, 1).reshape(n, tasks * x.shape[2], *x.shape[3:])
         for i in range(1, 5):
             h = self.body[i].functional_tasks(sub_params(params, f"body.{i}"), h, tasks)
-        h = h.reshape(n, tasks, -1).transpose(0, 1)
+        h = self.body[5](h).reshape(n, tasks, -1).transpose(0, 1)  # task t's channels are t*C:(t+1)*C
         if self.head is None:
             return h
         return torch.baddbmm(params["head.bias"].unsqueeze(1), h, params["head.weight"].transpose(1, 2))
@@ -235,7 +252,7 @@ class Conv4(nn.Module):
         h = self.body[0](x.flatten(0, 1))
         for i in range(1, 5):
             h = self.body[i].shared_tasks(h, tasks)
-        return h.flatten(1).unflatten(0, (tasks, -1))
+        return self.body[5](h).unflatten(0, (tasks, -1))
 
 
 class MLP(nn.Module):
