@@ -46,20 +46,23 @@ BENCHMARK_DEFAULTS: dict[str, dict[str, Any]] = {
     **{bench: {"k_shot": 1, "steps": 50, "meta_batch_size": 10, "val_every": 25, "eval_steps": [0, 1],
                "val_episodes": 10, "test_episodes": 50} for bench in ("ml1-reach", "ml10")},
 }
+MAML_OMNIGLOT_MODEL = {"downsample": "stride", "readout": "mean"}
 # Hyper-parameters of the papers that depend on the benchmark (used unless given).
 PAPER_HPARAMS: dict[tuple[str, str], dict[str, Any]] = {
     ("maml", "sinusoid"): {"inner_lr": 0.01, "inner_steps": 1},
     ("fomaml", "sinusoid"): {"inner_lr": 0.01, "inner_steps": 1},
-    ("maml", "omniglot"): {"inner_lr": 0.4, "inner_steps": 1, "test_inner_steps": 3},
-    ("fomaml", "omniglot"): {"inner_lr": 0.4, "inner_steps": 1, "test_inner_steps": 3},
+    # the MAML code's Omniglot model (cbfinn/maml without --max_pool): stride-2 convolutions, the 2x2 map averaged
+    ("maml", "omniglot"): {"inner_lr": 0.4, "inner_steps": 1, "test_inner_steps": 3, **MAML_OMNIGLOT_MODEL},
+    ("fomaml", "omniglot"): {"inner_lr": 0.4, "inner_steps": 1, "test_inner_steps": 3, **MAML_OMNIGLOT_MODEL},
     ("anil", "sinusoid"): {"inner_lr": 0.01, "inner_steps": 1},
-    ("anil", "omniglot"): {"inner_lr": 0.4, "inner_steps": 1, "test_inner_steps": 3},
+    ("anil", "omniglot"): {"inner_lr": 0.4, "inner_steps": 1, "test_inner_steps": 3, **MAML_OMNIGLOT_MODEL},
     ("meta_sgd", "sinusoid"): {"inner_steps": 1, "lr_init_range": (0.005, 0.1)},
-    ("meta_sgd", "omniglot"): {"inner_steps": 1, "lr_init_range": (0.005, 0.1)},
+    ("meta_sgd", "omniglot"): {"inner_steps": 1, "lr_init_range": (0.005, 0.1), **MAML_OMNIGLOT_MODEL},
     # Nichol et al. 2018, appendix: Adam(beta1=0) 1e-3, 5 steps of batch 10; 50 steps at test; the moments
-    # carry over from task to task as in the paper's code (benchmarks/results/omniglot.jsonl, "20min persistent Adam")
+    # carry over from task to task as in the paper's code (benchmarks/results/omniglot.jsonl, "20min persistent Adam");
+    # its Omniglot model has stride-2 convolutions and flattens the 2x2x64 map
     ("reptile", "omniglot"): {"inner_lr": 1e-3, "inner_steps": 5, "inner_batch_size": 10, "test_inner_steps": 50,
-                               "inner_state": "persistent"},
+                               "inner_state": "persistent", "downsample": "stride"},
     # MuJoCo and Meta-World actions live on [-1, 1] already (2D navigation's policy outputs are scaled by 0.1)
     **{(method, bench): {"action_scale": 1.0} for method in ("maml_rl", "rl2")
        for bench in ("cheetah-vel", "cheetah-dir", "ant-dir", "ml1-reach", "ml10")},

@@ -26,7 +26,8 @@ def test_a_preset_holds_the_paper_setting():
     assert maml["algorithm"] == "maml"
     assert maml["benchmark"] == {"name": "omniglot", "n_way": 5, "k_shot": 1, "train_n_query": 15}
     assert maml["train"]["meta_batch_size"] == 32 and maml["train"]["steps"] == 60000
-    assert maml["hparams"] == {"inner_lr": 0.4, "inner_steps": 1, "test_inner_steps": 3}
+    assert maml["hparams"] == {"inner_lr": 0.4, "inner_steps": 1, "test_inner_steps": 3,
+                               "downsample": "stride", "readout": "mean"}  # the MAML code's Omniglot model
 
 
 def test_unknown_and_ill_typed_fields_are_clear_errors():
