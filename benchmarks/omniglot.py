@@ -8,6 +8,11 @@ Meta-trains one model with the given training episodes (validation: 5-way episod
 best checkpoint on 1000 fixed test episodes (15 queries per class) of the 423 test
 characters with rotations, for every setting in --settings. Appends records to
 <--results-dir>/omniglot.jsonl (default results/), with the training time and steps actually used.
+
+The method is built from its configuration's defaults plus --hparams: for the gradient-based
+methods that is the max-pooling conv4; the papers' code models are `--hparams
+"...,downsample='stride',readout='mean'"` (MAML, FOMAML, ANIL, Meta-SGD) and
+`"...,downsample='stride'"` (Reptile), as the presets and `metalab train` use on Omniglot.
 """
 
 from __future__ import annotations
