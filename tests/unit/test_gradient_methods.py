@@ -734,10 +734,12 @@ def test_downsample_and_readout_build_the_papers_strided_conv4_and_are_refused_f
     assert algo.model.embedding_dim == 64 * 2 * 2  # 28 -> 14 -> 7 -> 4 -> 2 (pooled: 28 -> 14 -> 7 -> 3 -> 1)
     maml_code = cls(TaskSpec((1, 28, 28), 5, True), make_config(name, downsample="stride", readout="mean"))
     assert maml_code.model.embedding_dim == 64 and maml_code.model.head.in_features == 64
-    with pytest.raises(MetalabError, match="downsample='stride' is a Conv4 option for images"):
+    with pytest.raises(MetalabError, match="downsample='stride': Conv4 options for images"):
         cls(SINE, make_config(name, downsample="stride"))
-    with pytest.raises(MetalabError, match="readout='mean' is a Conv4 option for images"):
+    with pytest.raises(MetalabError, match="readout='mean': Conv4 options for images"):
         cls(SINE, make_config(name, readout="mean"))
+    with pytest.raises(MetalabError, match="downsample='stride', readout='mean' shape the default Conv4"):
+        cls(IMAGES, make_config(name, downsample="stride", readout="mean"), model=Conv4(1, image_size=16))
 
 
 def test_zero_inner_steps_is_no_adaptation():

@@ -130,12 +130,16 @@ class GradientMethod(MetaAlgorithm):
         super().__init__(spec, config)
         mode = config.task_mode
         unbatched = "vmap" if len(spec.input_shape) == 1 else "loop"
+        conv_options = [f"{name}={value!r}" for name, value, default in
+                        (("downsample", config.downsample, "pool"), ("readout", config.readout, "flatten"))
+                        if value != default]
+        if conv_options and model is not None:
+            raise MetalabError(f"{', '.join(conv_options)} shape the default Conv4; build the model you pass with "
+                               "them instead (metalab.nn.Conv4(..., downsample=..., readout=...))")
+        if conv_options and len(spec.input_shape) != 3:
+            raise MetalabError(f"{', '.join(conv_options)}: Conv4 options for images; this benchmark's inputs "
+                               f"have shape {tuple(spec.input_shape)}")
         if model is None:
-            conv_options = {"downsample": (config.downsample, "pool"), "readout": (config.readout, "flatten")}
-            for name, (value, default) in conv_options.items():
-                if value != default and len(spec.input_shape) != 3:
-                    raise MetalabError(f"{name}={value!r} is a Conv4 option for images; this benchmark's inputs "
-                                       f"have shape {tuple(spec.input_shape)}")
             model = make_backbone(spec.input_shape, spec.output_dim, vmap_safe=mode == "vmap",
                                   channels_last=config.channels_last, downsample=config.downsample,
                                   readout=config.readout)

@@ -188,7 +188,6 @@ class Conv4(nn.Module):
             raise ValueError(f"downsample must be one of {DOWNSAMPLE}, got {downsample!r}")
         if readout not in READOUT:
             raise ValueError(f"readout must be one of {READOUT}, got {readout!r}")
-        self.readout = readout
         strided = downsample == "stride"
         self.vmap_safe = vmap_safe
         fast = channels_last and not vmap_safe
