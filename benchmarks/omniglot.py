@@ -28,7 +28,7 @@ sys.path.insert(0, str(Path(__file__).resolve().parent))
 import records  # noqa: E402
 
 from metalab import BenchmarkConfig, TrainConfig, build, evaluate, load_checkpoint, make_benchmark, train  # noqa: E402
-from metalab.engine.trainer import TrainResult  # noqa: E402
+from metalab.engine.trainer import AUTOCAST_DTYPES, TrainResult  # noqa: E402
 from metalab.config import parse_assignments  # noqa: E402
 from metalab.utils import derive_seed  # noqa: E402
 
@@ -115,6 +115,8 @@ def main() -> None:
     p.add_argument("--grad-clip", type=float, default=None, help="clip the meta-gradient norm (Meta-LSTM: 0.25)")
     p.add_argument("--lr-anneal", action="store_true", help="anneal the outer rate linearly to 0 (Reptile)")
     p.add_argument("--max-minutes", type=float, default=None, help="training-time budget (stops early)")
+    p.add_argument("--autocast", choices=sorted(AUTOCAST_DTYPES), default=None,
+                   help="train under torch.autocast with this dtype (TrainConfig.autocast); evaluation runs as is")
     p.add_argument("--val-every", type=int, default=500)
     p.add_argument("--val-episodes", type=int, default=200)
     p.add_argument("--settings", default="5w1s,5w5s,20w1s,20w5s")
@@ -146,7 +148,8 @@ def main() -> None:
                       lr_decay_every=0 if args.lr_anneal else args.lr_decay_every, lr_anneal=args.lr_anneal,
                       val_every=args.val_every, grad_clip=args.grad_clip,
                       val_episodes=args.val_episodes, log_every=50, seed=args.seed,
-                      max_seconds=None if args.max_minutes is None else 60 * args.max_minutes)
+                      max_seconds=None if args.max_minutes is None else 60 * args.max_minutes,
+                      autocast=args.autocast)
     result = train_or_load(p, args, out, algo, bench, cfg)
     print(f"trained {args.method}: {result.steps} steps, {result.seconds:.0f} s, best {result.best}", flush=True)
     best, _ = load_checkpoint(out / "best.pt")
@@ -172,6 +175,7 @@ def main() -> None:
                            f"x {args.meta_batch_size} per step", best_val_step=result.best and result.best["step"],
             train_episodes_seen=result.steps * args.meta_batch_size, paper_train_episodes=PAPER_EPISODES.get(args.method),
             val_curve=val_curve, val_setting=f"{args.n_way}w{args.k_shot}s",
+            **({"autocast": args.autocast} if args.autocast else {}),
             **({"budget": args.budget_label} if args.budget_label else {})))
     print(records.append("omniglot", rows, args.results_dir))
 

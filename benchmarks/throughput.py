@@ -7,7 +7,7 @@ the meta-parameters; no outer optimiser step) of MAML on the conv4 of Finn et al
 (4 x [conv 3x3 64, batch norm with batch statistics, ReLU, max-pool 2], linear head),
 28x28 Omniglot training episodes (1 shot, 15 queries per class, from
 ``metalab.make_benchmark``), inner SGD with step 0.4, for 8 rows: 5-way with meta-batch 32
-and 20-way with meta-batch 16, second and first order, 1 and 5 inner steps. Four
+and 20-way with meta-batch 16, second and first order, 1 and 5 inner steps. Six
 implementations compute the same meta-gradient in one process:
 
 - ``reference`` (record method ``loop-reference``): the per-task loop a user writes with
@@ -24,7 +24,12 @@ implementations compute the same meta-gradient in one process:
 - ``metalab batched channels-last`` (record method ``maml-batched-channels-last``):
   ``task_mode="batched"`` and ``channels_last=True``: the inner loops of a group of tasks
   in one pass of grouped convolutions, each task's query pass on its own, then one
-  backward pass through the group's inner loops.
+  backward pass through the group's inner loops;
+- ``metalab bfloat16`` (record method ``maml-bf16``): metalab's default step under
+  ``torch.autocast("cpu", dtype=torch.bfloat16)``, as ``metalab train --autocast bfloat16``
+  (``TrainConfig.autocast``) runs it: convolutions and matrix products in bfloat16. Autocast
+  leaves float64 tensors alone, so the float64 check below checks its algorithm; its
+  float32 error column is the distance of the bfloat16 meta-gradient to float64.
 
 Per row, first for every selected row (before anything is timed): all start from the
 same weights and compute the meta-gradient of the same batch in float64; the relative
@@ -65,7 +70,7 @@ file read per millisecond (the same for every implementation).
 
 Appends ``throughput`` records to results/throughput.jsonl (``--results-dir``): per row, setting
 like ``2nd-order-1step-5w1s``, metrics ``seconds_per_iter``, ``gflops_per_s``, ``peak_mib``
-for every implementation and ``speedup`` (reference / metalab) for the three ``maml*`` ones. Quick checks with
+for every implementation and ``speedup`` (reference / metalab) for the four ``maml*`` ones. Quick checks with
 ``--tasks`` are recorded under settings ending in ``-mb<tasks>``.
 This is a benchmark run by hand: nothing is timed in the test suite.
 """
@@ -215,7 +220,15 @@ def implementations(row: Row, batch: EpisodeBatch, dtype: torch.dtype = torch.fl
                        list(fast.parameters())),
         Implementation("metalab batched channels-last", "maml-batched-channels-last",
                        lambda: batched.meta_gradient(batch), list(batched.parameters())),
+        Implementation("metalab bfloat16", "maml-bf16", lambda: bfloat16(algo.meta_gradient, batch),
+                       list(algo.parameters())),
     ]
+
+
+def bfloat16(step: Callable[[EpisodeBatch], object], batch: EpisodeBatch) -> None:
+    """``step(batch)`` as ``metalab train --autocast bfloat16`` runs it (float64 tensors are left alone)."""
+    with torch.autocast("cpu", dtype=torch.bfloat16):
+        step(batch)
 
 
 def relative_errors(impls: list[Implementation], exact: Tensor) -> dict[str, float]:

@@ -116,7 +116,9 @@ def test_throughput_checks_then_times_and_records_the_matmul_bound(tmp_path, omn
     assert done.returncode == 0, done.stderr
     rows = read_records(tmp_path / "throughput.jsonl")
     methods = {r["method"] for r in rows}
-    assert {"loop-reference", "higher", "maml", "matmul", "matmul-bound"} <= methods
+    assert {"loop-reference", "higher", "maml", "maml-bf16", "matmul", "matmul-bound"} <= methods
+    error = {r["method"]: r["config"]["grad_rel_err_float32"] for r in rows if r["metric"] == "seconds_per_iter"}
+    assert error["maml"] < 1e-3 < error["maml-bf16"] < 1  # bfloat16 rounding, not a different meta-gradient
     bound = next(r for r in rows if r["method"] == "matmul-bound")
     assert bound["setting"] == "1st-order-1step-5w1s-mb1" and bound["value"] > 0
 
@@ -125,9 +127,11 @@ def test_omniglot_benchmark_trains_tests_and_records(tmp_path, omniglot_dir, omn
     done = run_script("omniglot.py", "--method", "protonet", "--data-dir", str(omniglot_dir), "--cache-dir",
                       str(omniglot_cache), "--settings", "5w1s", "--train-n-way", "5", "--steps", "2",
                       "--val-every", "1", "--val-episodes", "2", "--test-episodes", "4", "--threads", "1",
-                      "--out", str(tmp_path / "run"), "--results-dir", str(tmp_path / "results"))
+                      "--out", str(tmp_path / "run"), "--results-dir", str(tmp_path / "results"), "--autocast",
+                      "bfloat16")
     assert done.returncode == 0, done.stderr
     (row,) = read_records(tmp_path / "results" / "omniglot.jsonl")
+    assert row["autocast"] == "bfloat16"
     assert (row["method"], row["setting"], row["metric"], row["steps"]) == ("protonet", "5w1s", "accuracy", 2)
     assert 0 <= row["value"] <= 1 and row["ci95"] > 0 and row["paper"] is not None
     assert [t for t, _ in row["val_curve"]] == sorted(t for t, _ in row["val_curve"]) and len(row["val_curve"]) == 2

@@ -1,3 +1,4 @@
+import dataclasses
 import json
 import re
 import subprocess
@@ -7,6 +8,7 @@ import pytest
 import torch
 
 from metalab import BenchmarkConfig, TrainConfig, build, evaluate, load_checkpoint, make_benchmark, train
+from metalab.algorithms import MAML, make_config
 from metalab.utils import MetalabError
 
 
@@ -80,6 +82,44 @@ def test_non_finite_meta_loss_is_an_error(sinusoid):
     algo = _maml(sinusoid.spec, inner_lr=1e30)
     with pytest.raises(MetalabError, match="non-finite loss"):
         algo.meta_loss(sinusoid.train.batch(0, 2))
+
+
+class _AutocastSpy(MAML):
+    """MAML that notes whether autocast is on when the trainer calls it (training vs validation)."""
+
+    def __init__(self, spec, config):
+        super().__init__(spec, config)
+        self.seen: list[tuple[str, bool]] = []
+
+    def meta_gradient(self, batch):
+        self.seen.append(("train", torch.is_autocast_enabled("cpu")))
+        return super().meta_gradient(batch)
+
+    def adapt(self, episode, steps=None):
+        self.seen.append(("val", torch.is_autocast_enabled("cpu")))
+        return super().adapt(episode, steps)
+
+
+def test_autocast_runs_the_training_steps_in_bfloat16_and_validation_as_is(sinusoid):
+    cfg = TrainConfig(steps=3, meta_batch_size=4, outer_lr=1e-2, val_every=0, val_episodes=2, autocast="bfloat16")
+    torch.manual_seed(0)
+    spy = _AutocastSpy(sinusoid.spec, make_config("maml"))
+    train(spy, sinusoid, cfg, progress=False)
+    assert spy.seen == [("train", True)] * 3 + [("val", False)] * 2
+
+    # the same steps by hand under torch.autocast give the same weights, and float32 training does not
+    by_hand, plain = _maml(sinusoid.spec), _maml(sinusoid.spec)
+    optimizer = by_hand.outer_optimizer(cfg.outer_lr)
+    for step in range(cfg.steps):
+        optimizer.zero_grad(set_to_none=True)
+        with torch.autocast("cpu", dtype=torch.bfloat16):
+            by_hand.meta_gradient(sinusoid.train.batch(step, cfg.meta_batch_size))
+        optimizer.step()
+    train(plain, sinusoid, dataclasses.replace(cfg, autocast=None), progress=False)
+    assert all(torch.equal(a, b) for a, b in zip(spy.parameters(), by_hand.parameters()))
+    assert not all(torch.equal(a, b) for a, b in zip(spy.parameters(), plain.parameters()))
+    with pytest.raises(MetalabError, match=r"autocast must be one of \['bfloat16'\].*loss scaling"):
+        TrainConfig(autocast="float16")
 
 
 def test_bad_checkpoints_are_clear_errors(tmp_path):
