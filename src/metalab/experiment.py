@@ -89,6 +89,9 @@ def run_experiment(cfg: dict[str, Any], run_dir: Path, resume: bool = False, pro
     device = torch.device(device)
     if kind == "rl" and device.type != "cpu":
         raise MetalabError(RUNS_ON_CPU)
+    if kind == "rl" and train_cfg.autocast is not None:
+        raise MetalabError(f"autocast is for the few-shot methods; {cfg['algorithm']} trains its policy in float32 "
+                           "(its trust-region and PPO steps need the precision); drop --autocast")
     method_config = algorithms.make_config(cfg["algorithm"], **cfg["hparams"])
     source = results.commit()  # before training: the source this run loaded
     benchmark = build_benchmark(bench_cfg, progress)

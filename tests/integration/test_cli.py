@@ -88,6 +88,7 @@ def test_metric_method_on_real_omniglot_beats_chance_on_held_out_characters(meth
         (["train", "maml", "--steps", "0"], "steps must be a positive integer"),
         (["train", "maml", "--steps", "ten"], "invalid int value"),
         (["train", "maml", "--autocast", "float16"], "autocast must be one of ['bfloat16']"),
+        (["train", "maml_rl", "--benchmark", "nav2d", "--autocast", "bfloat16"], "autocast is for the few-shot"),
         (["train", "protonet", "--inner-lr", "0.1", "--benchmark", "sinusoid"], "no hyper-parameter"),
         (["eval", "/nonexistent/best.pt"], "does not exist"),
         (["frobnicate"], "invalid choice"),

@@ -281,7 +281,7 @@ def train(
         batch = algorithm.on_device(benchmark.train.batch(step, config.meta_batch_size, first_task, tasks))
         optimizer.zero_grad(set_to_none=True)
         try:
-            with _precision(config, algorithm.device):
+            with _precision(config, algorithm):
                 out, error = algorithm.meta_gradient(batch), None
             _check_gradients(algorithm, step)
         except NonFiniteError as exc:
@@ -334,11 +334,11 @@ def train(
     return TrainResult(done, time.perf_counter() - start, best, last_val)
 
 
-def _precision(config: TrainConfig, device: torch.device) -> contextlib.AbstractContextManager:
+def _precision(config: TrainConfig, algorithm: MetaAlgorithm) -> contextlib.AbstractContextManager:
     """The number format of a training meta-iteration: ``config.autocast`` or the parameters' own."""
     if config.autocast is None:
         return contextlib.nullcontext()
-    return torch.autocast(device.type, dtype=AUTOCAST_DTYPES[config.autocast])
+    return torch.autocast(algorithm.device.type, dtype=AUTOCAST_DTYPES[config.autocast])
 
 
 def _write_error(path: Path, exc: OSError) -> MetalabError:
