@@ -103,6 +103,7 @@ import records  # noqa: E402
 import metalab  # noqa: E402
 from metalab import EpisodeBatch  # noqa: E402
 from metalab.algorithms import MAML, make_config  # noqa: E402
+from metalab.engine.trainer import precision  # noqa: E402
 
 try:
     import higher
@@ -227,7 +228,7 @@ def implementations(row: Row, batch: EpisodeBatch, dtype: torch.dtype = torch.fl
 
 def bfloat16(step: Callable[[EpisodeBatch], object], batch: EpisodeBatch) -> None:
     """``step(batch)`` as ``metalab train --autocast bfloat16`` runs it (float64 tensors are left alone)."""
-    with torch.autocast("cpu", dtype=torch.bfloat16):
+    with precision("bfloat16", torch.device("cpu")):
         step(batch)
 
 

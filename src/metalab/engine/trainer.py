@@ -276,12 +276,13 @@ def train(
     bar = tqdm(range(first, config.steps), desc=f"train {algorithm.name}", disable=not progress, dynamic_ncols=True,
                initial=first, total=config.steps)
     parameters = [p for p in algorithm.parameters() if p.requires_grad]
+    device = algorithm.device if config.autocast is not None else torch.device("cpu")  # read once: params stay put
     done = first
     for step in bar:
         batch = algorithm.on_device(benchmark.train.batch(step, config.meta_batch_size, first_task, tasks))
         optimizer.zero_grad(set_to_none=True)
         try:
-            with _precision(config, algorithm):
+            with precision(config.autocast, device):
                 out, error = algorithm.meta_gradient(batch), None
             _check_gradients(algorithm, step)
         except NonFiniteError as exc:
@@ -334,11 +335,12 @@ def train(
     return TrainResult(done, time.perf_counter() - start, best, last_val)
 
 
-def _precision(config: TrainConfig, algorithm: MetaAlgorithm) -> contextlib.AbstractContextManager:
-    """The number format of a training meta-iteration: ``config.autocast`` or the parameters' own."""
-    if config.autocast is None:
+def precision(autocast: str | None, device: torch.device) -> contextlib.AbstractContextManager:
+    """The number format of a training meta-iteration (``TrainConfig.autocast``): ``torch.autocast``
+    on ``device`` with that dtype, or nothing (the parameters' own dtype) for ``None``."""
+    if autocast is None:
         return contextlib.nullcontext()
-    return torch.autocast(algorithm.device.type, dtype=AUTOCAST_DTYPES[config.autocast])
+    return torch.autocast(device.type, dtype=AUTOCAST_DTYPES[autocast])
 
 
 def _write_error(path: Path, exc: OSError) -> MetalabError:
