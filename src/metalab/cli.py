@@ -303,15 +303,8 @@ def _train(args: argparse.Namespace) -> int:
     # a single process unless launched by torchrun, which sets WORLD_SIZE (and RANK, MASTER_ADDR, ...)
     world_size, local_rank = int(os.environ.get("WORLD_SIZE", "1")), int(os.environ.get("LOCAL_RANK", "0"))
     device = resolve_device(args.device, local_rank, world_size)
-    distributed = Distributed.join(world_size, args.dist_timeout, backend_for(device), local_rank)
-    try:
-        code = _train_in(args, distributed, device)
-        # ranks leave together: a rank that tore its process group down while another was still writing its
-        # results aborted in torch's C++ at exit ("terminate called without an active exception", 2 in 20 launches)
-        distributed.barrier("waiting for every rank to finish")
-        return code
-    finally:
-        distributed.close()
+    with Distributed.join(world_size, args.dist_timeout, backend_for(device), local_rank) as distributed:
+        return _train_in(args, distributed, device)  # (leaving the block: ranks leave together)
 
 
 def _train_in(args: argparse.Namespace, distributed: Distributed, device: torch.device) -> int:

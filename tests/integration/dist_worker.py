@@ -53,27 +53,24 @@ def main() -> int:
     world, local_rank = int(os.environ["WORLD_SIZE"]), int(os.environ.get("LOCAL_RANK", "0"))
     device = resolve_device(sys.argv[4] if len(sys.argv) > 4 else "cpu", local_rank, world)
     torch.set_num_threads(1)
-    distributed = Distributed.join(world, timeout, backend_for(device), local_rank)
     try:
-        bench = make_benchmark(BenchmarkConfig("sinusoid", k_shot=5, seed=3))
-        fail = mode if mode in ("die", "hang") and distributed.rank == 1 else ""
-        train_source = Float64(bench.train, fail, 2 * 4 + 2 if fail else -1)
-        wrapped = Benchmark(bench.name, bench.spec, bench.metric, train_source,
-                            Float64(bench.val), Float64(bench.test))
-        torch.manual_seed(0)
-        model = build("maml", bench.spec, inner_lr=0.01, inner_steps=1).double().to(device)
-        cfg = TrainConfig(steps=3 if mode == "train" else 6, meta_batch_size=4, val_every=0, val_episodes=3,
-                          log_every=1)
-        train(model, wrapped, cfg, None, progress=False, distributed=distributed)
-        if distributed.is_main:
-            torch.save({k: v.detach().cpu().clone() for k, v in model.state_dict().items()}, out)
-        distributed.barrier("waiting for every rank to finish")  # as the command line does: ranks leave together
-        return 0
+        with Distributed.join(world, timeout, backend_for(device), local_rank) as distributed:  # ranks leave together
+            bench = make_benchmark(BenchmarkConfig("sinusoid", k_shot=5, seed=3))
+            fail = mode if mode in ("die", "hang") and distributed.rank == 1 else ""
+            train_source = Float64(bench.train, fail, 2 * 4 + 2 if fail else -1)
+            wrapped = Benchmark(bench.name, bench.spec, bench.metric, train_source,
+                                Float64(bench.val), Float64(bench.test))
+            torch.manual_seed(0)
+            model = build("maml", bench.spec, inner_lr=0.01, inner_steps=1).double().to(device)
+            cfg = TrainConfig(steps=3 if mode == "train" else 6, meta_batch_size=4, val_every=0, val_episodes=3,
+                              log_every=1)
+            train(model, wrapped, cfg, None, progress=False, distributed=distributed)
+            if distributed.is_main:
+                torch.save({k: v.detach().cpu().clone() for k, v in model.state_dict().items()}, out)
+            return 0
     except MetalabError as exc:
         print(f"error: {exc}", file=sys.stderr, flush=True)
         return 2
-    finally:
-        distributed.close()
 
 
 if __name__ == "__main__":

@@ -104,6 +104,20 @@ class Distributed:
         if self.active and dist.is_initialized():
             dist.destroy_process_group()
 
+    def __enter__(self) -> "Distributed":
+        return self
+
+    def __exit__(self, exc_type, exc, tb) -> None:
+        """``with Distributed.join(...) as distributed:`` ends a run: the ranks leave together when
+        the block finished, and the process group is torn down either way."""
+        try:
+            if exc_type is None:
+                # a rank that tore its process group down while another was still writing its results
+                # aborted in torch's C++ at exit ("terminate called without an active exception", 2 in 20)
+                self.barrier("waiting for every rank to finish")
+        finally:
+            self.close()
+
     # ------------------------------------------------------------------ collectives
 
     @contextmanager
