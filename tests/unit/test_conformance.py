@@ -10,6 +10,7 @@ import metalab
 from metalab.algorithms import build, names
 from metalab.data import TaskSpec
 from metalab.engine import load_checkpoint, save_checkpoint
+from metalab.engine.trainer import precision
 
 from .helpers import image_batch, sinusoid_batch
 
@@ -164,7 +165,7 @@ def test_meta_gradient_under_bfloat16_autocast(name, batch):
     without being it (the low precision is really in use)."""
     a, b = _build(name, seed=6).train(), _build(name, seed=6).train()
     a.meta_gradient(batch)
-    with torch.autocast("cpu", dtype=torch.bfloat16):
+    with precision("bfloat16", torch.device("cpu")):  # what the trainer wraps each step in
         out = b.meta_gradient(batch)
     assert torch.isfinite(out.loss)
     exact = torch.cat([p.grad.flatten() for p in a.parameters()])
