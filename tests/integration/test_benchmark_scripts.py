@@ -137,14 +137,20 @@ def test_omniglot_benchmark_trains_tests_and_records(tmp_path, omniglot_dir, omn
     assert [t for t, _ in row["val_curve"]] == sorted(t for t, _ in row["val_curve"]) and len(row["val_curve"]) == 2
 
 
-def test_mann_instance_benchmark_records_every_presentation(tmp_path, omniglot_dir, omniglot_images, omniglot_cache):
-    done = run_script("mann_instance.py", "--method", "lstm", "--data-dir", str(omniglot_dir), "--cache-dir",
-                      str(omniglot_cache), "--steps", "2", "--meta-batch-size", "2", "--val-every", "1",
-                      "--val-episodes", "2", "--test-episodes", "4", "--threads", "1",
+@pytest.mark.parametrize("classes, labels, prefix, paper", [
+    (5, (), "5class-", (0.244, 0.495, 0.553, 0.610, 0.636, 0.625)),  # Santoro et al. Table 1
+    (15, ("--label-length", "5"), "15class-string5x5-", (0.0, 0.022, 0.029, 0.043, 0.056, 0.127)),  # Table 2
+])
+def test_mann_instance_benchmark_records_every_presentation(tmp_path, omniglot_dir, omniglot_images, omniglot_cache,
+                                                            classes, labels, prefix, paper):
+    done = run_script("mann_instance.py", "--method", "lstm", "--classes", str(classes), *labels, "--data-dir",
+                      str(omniglot_dir), "--cache-dir", str(omniglot_cache), "--steps", "2", "--meta-batch-size", "2",
+                      "--val-every", "1", "--val-episodes", "2", "--test-episodes", "4", "--threads", "1",
                       "--out", str(tmp_path / "run"), "--results-dir", str(tmp_path / "results"))
     assert done.returncode == 0, done.stderr
     rows = read_records(tmp_path / "results" / "mann-instance.jsonl")
-    assert [r["setting"] for r in rows] == [f"5class-instance{k}" for k in (1, 2, 3, 4, 5, 10)]
+    assert [r["setting"] for r in rows] == [f"{prefix}instance{k}" for k in (1, 2, 3, 4, 5, 10)]
     assert all(r["method"] == "lstm" and 0 <= r["value"] <= 1 and r["steps"] == 2 for r in rows)
+    assert tuple(r["paper"] for r in rows) == paper  # the published value of the same protocol, beside each
     # the validation curve (accuracy over all steps, every step) travels with each record
-    assert all(len(r["val_curve"]) == 2 and r["val_setting"] == "5class-all-steps" for r in rows)
+    assert all(len(r["val_curve"]) == 2 and r["val_setting"] == f"{prefix}all-steps" for r in rows)
