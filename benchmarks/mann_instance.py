@@ -86,6 +86,10 @@ def main() -> None:
     p.add_argument("--steps", type=int, default=100000)
     p.add_argument("--meta-batch-size", type=int, default=16)
     p.add_argument("--outer-lr", type=float, default=1e-4, help="RMSprop learning rate (the paper: 1e-4)")
+    p.add_argument("--lr-decay-every", type=int, default=0,
+                   help="multiply the learning rate by --lr-decay every this many steps (default 0: constant, "
+                        "as in the paper)")
+    p.add_argument("--lr-decay", type=float, default=0.5)
     p.add_argument("--grad-clip", type=float, default=None, help="clip the meta-gradient norm (default: no clipping)")
     p.add_argument("--max-minutes", type=float, default=None, help="training-time budget (stops early)")
     p.add_argument("--val-every", type=int, default=1000)
@@ -116,7 +120,8 @@ def main() -> None:
         algo = build(args.method, bench.spec, **hparams)
     cfg = TrainConfig(steps=args.steps, meta_batch_size=args.meta_batch_size, outer_lr=args.outer_lr,
                       val_every=args.val_every, val_episodes=args.val_episodes, log_every=50,
-                      grad_clip=args.grad_clip, seed=args.seed,
+                      lr_decay_every=args.lr_decay_every, lr_decay=args.lr_decay, grad_clip=args.grad_clip,
+                      seed=args.seed,
                       max_seconds=None if args.max_minutes is None else 60 * args.max_minutes)
     result = train_or_load(p, args, out, algo, bench, cfg)
     print(f"trained {args.method}: {result.steps} steps, {result.seconds:.0f} s, best {result.best}", flush=True)
@@ -140,6 +145,8 @@ def main() -> None:
         val_curve=val_curve, val_setting=f"{setting}all-steps",
         **({"train_jitter": f"+-{args.jitter_degrees} degrees, +-{args.jitter_pixels} px"}
            if args.jitter_degrees or args.jitter_pixels else {}),
+        **({"lr_schedule": f"{args.outer_lr:g}, x{args.lr_decay:g} every {args.lr_decay_every} steps"}
+           if args.lr_decay_every else {}),
         **({"budget": args.label} if args.label else {}))
         for k, (mean, ci) in accuracy.items()]
     print(records.append("mann-instance", rows, args.results_dir))

@@ -16,6 +16,7 @@ import sys
 from pathlib import Path
 
 import pytest
+import torch
 
 from metalab import results
 
@@ -146,9 +147,12 @@ def test_mann_instance_benchmark_records_every_presentation(tmp_path, omniglot_d
     done = run_script("mann_instance.py", "--method", "lstm", "--classes", str(classes), *labels, "--data-dir",
                       str(omniglot_dir), "--cache-dir", str(omniglot_cache), "--steps", "2", "--meta-batch-size", "2",
                       "--val-every", "1", "--val-episodes", "2", "--test-episodes", "4", "--threads", "1",
-                      "--out", str(tmp_path / "run"), "--results-dir", str(tmp_path / "results"))
+                      "--lr-decay-every", "1", "--out", str(tmp_path / "run"), "--results-dir", str(tmp_path / "results"))
     assert done.returncode == 0, done.stderr
     rows = read_records(tmp_path / "results" / "mann-instance.jsonl")
+    assert all(r["lr_schedule"] == "0.0001, x0.5 every 1 steps" for r in rows)
+    last = torch.load(tmp_path / "run" / "last.pt", weights_only=False)  # the rate halved after each of the 2 steps
+    assert [g["lr"] for g in last["optimizer"]["param_groups"]] == [pytest.approx(0.25e-4)]
     assert [r["setting"] for r in rows] == [f"{prefix}instance{k}" for k in (1, 2, 3, 4, 5, 10)]
     assert all(r["method"] == "lstm" and 0 <= r["value"] <= 1 and r["steps"] == 2 for r in rows)
     assert tuple(r["paper"] for r in rows) == paper  # the published value of the same protocol, beside each
