@@ -83,6 +83,15 @@ def test_least_used_marks_the_n_least_used_slots():
         mem.least_used(usage, 6)
 
 
+def test_least_used_per_head_gives_each_head_its_own_least_used_slot():
+    usage = torch.tensor([[0.5, 0.1, 0.9, 0.3, 0.7], [0.0, 2.0, 1.0, 3.0, 0.5]])
+    rows = mem.least_used_per_head(usage, 2)
+    assert rows.tolist() == [[[0, 1, 0, 0, 0], [0, 0, 0, 1, 0]], [[1, 0, 0, 0, 0], [0, 0, 0, 0, 1]]]
+    assert torch.equal(rows.sum(1), mem.least_used(usage, 2)) and rows.dtype == usage.dtype
+    with pytest.raises(MetalabError, match="n_reads"):
+        mem.least_used_per_head(usage, 6)
+
+
 def test_lrua_write_weights_interpolate_previous_reads_and_least_used():
     prev_read = torch.tensor([[[0.7, 0.1, 0.1, 0.1], [0.25, 0.25, 0.25, 0.25]]])  # (1, 2 heads, 4)
     lu = torch.tensor([[0.0, 1.0, 0.0, 1.0]])
@@ -107,6 +116,20 @@ def test_write_zeroes_the_single_least_used_slot_then_adds_the_weighted_keys():
     for slot in (0, 2, 4):
         torch.testing.assert_close(new[0, slot], memory[0, slot])
     assert memory[0, 1].tolist() == [4.0, 5.0, 6.0]  # the input is not modified
+
+
+def test_with_a_slot_per_head_each_head_writes_its_own_least_used_slot():
+    memory = torch.arange(1.0, 16.0).view(1, 5, 3)
+    usage = torch.tensor([[0.5, 0.1, 0.9, 0.3, 0.7]])  # least used: slot 1, then slot 3
+    keys = torch.tensor([[[1.0, -1.0, 2.0], [0.5, 0.5, 0.5]]])
+    prev_read = torch.tensor([[[0.0, 0.0, 1.0, 0.0, 0.0], [0.2] * 5]])
+    gate = torch.tensor([[[0.0], [-40.0]]])  # head 0 half on its previous read, head 1 all on its fresh slot
+    write_w = mem.lrua_write_weights(gate, prev_read, mem.least_used_per_head(usage, 2))
+    torch.testing.assert_close(write_w, torch.tensor([[[0.0, 0.5, 0.5, 0.0, 0.0], [0.0, 0.0, 0.0, 1.0, 0.0]]]))
+    new = mem.write(memory, write_w, keys, usage)
+    torch.testing.assert_close(new[0, 1], 0.5 * keys[0, 0])  # erased, then head 0's half
+    torch.testing.assert_close(new[0, 3], memory[0, 3] + keys[0, 1])  # head 1 alone
+    torch.testing.assert_close(new[0, 2], memory[0, 2] + 0.5 * keys[0, 0])
 
 
 def test_a_stored_key_is_read_back_from_its_slot():
@@ -406,3 +429,21 @@ def test_with_an_add_vector_the_memory_holds_the_add_vectors_and_the_keys_only_a
     model.meta_loss(_online_batch()).loss.backward()
     rows = model.heads.weight.grad.unflatten(0, (cfg.read_heads, -1))
     assert rows[:, -w:].abs().sum() > 0 and rows[:, :w].abs().sum() > 0  # add vectors and keys both learn
+
+
+def test_mann_with_a_slot_per_head_composes_the_per_head_write_and_trains():
+    model = _model("mann", slot_per_head=True, add_vector=True, key_strength=True)
+    shared = _model("mann", add_vector=True, key_strength=True)  # same seed: same parameters
+    cfg, w = model.config, model.config.memory_width
+    h = torch.randn(3, cfg.controller_size, generator=torch.Generator().manual_seed(2))
+    _, state = model._access(h, model._initial_memory(3, h))  # step 1 from empty memory
+    _, (memory, usage, prev_read) = model._access(h, state)  # step 2: the usage now orders the slots
+    head = model.heads(h).unflatten(-1, (cfg.read_heads, -1))
+    write_w = mem.lrua_write_weights(head[..., w:w + 1], prev_read, mem.least_used_per_head(usage, cfg.read_heads))
+    _, (new_memory, _, _) = model._access(h, (memory, usage, prev_read))
+    torch.testing.assert_close(new_memory, mem.write(memory, write_w, torch.tanh(head[..., -w:]), usage))
+    _, (other, _, _) = shared._access(h, (memory, usage, prev_read))
+    assert (other - new_memory).abs().max() > 1e-4  # the shared least-used write differs
+    model.meta_loss(_online_batch()).loss.backward()
+    assert all(p.grad is not None and torch.isfinite(p.grad).all() and p.grad.abs().sum() > 0
+               for p in model.parameters())

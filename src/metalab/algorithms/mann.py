@@ -19,7 +19,9 @@ One step of :meth:`MANN._step` (the memory functions are in :mod:`metalab.nn.mem
    parameter", emitted by the controller per step and head);
 3. LRUA write weights ``w^w_t = sigmoid(alpha_t) w^r_{t-1} + (1 - sigmoid(alpha_t))
    w^lu_{t-1}``, with ``w^lu_{t-1}`` marking the ``n = read_heads`` least-used slots of
-   ``w^u_{t-1}`` (:func:`~metalab.nn.memory.least_used`, :func:`~metalab.nn.memory.lrua_write_weights`);
+   ``w^u_{t-1}`` (:func:`~metalab.nn.memory.least_used`, :func:`~metalab.nn.memory.lrua_write_weights`;
+   ``MANNConfig(slot_per_head=True)``: head ``h`` gets the ``h``-th least-used slot alone,
+   :func:`~metalab.nn.memory.least_used_per_head`);
 4. write: the slot of least previous usage is zeroed, then ``M_t(i) = M_{t-1}(i) +
    sum_h w^w_{t,h}(i) k_{t,h}`` (section 3.2, :func:`~metalab.nn.memory.write`);
 5. read, *after* the write and with the same key, as in eqs. 2-4 which address ``M_t``:
@@ -86,7 +88,8 @@ from metalab.algorithms.registry import register
 from metalab.data.benchmarks import TaskSpec
 from metalab.data.episode import Episode, EpisodeBatch
 from metalab.data.sequences import LabelCode, presentation_numbers
-from metalab.nn.memory import cosine_read_weights, least_used, lrua_write_weights, read, update_usage, write
+from metalab.nn.memory import (cosine_read_weights, least_used, least_used_per_head, lrua_write_weights, read,
+                               update_usage, write)
 from metalab.utils.errors import MetalabError, require_positive
 
 
@@ -140,6 +143,11 @@ class MANNConfig(LSTMConfig):
             91.0 / 92.6 / 94.9 / 98.1%); the add vector's validation accuracy after 4000
             steps (0.80, the record's ``val_curve``) the key-writing model reached after
             about 12000 (``docs/mann_curves.png``, "bench-mann-mann-strength").
+        slot_per_head: the least-used share of head ``h``'s write goes to the ``h``-th
+            least-used slot alone (one new slot per head and step, as in Deleu's
+            ``ntm-one-shot``), instead of every head adding its vector to all ``n`` least-used
+            slots (the paper's single ``w^lu`` read literally, which stores one sum of the
+            heads' vectors ``n`` times). Off by default.
     """
 
     memory_slots: int = 128
@@ -148,6 +156,7 @@ class MANNConfig(LSTMConfig):
     gamma: float = 0.95
     key_strength: bool = False
     add_vector: bool = False
+    slot_per_head: bool = False
 
     def __post_init__(self) -> None:
         super().__post_init__()
@@ -228,7 +237,8 @@ class MANN(MetaAlgorithm):
         keys, gate_logit = torch.tanh(head[..., :width]), head[..., width:width + 1]
         strength = F.softplus(head[..., width + 1:width + 2]) if cfg.key_strength else None
         added = torch.tanh(head[..., -width:]) if cfg.add_vector else keys
-        write_w = lrua_write_weights(gate_logit, prev_read, least_used(usage, cfg.read_heads))
+        fresh = (least_used_per_head if cfg.slot_per_head else least_used)(usage, cfg.read_heads)
+        write_w = lrua_write_weights(gate_logit, prev_read, fresh)
         memory = write(memory, write_w, added, usage)
         read_w = cosine_read_weights(keys, memory, strength)
         reads = read(read_w, memory).flatten(1)

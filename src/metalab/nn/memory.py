@@ -73,6 +73,13 @@ def read(weights: Tensor, memory: Tensor) -> Tensor:
     return weights @ memory
 
 
+def _least_used_slots(usage: Tensor, n: int) -> Tensor:
+    """``(B, n)`` indices of the ``n`` least-used slots, least used first."""
+    if not 1 <= n <= usage.shape[-1]:
+        raise MetalabError(f"least_used needs 1 <= n_reads <= {usage.shape[-1]} slots, got n_reads={n}")
+    return usage.detach().topk(n, dim=-1, largest=False, sorted=True).indices
+
+
 def least_used(usage: Tensor, n_reads: int) -> Tensor:
     """The least-used weights ``w^lu``: 1.0 at the ``n_reads`` least-used slots, else 0.
 
@@ -87,10 +94,24 @@ def least_used(usage: Tensor, n_reads: int) -> Tensor:
     Returns:
         ``(B, N)`` of 0.0 and 1.0, in ``usage``'s dtype.
     """
-    if not 1 <= n_reads <= usage.shape[-1]:
-        raise MetalabError(f"least_used needs 1 <= n_reads <= {usage.shape[-1]} slots, got n_reads={n_reads}")
-    _, slots = usage.detach().topk(n_reads, dim=-1, largest=False)
-    return torch.zeros_like(usage, requires_grad=False).scatter(-1, slots, 1.0)
+    return torch.zeros_like(usage, requires_grad=False).scatter(-1, _least_used_slots(usage, n_reads), 1.0)
+
+
+def least_used_per_head(usage: Tensor, n_heads: int) -> Tensor:
+    """One least-used slot per head: head ``h``'s row is 1.0 at the ``(h + 1)``-th least-used slot.
+
+    The rows together mark the slots of :func:`least_used` ``(usage, n_heads)``, but each head
+    writes a slot of its own instead of every head writing to all of them (as in Deleu's
+    ``ntm-one-shot`` re-implementation; the paper's single ``w^lu`` leaves it open).
+
+    Args:
+        usage: ``(B, N)`` usage weights ``w^u``.
+        n_heads: ``H``; ``1 <= n_heads <= N``.
+
+    Returns:
+        ``(B, H, N)`` one-hot rows, in ``usage``'s dtype.
+    """
+    return F.one_hot(_least_used_slots(usage, n_heads), usage.shape[-1]).to(usage.dtype)
 
 
 def lrua_write_weights(gate_logit: Tensor, prev_read: Tensor, prev_least_used: Tensor) -> Tensor:
@@ -103,13 +124,16 @@ def lrua_write_weights(gate_logit: Tensor, prev_read: Tensor, prev_least_used: T
     Args:
         gate_logit: ``(B, H, 1)`` ``alpha`` of each head.
         prev_read: ``(B, H, N)`` read weights of the previous step, ``w^r_{t-1}``.
-        prev_least_used: ``(B, N)`` ``w^lu_{t-1}``, shared by the heads.
+        prev_least_used: ``w^lu_{t-1}``: ``(B, N)`` shared by the heads (:func:`least_used`) or
+            ``(B, H, N)``, a row per head (:func:`least_used_per_head`).
 
     Returns:
         ``(B, H, N)`` write weights.
     """
     gate = torch.sigmoid(gate_logit)
-    return gate * prev_read + (1.0 - gate) * prev_least_used.unsqueeze(1)
+    if prev_least_used.dim() == 2:
+        prev_least_used = prev_least_used.unsqueeze(1)
+    return gate * prev_read + (1.0 - gate) * prev_least_used
 
 
 def write(memory: Tensor, write_weights: Tensor, keys: Tensor, prev_usage: Tensor) -> Tensor:
