@@ -33,19 +33,21 @@ from metalab.plot import plot_curves, plot_record_curves  # noqa: E402
 from metalab.utils.errors import MetalabError  # noqa: E402
 
 
-def chosen_records(directory: Path, benchmark: str, setting: str, budget: str, val_setting: str | None = None) -> list[dict]:
+def chosen_records(directory: Path, benchmark: str, setting: str, budget: str, val_setting: str | None = None,
+                   each_budget: bool = False) -> list[dict]:
     """The records of ``benchmark``/``setting`` whose budget label starts with ``budget`` and that carry
     a validation curve measured on ``val_setting`` (default: ``setting``), one per method (the newest), by method
-    name."""
+    name; with ``each_budget``, one per method and budget label (variants of one method side by side)."""
     val_setting = val_setting or setting
     rows = [r for r in results.load(directory)
             if r["benchmark"] == benchmark and r["setting"] == setting and (r.get("budget") or "").startswith(budget)
             and r.get("val_curve") and r.get("val_setting", setting) == val_setting]
-    newest: dict[str, dict] = {}
+    newest: dict[tuple[str, str], dict] = {}
     for r in rows:
-        if r["method"] not in newest or r["date"] > newest[r["method"]]["date"]:
-            newest[r["method"]] = r
-    return [newest[m] for m in sorted(newest)]
+        key = (r["method"], (r.get("budget") or "") if each_budget else "")
+        if key not in newest or r["date"] > newest[key]["date"]:
+            newest[key] = r
+    return [newest[k] for k in sorted(newest)]
 
 
 def main() -> int:
@@ -58,6 +60,9 @@ def main() -> int:
     p.add_argument("--budget", default="", help="with --records: the budget label prefix, e.g. 120min")
     p.add_argument("--val-setting", help="with --records: the setting the curves were validated on, where it is not "
                                          "--setting (mann-instance records: 5class-all-steps)")
+    p.add_argument("--each-budget", action="store_true",
+                   help="with --records: one curve per method and budget label (a method's variants side by side) "
+                        "instead of one per method")
     p.add_argument("--out", required=True, type=Path, help="PNG file")
     p.add_argument("--title", default="")
     args = p.parse_args()
@@ -67,7 +72,8 @@ def main() -> int:
         p.error("--records needs --setting (e.g. --setting 5w1s)")
     try:
         if args.records:
-            chosen = chosen_records(args.records, args.benchmark, args.setting, args.budget, args.val_setting)
+            chosen = chosen_records(args.records, args.benchmark, args.setting, args.budget, args.val_setting,
+                                    args.each_budget)
             print(plot_record_curves(chosen, args.out, args.title, command()))
         else:
             print(plot_curves(args.runs, args.out, args.title, command()))

@@ -96,6 +96,9 @@ def test_plot_curves_draws_the_newest_matching_record_per_method_and_stores_its_
     assert [(r["method"], r["value"], r["budget"]) for r in chosen] == [("anil", 0.9, "120min"),
                                                                          ("maml", 0.95, "120min batched")]
     assert chosen_records(tmp_path, "omniglot", "5w1s", "120min", "5w5s") == []
+    variants = chosen_records(tmp_path, "omniglot", "5w1s", "120min", each_budget=True)
+    assert [(r["method"], r["budget"]) for r in variants] == [("anil", "120min"), ("maml", "120min"),
+                                                              ("maml", "120min batched")]
     out = tmp_path / "c.png"
     args = ("--records", str(tmp_path), "--setting", "5w1s", "--budget", "120min", "--out", str(out))
     done = run_script("plot_curves.py", *args)
