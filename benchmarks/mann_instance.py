@@ -99,6 +99,10 @@ def main() -> None:
     p.add_argument("--seed", type=int, default=0)
     p.add_argument("--threads", type=int, default=2)
     p.add_argument("--out", default=None, help="run folder (default runs/bench-mann-<method>-<classes>class)")
+    p.add_argument("--init-from", type=Path, default=None,
+                   help="start from the weights of another run's checkpoint (e.g. RUN/best.pt, same method and "
+                        "hyper-parameters) instead of a fresh initialisation: fine-tuning, e.g. at a lower --outer-lr; "
+                        "the records then count only this run's steps and time")
     p.add_argument("--label", default=None,
                    help="label of a variant's records (e.g. 'key strength' with --hparams key_strength=True), shown "
                         "beside the setting, so they do not replace the default model's records")
@@ -118,6 +122,15 @@ def main() -> None:
     with torch.random.fork_rng(devices=[]):
         torch.manual_seed(derive_seed(args.seed, 0))
         algo = build(args.method, bench.spec, **hparams)
+    if args.init_from is not None and not args.resume:
+        if not args.init_from.is_file():
+            p.error(f"--init-from {args.init_from}: no such checkpoint (give a run's best.pt or last.pt)")
+        start, _ = load_checkpoint(args.init_from)
+        if type(start) is not type(algo) or start.config != algo.config or start.spec != algo.spec:
+            p.error(f"--init-from {args.init_from} holds a {start.name} model with other settings or episodes than "
+                    f"this {args.method} run's ({start.config} vs {algo.config}); pass the same --hparams, "
+                    "--classes and label flags")
+        algo.load_state_dict(start.state_dict())
     cfg = TrainConfig(steps=args.steps, meta_batch_size=args.meta_batch_size, outer_lr=args.outer_lr,
                       val_every=args.val_every, val_episodes=args.val_episodes, log_every=50,
                       lr_decay_every=args.lr_decay_every, lr_decay=args.lr_decay, grad_clip=args.grad_clip,
@@ -147,6 +160,7 @@ def main() -> None:
            if args.jitter_degrees or args.jitter_pixels else {}),
         **({"lr_schedule": f"{args.outer_lr:g}, x{args.lr_decay:g} every {args.lr_decay_every} steps"}
            if args.lr_decay_every else {}),
+        **({"init_from": str(args.init_from)} if args.init_from else {}),
         **({"budget": args.label} if args.label else {}))
         for k, (mean, ci) in accuracy.items()]
     print(records.append("mann-instance", rows, args.results_dir))

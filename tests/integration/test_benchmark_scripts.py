@@ -161,3 +161,26 @@ def test_mann_instance_benchmark_records_every_presentation(tmp_path, omniglot_d
     assert tuple(r["paper"] for r in rows) == paper  # the published value of the same protocol, beside each
     # the validation curve (accuracy over all steps, every step) travels with each record
     assert all(len(r["val_curve"]) == 2 and r["val_setting"] == f"{prefix}all-steps" for r in rows)
+
+
+
+def test_mann_instance_benchmark_fine_tunes_from_another_runs_weights(tmp_path, omniglot_dir, omniglot_cache):
+    def run(out, *extra):
+        return run_script("mann_instance.py", "--method", "lstm", "--classes", "5", "--data-dir", str(omniglot_dir),
+                          "--cache-dir", str(omniglot_cache), "--steps", "1", "--meta-batch-size", "2",
+                          "--val-every", "1", "--val-episodes", "2", "--test-episodes", "2", "--threads", "1",
+                          "--out", str(tmp_path / out), "--results-dir", str(tmp_path / "results"), *extra)
+
+    assert run("first").returncode == 0
+    first = torch.load(tmp_path / "first" / "best.pt", weights_only=False)["state_dict"]
+    done = run("tuned", "--init-from", str(tmp_path / "first" / "best.pt"), "--outer-lr", "1e-12")
+    assert done.returncode == 0, done.stderr
+    tuned = torch.load(tmp_path / "tuned" / "last.pt", weights_only=False)["state_dict"]
+    # one step at a negligible rate: the weights are still the first run's (a fresh start would differ entirely)
+    assert all(torch.allclose(tuned[k], first[k], atol=1e-6) for k in first)
+    rows = read_records(tmp_path / "results" / "mann-instance.jsonl")
+    assert [r.get("init_from") for r in rows[-6:]] == [str(tmp_path / "first" / "best.pt")] * 6
+    other = run("other", "--init-from", str(tmp_path / "first" / "best.pt"), "--hparams", "controller_size=8")
+    assert other.returncode == 2 and "other settings" in other.stderr
+    missing = run("none", "--init-from", str(tmp_path / "nothing.pt"))
+    assert missing.returncode == 2 and "no such checkpoint" in missing.stderr
