@@ -150,7 +150,8 @@ def test_mann_instance_benchmark_records_every_presentation(tmp_path, omniglot_d
     done = run_script("mann_instance.py", "--method", "lstm", "--classes", str(classes), *labels, "--data-dir",
                       str(omniglot_dir), "--cache-dir", str(omniglot_cache), "--steps", "2", "--meta-batch-size", "2",
                       "--val-every", "1", "--val-episodes", "2", "--test-episodes", "4", "--threads", "1",
-                      "--lr-decay-every", "1", "--out", str(tmp_path / "run"), "--results-dir", str(tmp_path / "results"))
+                      "--lr-decay-every", "1", "--out", str(tmp_path / "run"),
+                      "--results-dir", str(tmp_path / "results"))
     assert done.returncode == 0, done.stderr
     rows = read_records(tmp_path / "results" / "mann-instance.jsonl")
     assert all(r["lr_schedule"] == "0.0001, x0.5 every 1 steps" for r in rows)
@@ -161,7 +162,6 @@ def test_mann_instance_benchmark_records_every_presentation(tmp_path, omniglot_d
     assert tuple(r["paper"] for r in rows) == paper  # the published value of the same protocol, beside each
     # the validation curve (accuracy over all steps, every step) travels with each record
     assert all(len(r["val_curve"]) == 2 and r["val_setting"] == f"{prefix}all-steps" for r in rows)
-
 
 
 def test_mann_instance_benchmark_fine_tunes_from_another_runs_weights(tmp_path, omniglot_dir, omniglot_cache):

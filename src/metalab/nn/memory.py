@@ -76,7 +76,7 @@ def read(weights: Tensor, memory: Tensor) -> Tensor:
 def _least_used_slots(usage: Tensor, n: int) -> Tensor:
     """``(B, n)`` indices of the ``n`` least-used slots, least used first."""
     if not 1 <= n <= usage.shape[-1]:
-        raise MetalabError(f"least_used needs 1 <= n_reads <= {usage.shape[-1]} slots, got n_reads={n}")
+        raise MetalabError(f"picking the least-used slots needs 1 <= n_reads <= {usage.shape[-1]} slots, got n_reads={n}")
     return usage.detach().topk(n, dim=-1, largest=False, sorted=True).indices
 
 
