@@ -168,11 +168,17 @@ def projected_seconds(seconds: float, error: float, target_error: float, exponen
 
 
 def _projections(rows: list[dict[str, Any]]) -> list[str]:
-    """Lines projecting, for each accuracy below its published number, the training time that would reach it."""
+    """Lines projecting, for each accuracy below its published number, the training time that would reach it.
+
+    A row whose 95% interval already holds the published number gets no line: it is not measurably below it
+    (a row at chance, e.g. 0.04% ± 0.1% against the paper's 0.10%, would otherwise get a meaningless projection).
+    """
     lines = []
     for r in rows:
         curve, paper = r.get("val_curve"), r.get("paper")
-        if r["metric"] != "accuracy" or not curve or paper is None or r["value"] >= paper or not r.get("train_seconds"):
+        if r["metric"] != "accuracy" or not curve or paper is None or not r.get("train_seconds"):
+            continue
+        if r["value"] + (r.get("ci95") or 0.0) >= paper:
             continue
         exponent = power_law_exponent([t for t, _ in curve], [1 - a for _, a in curve])
         when = projected_seconds(r["train_seconds"], 1 - r["value"], 1 - paper, exponent)
@@ -263,7 +269,8 @@ def render(records: Iterable[dict[str, Any]], generator: str, plots: Mapping[str
                       for (method, seen, seconds, paper), settings in sorted(projected.items())]
         reaching = _projections(rows)
         if reaching:
-            lines += ["", "Projected training time to the published number, where a row is below it: the time at which "
+            lines += ["", "Projected training time to the published number, where a row is below it by more than its 95% "
+                      "interval: the time at which "
                       "this run's test error would equal the paper's if it kept falling as t^(-b), with b fitted to "
                       f"the run's validation error from {PROJECTION_FIT_FROM:.0%} of its training time on (log-log "
                       "least squares; a power law without a floor, so an optimistic projection). Plots of the curves "
