@@ -294,6 +294,32 @@ def test_a_full_model_passes_gradcheck_in_float64():
     assert torch.autograd.gradcheck(lambda x: model.sequence_logits(replace(batch, query_x=x)), (x,))
 
 
+def _lstm_cell_logits(model, batch):
+    """The sequence through ``nn.LSTMCell``'s own forward on ``[x_t, y_{t-1}, r_{t-1}]``, step by step."""
+    x, y = batch.query_x.flatten(2), batch.query_y
+    labels = model.code.one_hot(y, x.dtype)
+    shown = torch.cat([torch.zeros_like(labels[:, :1]), labels[:, :-1]], dim=1)
+    h, c, reads, memory = model._initial_state(y.shape[0], x)
+    logits = []
+    for t in range(y.shape[1]):
+        h, c = model.controller(torch.cat([x[:, t], shown[:, t], reads], dim=-1), (h, c))
+        reads, memory = model._access(h, memory)
+        logits.append(model.output(torch.cat([h, reads], dim=-1)))
+    return torch.stack(logits, dim=1)
+
+
+@pytest.mark.parametrize("name", ["mann", "lstm"])
+def test_the_controller_with_its_input_gates_computed_for_all_steps_at_once_is_nn_lstm_cell(name):
+    batch = _online_batch(tasks=3)
+    batch = replace(batch, query_x=batch.query_x.double())
+    model = _model(name, key_strength=True, add_vector=True).double() if name == "mann" else _model(name).double()
+    expected = _lstm_cell_logits(model, batch)
+    torch.testing.assert_close(model.sequence_logits(batch), expected, rtol=0, atol=1e-12)
+    grads = torch.autograd.grad(model.sequence_logits(batch).square().sum(), list(model.parameters()))
+    for got, want in zip(grads, torch.autograd.grad(expected.square().sum(), list(model.parameters()))):
+        torch.testing.assert_close(got, want, rtol=0, atol=1e-12)
+
+
 def test_lstm_baseline_shares_the_loop_and_has_no_memory():
     lstm, mann = _model("lstm"), _model("mann")
     assert isinstance(lstm, MANN) and type(lstm).Config is LSTMConfig and type(mann).Config is MANNConfig

@@ -12,7 +12,9 @@ meta-loss is the cross-entropy of every step's prediction, averaged over steps a
 One step of :meth:`MANN._step` (the memory functions are in :mod:`metalab.nn.memory`):
 
 1. controller: ``h_t, c_t = LSTMCell([x_t, onehot(y_{t-1}), r_{t-1}], (h_{t-1}, c_{t-1}))``
-   (``r_{t-1}``: the previous step's reads of all heads, concatenated);
+   (``r_{t-1}``: the previous step's reads of all heads, concatenated; the share of the gates
+   from ``[x_t, y_{t-1}]`` is computed for all steps of a sequence at once, as it does not
+   depend on the recurrence);
 2. heads (:meth:`MANN._access`): per head a key ``k_t = tanh(W_k h_t + b_k)`` (tanh, as
    in the public re-implementations: the paper does not name the activation) and a
    write-gate logit ``alpha_t = W_a h_t + b_a`` (the paper's "learnable sigmoid gate
@@ -211,8 +213,8 @@ class MANN(MetaAlgorithm):
         self.code = spec.labels or LabelCode(1, spec.output_dim)
         self.n_way = spec.output_dim
         self.read_width = self._build_memory()
-        in_features = math.prod(spec.input_shape)
-        self.controller = nn.LSTMCell(in_features + self.code.width + self.read_width, config.controller_size)
+        self.fed_width = math.prod(spec.input_shape) + self.code.width  # the image and the previous label
+        self.controller = nn.LSTMCell(self.fed_width + self.read_width, config.controller_size)
         self.output = nn.Linear(config.controller_size + self.read_width, self.code.width)
 
     # ------------------------------------------------------------------ memory (LSTMBaseline: none)
@@ -257,9 +259,36 @@ class MANN(MetaAlgorithm):
         zeros = like.new_zeros(batch, self.config.controller_size)
         return _State(zeros, zeros, like.new_zeros(batch, self.read_width), self._initial_memory(batch, like))
 
-    def _step(self, state: _State, x: Tensor, shown: Tensor) -> tuple[Tensor, _State]:
-        """One time step: ``x`` ``(B, D)``, previous label encoded ``(B, code.width)`` -> logits ``(B, code.width)``."""
-        h, c = self.controller(torch.cat([x, shown, state.reads], dim=-1), (state.h, state.c))
+    def _fed_gates(self, x: Tensor, shown: Tensor) -> Tensor:
+        """The controller's gate pre-activations from the image ``x`` ``(..., D)`` and the previous
+        label ``shown`` ``(..., code.width)``, biases included: ``(..., 4 * controller_size)``.
+
+        They do not depend on the recurrent state, so :meth:`_run` computes them for every step of
+        a sequence in one matrix product (and its backward pass forms the gradient of that part of
+        the weights once, not once per step).
+        """
+        ctrl = self.controller
+        return F.linear(torch.cat([x, shown], dim=-1), ctrl.weight_ih[:, :self.fed_width], ctrl.bias_ih + ctrl.bias_hh)
+
+    def _reads_weight(self) -> Tensor:
+        """The controller's input weights of the reads, ``(4 * controller_size, H * W)``: sliced once
+        per sequence: the backward pass of a slice fills a zero tensor the size of the whole weight,
+        which once per step took about as long as the rest of the step."""
+        return self.controller.weight_ih[:, self.fed_width:]
+
+    def _step(self, state: _State, fed: Tensor, reads_weight: Tensor) -> tuple[Tensor, _State]:
+        """One time step from the step's :meth:`_fed_gates` ``(B, 4 * controller_size)`` and
+        :meth:`_reads_weight` -> logits ``(B, code.width)`` and the next state.
+
+        The controller is ``nn.LSTMCell`` on ``[x_t, y_{t-1}, r_{t-1}]`` (the same parameters and
+        gate order), with the input's share of the gates computed beforehand.
+        """
+        gates = fed + F.linear(state.h, self.controller.weight_hh)
+        if self.read_width:
+            gates = gates + F.linear(state.reads, reads_weight)
+        i, f, g, o = gates.chunk(4, dim=-1)
+        c = torch.sigmoid(f) * state.c + torch.sigmoid(i) * torch.tanh(g)
+        h = torch.sigmoid(o) * torch.tanh(c)
         reads, memory = self._access(h, state.memory)
         return self.output(torch.cat([h, reads], dim=-1)), _State(h, c, reads, memory)
 
@@ -273,14 +302,15 @@ class MANN(MetaAlgorithm):
         Returns:
             logits ``(B, T, code.width)`` (step ``t`` predicts ``y[:, t]``) and the state after step ``T``.
         """
-        b, t = y.shape
+        b = y.shape[0]
         x = x.flatten(2)
         labels = self.code.one_hot(y, x.dtype)
         shown = torch.cat([labels.new_zeros(b, 1, self.code.width), labels[:, :-1]], dim=1)  # y_{t-1}
         state = self._initial_state(b, x)
         logits = []
-        for step in range(t):
-            out, state = self._step(state, x[:, step], shown[:, step])
+        reads_weight = self._reads_weight()
+        for fed in self._fed_gates(x, shown).unbind(1):
+            out, state = self._step(state, fed, reads_weight)
             logits.append(out)
         return torch.stack(logits, dim=1), state
 
@@ -302,7 +332,8 @@ class MANN(MetaAlgorithm):
         def per_query(t: Tensor) -> Tensor:  # (B, ...) -> (B * Q, ...): one copy of the state per query
             return t.unsqueeze(1).expand(b, q, *t.shape[1:]).flatten(0, 1)
 
-        logits, _ = self._step(state.map(per_query), query_x.flatten(2).flatten(0, 1), per_query(last_label))
+        fed = self._fed_gates(query_x.flatten(2).flatten(0, 1), per_query(last_label))
+        logits, _ = self._step(state.map(per_query), fed, self._reads_weight())
         return logits.unflatten(0, (b, q))
 
     # ------------------------------------------------------------------ checks
