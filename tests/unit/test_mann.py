@@ -83,6 +83,18 @@ def test_least_used_marks_the_n_least_used_slots():
         mem.least_used(usage, 6)
 
 
+def test_equally_used_slots_are_picked_lowest_index_first_whatever_the_batch():
+    """Never-written slots tie exactly; the pick must not depend on the episodes beside this one."""
+    usage = torch.full((24, 128), 0.25, dtype=torch.float64)
+    usage[:, ::3] = 1.0  # slots 0, 3, 6, ... used; the others tie
+    first = [1, 2, 4, 5]
+    assert mem.least_used_per_head(usage, 4).argmax(-1).tolist() == [first] * 24
+    assert torch.equal(mem.least_used(usage[:1], 4)[0].nonzero().flatten(), torch.tensor(first))
+    # the slot zeroed before a write is the first of them too (argmin returns the first minimum)
+    erased = mem.write(torch.ones(1, 128, 1), torch.zeros(1, 1, 128), torch.zeros(1, 1, 1), usage[:1])
+    assert (erased[0, :, 0] == 0).nonzero().flatten().tolist() == [1]
+
+
 def test_least_used_per_head_gives_each_head_its_own_least_used_slot():
     usage = torch.tensor([[0.5, 0.1, 0.9, 0.3, 0.7], [0.0, 2.0, 1.0, 3.0, 0.5]])
     rows = mem.least_used_per_head(usage, 2)

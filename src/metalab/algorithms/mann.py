@@ -56,7 +56,7 @@ Deviations from the paper:
   classes, as in the paper;
 - Vinyals et al.'s split: 1028 training characters, 172 for validation (model selection)
   and 423 for testing, where the paper trains on 1200 and tests on 423;
-- ``least_used`` marks exactly ``n`` slots (``topk``) where the paper marks every slot
+- ``least_used`` marks exactly ``n`` slots (ties to the lower index) where the paper marks every slot
   whose usage is at most the ``n``-th smallest (they differ only on ties).
 
 The paper's episodes: 5 (or 15) classes x 10 instances, 20x20 images (``omniglot-online``).
@@ -249,7 +249,7 @@ class MANN(MetaAlgorithm):
         memory = write(memory, write_w, added, usage)
         read_w = cosine_read_weights(keys, memory, strength)
         reads = read(read_w, memory).flatten(1)
-        # the usage only selects slots (topk, argmin): no gradient flows through it, so keep no graph
+        # the usage only selects slots (a sort, argmin): no gradient flows through it, so keep no graph
         usage = update_usage(usage, read_w.detach(), write_w.detach(), cfg.gamma)
         return reads, (memory, usage, read_w)
 

@@ -7,7 +7,7 @@ Used Access, LRUA).
 Every function maps tensors to new tensors (no in-place update of anything that may need a
 gradient) and is batched over a leading dim ``B`` (the episodes of a meta-batch). Shapes:
 ``N`` memory slots of width ``W``, ``H`` heads (one key per head is used both to write and to
-read, as in the paper). Static shapes throughout: ``topk``/``argmin`` select a fixed number
+read, as in the paper). Static shapes throughout: a stable sort and ``argmin`` select a fixed number
 of slots, nothing depends on the values' sizes.
 
 The equations, numbered as in the paper:
@@ -74,18 +74,25 @@ def read(weights: Tensor, memory: Tensor) -> Tensor:
 
 
 def _least_used_slots(usage: Tensor, n: int) -> Tensor:
-    """``(B, n)`` indices of the ``n`` least-used slots, least used first."""
+    """``(B, n)`` indices of the ``n`` least-used slots, least used first, ties to the lower index.
+
+    Ties are the rule, not the exception: slots never written have exactly equal usage. ``topk``
+    leaves their order to its implementation, which can differ with the batch size, so an
+    episode's slots (and, through them, its gradient) could depend on the episodes beside it; a
+    stable sort picks the same slots for an episode in any batch (and agrees with ``argmin``,
+    which returns the first minimum, in :func:`write`).
+    """
     if not 1 <= n <= usage.shape[-1]:
         raise MetalabError(f"picking the least-used slots needs 1 <= n_reads <= {usage.shape[-1]} slots, got n_reads={n}")
-    return usage.detach().topk(n, dim=-1, largest=False, sorted=True).indices
+    return usage.detach().argsort(dim=-1, stable=True)[..., :n]
 
 
 def least_used(usage: Tensor, n_reads: int) -> Tensor:
     """The least-used weights ``w^lu``: 1.0 at the ``n_reads`` least-used slots, else 0.
 
-    The paper marks every slot whose usage is at most the ``n``-th smallest; ``topk`` marks
-    exactly ``n`` of them (ties broken by the sort), which keeps the number of slots written
-    fixed. No gradient flows through the selection (it is piecewise constant).
+    The paper marks every slot whose usage is at most the ``n``-th smallest; this marks
+    exactly ``n`` of them (ties to the lower slot index), which keeps the number of slots
+    written fixed. No gradient flows through the selection (it is piecewise constant).
 
     Args:
         usage: ``(B, N)`` usage weights ``w^u``.
