@@ -99,6 +99,8 @@ def test_plot_curves_draws_the_newest_matching_record_per_method_and_stores_its_
     variants = chosen_records(tmp_path, "omniglot", "5w1s", "120min", each_budget=True)
     assert [(r["method"], r["budget"]) for r in variants] == [("anil", "120min"), ("maml", "120min"),
                                                               ("maml", "120min batched")]
+    unbatched = chosen_records(tmp_path, "omniglot", "5w1s", "120min", each_budget=True, skip=("batched", "x"))
+    assert [(r["method"], r["budget"]) for r in unbatched] == [("anil", "120min"), ("maml", "120min")]
     out = tmp_path / "c.png"
     args = ("--records", str(tmp_path), "--setting", "5w1s", "--budget", "120min", "--out", str(out))
     done = run_script("plot_curves.py", *args)
