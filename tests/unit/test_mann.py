@@ -385,7 +385,7 @@ def test_bad_episodes_and_hyper_parameters_are_explained():
                                                                                   n_query=1, dtype=torch.float32))
     for bad, message in [(dict(read_heads=9), "read_heads=9 needs at least"), (dict(gamma=1.5), "gamma"),
                          (dict(controller_size=0), "controller_size"), (dict(memory_width=2.5), "memory_width"),
-                         (dict(rmsprop_alpha=1.0), "rmsprop_alpha")]:
+                         (dict(rmsprop_alpha=1.0), "rmsprop_alpha"), (dict(optimizer="sgd"), "'rmsprop' or 'adam'")]:
         with pytest.raises(MetalabError, match=message):
             build("mann", SPEC, **dict(SMALL, **bad))
 
@@ -395,6 +395,9 @@ def test_outer_optimizer_is_rmsprop_with_the_configured_settings():
     assert isinstance(optimizer, torch.optim.RMSprop)
     group = optimizer.param_groups[0]
     assert (group["lr"], group["alpha"], group["momentum"]) == (1e-4, 0.9, 0.5)
+    for name in ("mann", "lstm"):
+        adam = _model(name, optimizer="adam").outer_optimizer(1e-3)
+        assert type(adam) is torch.optim.Adam and adam.param_groups[0]["lr"] == 1e-3
 
 
 def _train_on_prototypes(code: LabelCode | None, steps: int) -> tuple[torch.Tensor, torch.Tensor]:

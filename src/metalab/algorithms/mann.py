@@ -103,14 +103,21 @@ class LSTMConfig:
         controller_size: LSTM units (the paper: 200).
         rmsprop_alpha: RMSprop's squared-gradient decay.
         rmsprop_momentum: RMSprop's momentum.
+        optimizer: the meta-optimiser, ``"rmsprop"`` (the paper's; default) or ``"adam"`` (PyTorch's
+            default betas; Deleu's ``ntm-one-shot`` re-implementation trains MANN with Adam at 1e-3
+            on one episode per step, e.g. ``--outer-lr 1e-3 --meta-batch-size 1``); the
+            ``rmsprop_*`` settings apply to RMSprop only.
     """
 
     controller_size: int = 200
     rmsprop_alpha: float = 0.95
     rmsprop_momentum: float = 0.9
+    optimizer: str = "rmsprop"
 
     def __post_init__(self) -> None:
         require_positive(controller_size=self.controller_size)
+        if self.optimizer not in ("rmsprop", "adam"):
+            raise MetalabError(f"optimizer must be 'rmsprop' or 'adam', got {self.optimizer!r}")
         if not 0.0 < self.rmsprop_alpha < 1.0:
             raise MetalabError(f"rmsprop_alpha must be in (0, 1), got {self.rmsprop_alpha!r}")
         if not 0.0 <= self.rmsprop_momentum < 1.0:
@@ -449,8 +456,11 @@ class MANN(MetaAlgorithm):
             return (self.predictions(self.sequence_logits(episode)[0]) == episode.query_y).float().mean().item()
 
     def outer_optimizer(self, lr: float) -> torch.optim.Optimizer:
-        """RMSprop, as in the paper (which trained with lr 1e-4); see the module docstring."""
+        """RMSprop, as in the paper (which trained with lr 1e-4; see the module docstring), or Adam
+        with ``optimizer="adam"``."""
         cfg = self.config
+        if cfg.optimizer == "adam":
+            return torch.optim.Adam(self.parameters(), lr=lr)
         return torch.optim.RMSprop(self.parameters(), lr=lr, alpha=cfg.rmsprop_alpha, momentum=cfg.rmsprop_momentum)
 
 
