@@ -279,8 +279,8 @@ class MANN(MetaAlgorithm):
 
     def _reads_weight(self) -> Tensor:
         """The controller's input weights of the reads, ``(4 * controller_size, H * W)``: sliced once
-        per sequence: the backward pass of a slice fills a zero tensor the size of the whole weight,
-        which once per step took about as long as the rest of the step."""
+        per sequence, not per step: the backward pass of a slice fills a zero tensor the size of the
+        whole weight."""
         return self.controller.weight_ih[:, self.fed_width:]
 
     def _step(self, state: _State, fed: Tensor, reads_weight: Tensor) -> tuple[Tensor, _State]:
