@@ -33,7 +33,7 @@ from omniglot import add_run_flags, train_or_load  # noqa: E402
 
 from metalab import BenchmarkConfig, EpisodeBatch, TrainConfig, build, load_checkpoint, make_benchmark  # noqa: E402
 from metalab.data.sampler import TaskSource  # noqa: E402
-from metalab.data.sequences import presentation_numbers  # noqa: E402
+from metalab.data.sequences import LabelCode, presentation_numbers  # noqa: E402
 from metalab.config import parse_assignments  # noqa: E402
 from metalab.utils import derive_seed  # noqa: E402
 from metalab.utils.stats import mean_ci95  # noqa: E402
@@ -150,6 +150,9 @@ def main() -> None:
     print("measured " + " ".join(f"{100 * m:6.1f} ± {100 * c:4.1f}" for m, c in accuracy.values()))
     if paper:
         print("paper    " + " ".join(f"{100 * paper[INSTANCES.index(k)]:13.1f}" for k in instances))
+    # a class's first presentation can only be guessed: no learner beats guessing among the labels not yet shown
+    ceiling = (code or LabelCode(1, args.classes)).first_presentation_ceiling(args.classes)
+    print(f"the 1st instance's ceiling (guessing among the labels not yet shown): {100 * ceiling:.3f}%")
     rows = [records.record(
         "mann-instance", args.method, f"{setting}instance{k}", "accuracy", mean, ci,
         paper and paper[INSTANCES.index(k)], result.seconds, result.steps, test_episodes=args.test_episodes,
@@ -161,6 +164,7 @@ def main() -> None:
         **({"lr_schedule": f"{args.outer_lr:g}, x{args.lr_decay:g} every {args.lr_decay_every} steps"}
            if args.lr_decay_every else {}),
         **({"init_from": str(args.init_from)} if args.init_from else {}),
+        **({"ceiling": ceiling} if k == 1 else {}),
         **({"budget": args.label} if args.label else {}))
         for k, (mean, ci) in accuracy.items()]
     print(records.append("mann-instance", rows, args.results_dir))

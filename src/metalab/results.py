@@ -171,7 +171,9 @@ def _projections(rows: list[dict[str, Any]]) -> list[str]:
     """Lines projecting, for each accuracy below its published number, the training time that would reach it.
 
     A row whose 95% interval already holds the published number gets no line: it is not measurably below it
-    (e.g. 82.78% ± 1.05% against the paper's 82.80%).
+    (e.g. 82.78% ± 1.05% against the paper's 82.80%). A row whose record states a ``ceiling`` (the highest
+    accuracy any learner can reach in its setting) below the published number gets a line saying so instead of a
+    time: no training reaches it (e.g. a class's first presentation with string labels, 0.03% against 0.10%).
     """
     lines = []
     for r in rows:
@@ -179,6 +181,10 @@ def _projections(rows: list[dict[str, Any]]) -> list[str]:
         if r["metric"] != "accuracy" or not curve or paper is None or not r.get("train_seconds"):
             continue
         if r["value"] + (r.get("ci95") or 0.0) >= paper:
+            continue
+        if r.get("ceiling") is not None and paper > r["ceiling"]:  # e.g. a label guessed before it was ever shown
+            lines.append(f"- {r['method']} {_label(r)}: no projection: the published {_fmt('accuracy', paper)} is above "
+                         f"{_fmt('accuracy', r['ceiling'])}, the most any learner can reach in this setting")
             continue
         exponent = power_law_exponent([t for t, _ in curve], [1 - a for _, a in curve])
         when = projected_seconds(r["train_seconds"], 1 - r["value"], 1 - paper, exponent)

@@ -19,6 +19,7 @@ import pytest
 import torch
 
 from metalab import results
+from metalab.data.sequences import LabelCode
 
 from tests.conftest import REPO_ROOT
 
@@ -162,6 +163,9 @@ def test_mann_instance_benchmark_records_every_presentation(tmp_path, omniglot_d
     assert [r["setting"] for r in rows] == [f"{prefix}instance{k}" for k in (1, 2, 3, 4, 5, 10)]
     assert all(r["method"] == "lstm" and 0 <= r["value"] <= 1 and r["steps"] == 2 for r in rows)
     assert tuple(r["paper"] for r in rows) == paper  # the published value of the same protocol, beside each
+    # the 1st instance can only be guessed: its record states the best guesser's accuracy
+    code = LabelCode(5, 5) if labels else LabelCode(1, classes)
+    assert rows[0]["ceiling"] == code.first_presentation_ceiling(classes) and all("ceiling" not in r for r in rows[1:])
     # the validation curve (accuracy over all steps, every step) travels with each record
     assert all(len(r["val_curve"]) == 2 and r["val_setting"] == f"{prefix}all-steps" for r in rows)
 

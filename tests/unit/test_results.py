@@ -106,6 +106,17 @@ def test_rows_below_the_paper_with_a_validation_curve_get_a_projected_time_on_th
     assert "- maml 5w5s" not in page and "- maml 10w1s" not in page
 
 
+def test_a_published_number_above_the_settings_ceiling_gets_no_projected_time():
+    guessed = _rec(0.0004, "2026-01-01", setting="15class-instance1")
+    guessed.update(paper=0.001, ci95=0.0003, ceiling=0.00032, train_seconds=3600.0,
+                   val_curve=[[t, 1 - 0.5 * (t / 3600.0) ** -0.5] for t in (900.0, 1800.0, 2700.0, 3600.0)])
+    page = results.render([guessed], "gen")
+    assert ("- maml 15class-instance1: no projection: the published 0.10% is above 0.03%, the most any learner "
+            "can reach in this setting") in page
+    del guessed["ceiling"]  # without it, a time is projected
+    assert "- maml 15class-instance1: no projection" not in results.render([guessed], "gen")
+
+
 def test_the_paper_length_projection_names_the_settings_of_each_run():
     rows = [_rec(0.96, "2026-01-01"), _rec(0.9, "2026-01-01", setting="20w1s")]
     for r in rows:

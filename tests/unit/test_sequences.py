@@ -131,6 +131,25 @@ def test_label_code_draws_distinct_labels_and_rejects_too_many_classes():
             LabelCode(*bad)
 
 
+def test_first_presentation_ceiling_is_the_best_guessers_accuracy():
+    assert LabelCode(1, 5).first_presentation_ceiling(5) == pytest.approx((1 / 5 + 1 / 4 + 1 / 3 + 1 / 2 + 1) / 5,
+                                                                           rel=1e-15)  # 45.7%
+    assert LabelCode(5, 5).first_presentation_ceiling(15) == pytest.approx(
+        sum(1 / (3125 - j) for j in range(15)) / 15, rel=1e-15)  # 0.032%: below the paper's 0.1% for MANN
+    # the learner that guesses among the labels not yet shown, on labels drawn like an episode's, scores it
+    code, n, episodes = LabelCode(2, 2), 3, 20000
+    g, guess = torch.Generator().manual_seed(0), torch.Generator().manual_seed(1)
+    hits = 0
+    for _ in range(episodes):
+        labels = code.draw(n, g).tolist()
+        for j, y in enumerate(labels):
+            unshown = [c for c in range(code.size) if c not in labels[:j]]
+            hits += unshown[torch.randint(len(unshown), (), generator=guess)] == y
+    assert hits / (n * episodes) == pytest.approx(code.first_presentation_ceiling(n), abs=0.01)  # 13/36
+    with pytest.raises(MetalabError, match="5 classes need 5 distinct labels"):
+        LabelCode(2, 2).first_presentation_ceiling(5)
+
+
 def test_string_labels_name_each_class_once_and_leave_the_rest_of_the_episode_unchanged():
     code = LabelCode(5, 5)
     plain, strings = SequenceSampler(_dataset(), 5, 3, seed=4), SequenceSampler(_dataset(), 5, 3, seed=4, code=code)

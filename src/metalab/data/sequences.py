@@ -86,6 +86,19 @@ class LabelCode:
             raise MetalabError(f"{n} classes need {n} distinct labels, but strings of {self.length} characters over "
                                f"{self.alphabet} symbols write only {self.size}: use longer strings or more symbols")
 
+    def first_presentation_ceiling(self, n: int) -> float:
+        """The highest expected accuracy any learner can reach on the first presentations of an
+        episode's ``n`` classes (each drawn with :meth:`draw`).
+
+        When the ``j``-th class (from 0) first appears, ``j`` labels have been shown and the new
+        class's label is equally likely to be any of the other ``size - j``: the best guess is
+        right with probability ``1 / (size - j)``, so the ceiling is their mean over the ``n``
+        classes: 45.7% for 5 one-hot classes, 0.032% for Santoro et al.'s 15 classes with
+        five-character strings over five symbols.
+        """
+        self.check_classes(n)
+        return sum(1.0 / (self.size - j) for j in range(n)) / n
+
     def draw(self, n: int, generator: torch.Generator) -> Tensor:
         """``n`` distinct labels drawn uniformly at random, ``(n,)`` int64."""
         self.check_classes(n)
