@@ -33,7 +33,7 @@ from omniglot import add_run_flags, train_or_load  # noqa: E402
 
 from metalab import BenchmarkConfig, EpisodeBatch, TrainConfig, build, load_checkpoint, make_benchmark  # noqa: E402
 from metalab.data.sampler import TaskSource  # noqa: E402
-from metalab.data.sequences import LabelCode, presentation_numbers  # noqa: E402
+from metalab.data.sequences import presentation_numbers  # noqa: E402
 from metalab.config import parse_assignments  # noqa: E402
 from metalab.utils import derive_seed  # noqa: E402
 from metalab.utils.stats import mean_ci95  # noqa: E402
@@ -151,7 +151,7 @@ def main() -> None:
     if paper:
         print("paper    " + " ".join(f"{100 * paper[INSTANCES.index(k)]:13.1f}" for k in instances))
     # a class's first presentation can only be guessed: no learner beats guessing among the labels not yet shown
-    ceiling = (code or LabelCode(1, args.classes)).first_presentation_ceiling(args.classes)
+    ceiling = best.code.first_presentation_ceiling(args.classes)  # the model's label code (one-hot: LabelCode(1, n))
     print(f"the 1st instance's ceiling (guessing among the labels not yet shown): {100 * ceiling:.3f}%")
     rows = [records.record(
         "mann-instance", args.method, f"{setting}instance{k}", "accuracy", mean, ci,
