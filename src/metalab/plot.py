@@ -76,7 +76,8 @@ def _finish(plt, fig, ax, xlabel: str, ylabel: str, title: str, out: Path, comma
     ax.set_ylabel(ylabel)
     ax.set_title(title)
     ax.grid(alpha=0.3)
-    ax.legend(fontsize=8)
+    # below the axes: long run labels (a record's budget) placed inside covered the curves and the axis label
+    ax.legend(fontsize=8, loc="upper center", bbox_to_anchor=(0.5, -0.16))
     path = _save(fig, out, command)
     plt.close(fig)
     return path
