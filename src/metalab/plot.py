@@ -76,8 +76,10 @@ def _finish(plt, fig, ax, xlabel: str, ylabel: str, title: str, out: Path, comma
     ax.set_ylabel(ylabel)
     ax.set_title(title)
     ax.grid(alpha=0.3)
-    # below the axes: long run labels (a record's budget) placed inside covered the curves and the axis label
+    # below the axes: long run labels (a record's budget) placed inside covered the curves and the axis label;
+    # the figure grows by the legend's rows, else tight_layout squeezes the axes and clips the y label
     ax.legend(fontsize=8, loc="upper center", bbox_to_anchor=(0.5, -0.16))
+    fig.set_figheight(fig.get_figheight() + 0.2 * len(ax.get_legend_handles_labels()[1]))
     path = _save(fig, out, command)
     plt.close(fig)
     return path
