@@ -1,8 +1,10 @@
 import dataclasses
+import gc
 import json
 import re
 import subprocess
 import sys
+import weakref
 
 import pytest
 import torch
@@ -246,6 +248,41 @@ def test_devices_resolve_or_are_refused_with_what_to_do():
             resolve_device("cuda:0", world_size=2)
         with pytest.raises(MetalabError, match="torch sees"):
             resolve_device("cuda", local_rank=torch.cuda.device_count())
+
+
+def test_a_failed_collective_names_it_and_keeps_what_the_failed_call_held():
+    """gloo's worker thread may still hold the failed call's tensor; were the thread to free its Python
+    object while the interpreter shut down, the process aborted. The call's exception is kept instead."""
+    from metalab.engine import distributed as module
+
+    class Buffer:  # stands in for the tensor handed to all_reduce
+        pass
+
+    held = []
+
+    def all_reduce(buffer):
+        raise RuntimeError("Timed out waiting 4000ms for recv operation to complete\n(more lines)")
+
+    def average():
+        buffer = Buffer()
+        held.append(weakref.ref(buffer))
+        with module.Distributed(0, 2, 4.0).collective("averaging the meta-gradients"):
+            all_reduce(buffer)
+
+    before = len(module._FAILED_CALLS)
+    try:
+        with pytest.raises(MetalabError) as failed:
+            average()
+        assert str(failed.value).startswith("rank 0/2: averaging the meta-gradients failed: another rank died or did "
+                                            "not answer within 4 s (Timed out waiting 4000ms for recv operation to "
+                                            "complete); ")
+        del failed
+        gc.collect()
+        assert held[0]() is not None
+    finally:
+        del module._FAILED_CALLS[before:]
+    gc.collect()
+    assert held[0]() is None
 
 
 def test_episodes_follow_the_method_to_its_device(sinusoid):
