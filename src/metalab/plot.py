@@ -77,9 +77,12 @@ def _finish(plt, fig, ax, xlabel: str, ylabel: str, title: str, out: Path, comma
     ax.set_title(title)
     ax.grid(alpha=0.3)
     # below the axes: long run labels (a record's budget) placed inside covered the curves and the axis label;
-    # the figure grows by the legend's rows, else tight_layout squeezes the axes and clips the y label
-    ax.legend(fontsize=8, loc="upper center", bbox_to_anchor=(0.5, -0.16))
+    # the figure grows by the legend's rows and to the legend's width, else tight_layout squeezes the axes
+    # (clipping the y label, or narrowing them to a strip beside labels wider than the figure)
+    legend = ax.legend(fontsize=8, loc="upper center", bbox_to_anchor=(0.5, -0.16))
     fig.set_figheight(fig.get_figheight() + 0.2 * len(ax.get_legend_handles_labels()[1]))
+    fig.canvas.draw()  # the legend's size is known once drawn
+    fig.set_figwidth(max(fig.get_figwidth(), legend.get_window_extent().width / fig.dpi + 0.4))
     path = _save(fig, out, command)
     plt.close(fig)
     return path
