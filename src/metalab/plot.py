@@ -80,7 +80,7 @@ def _finish(plt, fig, ax, xlabel: str, ylabel: str, title: str, out: Path, comma
     # the figure grows by the legend's rows and to the legend's width, else tight_layout squeezes the axes
     # (clipping the y label, or narrowing them to a strip beside labels wider than the figure)
     legend = ax.legend(fontsize=8, loc="upper center", bbox_to_anchor=(0.5, -0.16))
-    fig.set_figheight(fig.get_figheight() + 0.2 * len(ax.get_legend_handles_labels()[1]))
+    fig.set_figheight(fig.get_figheight() + 0.2 * len(legend.get_texts()))
     fig.canvas.draw()  # the legend's size is known once drawn
     fig.set_figwidth(max(fig.get_figwidth(), legend.get_window_extent().width / fig.dpi + 0.4))
     path = _save(fig, out, command)

@@ -92,7 +92,7 @@ def test_a_rank_that_dies_or_hangs_stops_the_others_with_a_clear_error(tmp_path,
 def test_a_rank_whose_peer_hangs_exits_with_its_error_every_time(tmp_path):
     """40 runs of the hang case (about 5 minutes). Before metalab kept the failed collectives' tensors
     (``metalab.engine.distributed._FAILED_CALLS``), gloo's worker thread aborted rank 0 at interpreter exit
-    ("terminate called without an active exception", exit -6 instead of 2) in 7 of 60 runs."""
+    ("terminate called without an active exception", exit -6 instead of 2); this test then failed at its first run."""
     codes = []
     for _ in range(40):
         code, err, _ = rank0_of_a_failing_pair(tmp_path, "hang")

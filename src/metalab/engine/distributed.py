@@ -42,9 +42,9 @@ DEFAULT_TIMEOUT = 300.0
 #: reference it had to take the GIL to free the tensor's Python object, and if the interpreter was
 #: already shutting down, the thread exited inside C++ and the process aborted ("terminate called
 #: without an active exception"; seen in a core dump of a rank whose peer hung). Kept here, the
-#: tensors are freed by the main thread when the interpreter clears this module: rank 0 of the
-#: hang case in tests/integration/test_distributed.py aborted in 7 of 60 runs before, 0 of 60
-#: after (alternating, same machine); its slow test runs the case 40 times.
+#: tensors are freed by the main thread when the interpreter clears this module. The slow test
+#: ``python -m pytest -m slow tests/integration/test_distributed.py`` runs a hanging peer 40 times:
+#: without this list rank 0 aborted at the first run, with it all 40 exited with code 2.
 _FAILED_CALLS: list[BaseException] = []
 
 
