@@ -68,9 +68,18 @@ iterations back to the system, so the baseline is the live memory, not the alloc
 cache. Spikes shorter than 1 ms can be missed; the sampler costs the timed code about one
 file read per millisecond (the same for every implementation).
 
+Page faults: the minor page faults of the process per timed iteration (``getrusage``). A
+fault is the kernel handing the process a fresh zeroed page; glibc returns large freed blocks
+to the system (``mmap``/``munmap`` above an adaptive size, heap trimming), so an
+implementation whose big temporaries are allocated and freed in a pattern that defeats that
+adaptation pays for every page of them again each iteration. Seen on this machine while
+developing: the reference loop at about 300k faults per 5-way iteration (1.2 GB of pages,
+0.5 s of system time) in one process and a handful in another, which moved its time by about
+30%; the column says which case a row was measured in.
+
 Appends ``throughput`` records to results/throughput.jsonl (``--results-dir``): per row, setting
 like ``2nd-order-1step-5w1s``, metrics ``seconds_per_iter``, ``gflops_per_s``, ``peak_mib``
-for every implementation and ``speedup`` (reference / metalab) for the four ``maml*`` ones. Quick checks with
+``minor_faults_per_iter`` for every implementation and ``speedup`` (reference / metalab) for the four ``maml*`` ones. Quick checks with
 ``--tasks`` are recorded under settings ending in ``-mb<tasks>``.
 This is a benchmark run by hand: nothing is timed in the test suite.
 """
@@ -83,6 +92,7 @@ import dataclasses
 import ctypes
 import gc
 import os
+import resource
 import statistics
 import sys
 import threading
@@ -302,16 +312,23 @@ class PeakRSS:
         return (self.peak - self.base) / 2**20
 
 
-def measure(impl: Implementation, reps: int) -> tuple[float, float]:
-    """Median seconds per iteration and peak MiB over ``reps`` timed iterations after one warm-up."""
+def minor_faults() -> int:
+    return resource.getrusage(resource.RUSAGE_SELF).ru_minflt
+
+
+def measure(impl: Implementation, reps: int) -> tuple[float, float, float]:
+    """Median seconds per iteration, peak MiB and minor page faults per iteration over ``reps``
+    timed iterations after one warm-up."""
     impl.iteration()
     times = []
     with PeakRSS() as memory:
+        faults = minor_faults()
         for _ in range(reps):
             start = time.perf_counter()
             impl.iteration()
             times.append(time.perf_counter() - start)
-    return statistics.median(times), memory.mib
+        faults = minor_faults() - faults
+    return statistics.median(times), memory.mib, faults / reps
 
 
 MATMUL_SIZE = 2048
@@ -378,8 +395,8 @@ def main() -> None:
                                   "threads": torch.get_num_threads()})
            for dtype, value in matmul.items()]
 
-    table = ["| row | implementation | s/iter | x reference | GFLOP/s | peak MiB | float32 grad error |",
-             "|---|---|---|---|---|---|---|"]
+    table = ["| row | implementation | s/iter | x reference | GFLOP/s | peak MiB | page faults/iter | float32 grad error |",
+             "|---|---|---|---|---|---|---|---|"]
     for row in rows:
         impls = implementations(row, batches[row])
         flops = count_flops(impls[0])
@@ -387,16 +404,17 @@ def main() -> None:
         ref_seconds = results["reference"][0]
         setting = row.setting if args.tasks is None else f"{row.setting}-mb{row.meta_batch_size}"
         for impl in impls:
-            seconds, mib = results[impl.name]
+            seconds, mib, faults = results[impl.name]
             err = errors[row].get(impl.name, 0.0)
             table.append(f"| {row.name} | {impl.name} | {seconds:.3f} | {ref_seconds / seconds:.2f} | "
-                         f"{flops / seconds / 1e9:.1f} | {mib:.0f} | {err:.1e} |")
+                         f"{flops / seconds / 1e9:.1f} | {mib:.0f} | {faults:.0f} | {err:.1e} |")
             print(table[-1], flush=True)
             config = {"command": records.command(), "meta_batch_size": row.meta_batch_size, "n_way": row.n_way,
                       "k_shot": 1, "n_query": 15, "inner_steps": row.inner_steps, "first_order": row.first_order,
                       "inner_lr": INNER_LR, "reps": args.reps, "threads": torch.get_num_threads(),
                       "gflop_per_iter": flops / 1e9, "grad_rel_err_float32": err, "max_rel_err_float64": MAX_REL_ERR_F64}
-            metrics = {"seconds_per_iter": seconds, "gflops_per_s": flops / seconds / 1e9, "peak_mib": mib}
+            metrics = {"seconds_per_iter": seconds, "gflops_per_s": flops / seconds / 1e9, "peak_mib": mib,
+                       "minor_faults_per_iter": faults}
             if impl.method.startswith("maml"):
                 metrics["speedup"] = ref_seconds / seconds
             out += [records.record("throughput", impl.method, setting, metric, value, None, None, None, None,
@@ -404,7 +422,7 @@ def main() -> None:
         # the reference's FLOPs all at the float32 matmul rate: the speed-up no float32 implementation can pass
         bound = ref_seconds / (flops / (matmul[torch.float32] * 1e9))
         table.append(f"| {row.name} | float32 matmul bound | {flops / (matmul[torch.float32] * 1e9):.3f} | "
-                     f"{bound:.2f} | {matmul[torch.float32]:.1f} | – | – |")
+                     f"{bound:.2f} | {matmul[torch.float32]:.1f} | – | – | – |")
         print(table[-1], flush=True)
         out.append(records.record("throughput", "matmul-bound", setting, "speedup", bound, None, None, None, None,
                                   config={"command": records.command(), "gflop_per_iter": flops / 1e9,

@@ -7,7 +7,7 @@ from torch import nn
 
 from metalab.func import forward, params_of
 from metalab.nn import MLP, Conv4
-from metalab.nn.backbones import conv3x3_few_channels
+from metalab.nn.backbones import conv3x3_few_channels, first_block_batch_statistics
 
 
 # (downsample, readout): the conv4 of Vinyals et al. and ProtoNet, the Reptile code's and the MAML code's Omniglot models
@@ -132,8 +132,8 @@ def test_conv4_functional_tasks_equals_each_task_on_its_own(pool_blocks, arch, h
     g_batched = torch.autograd.grad((model.functional_tasks(leaves, x) * weights).sum(), list(leaves.values()))
     g_single = torch.autograd.grad(sum((model.functional({k: v[t] for k, v in leaves.items()}, x[t]) * weights[t]).sum()
                                        for t in range(tasks)), list(leaves.values()))
-    for a, b in zip(g_batched, g_single):
-        torch.testing.assert_close(a, b, rtol=1e-10, atol=1e-12)
+    for a, b in zip(g_batched, g_single):  # atol: a conv bias before batch norm has gradient 0, rounding is compared
+        torch.testing.assert_close(a, b, rtol=1e-10, atol=1e-11)
 
 
 @pytest.mark.parametrize("channels_last", [False, True])
@@ -234,3 +234,72 @@ def test_max_pool_breaks_ties_the_same_way_in_both_layouts_and_precisions():
             F.max_pool2d(x, 2).sum().backward()
             grads.append(x.grad.double().contiguous())
     assert all(torch.equal(g, grads[0]) for g in grads) and grads[0].sum() == 2 * 64 * 9
+
+
+def _plain_first_block(x, weight, bias, gamma, beta):
+    """The paper's order: conv -> batch norm (batch statistics) -> ReLU -> 2x2 max-pool."""
+    z = F.batch_norm(F.conv2d(x, weight, bias, padding=1), None, None, gamma, beta, training=True, eps=1e-5)
+    return F.max_pool2d(F.relu(z), 2)
+
+
+def _first_block_params(in_channels, generator, dtype=torch.float64):
+    weight = torch.randn(6, in_channels, 3, 3, generator=generator, dtype=dtype)
+    bias = torch.randn(6, generator=generator, dtype=dtype)
+    # negative scales included; not 0, where max-pooling a constant map picks an arbitrary element of each window
+    gamma = torch.tensor([1.5, -0.7, 0.05, 2.0, -1.2, 0.3], dtype=dtype)
+    beta = torch.randn(6, generator=generator, dtype=dtype)
+    return [t.requires_grad_() for t in (weight, bias, gamma, beta)]
+
+
+@pytest.mark.parametrize("in_channels,size", [(1, (28, 28)), (3, (9, 7))])
+def test_closed_form_first_block_is_the_plain_block_to_second_order(in_channels, size):
+    """Output, gradient and Hessian-vector products of every parameter, in float64, with
+    negative batch-norm scales and an odd-sized image (the max-pool drops a row and a
+    column that the statistics still count)."""
+    g = torch.Generator().manual_seed(3)
+    x = _images(4, in_channels)[..., :size[0], :size[1]].contiguous()
+    params = _first_block_params(in_channels, g)
+    torch.testing.assert_close(first_block_batch_statistics(x, *params, eps=1e-5), _plain_first_block(x, *params),
+                               rtol=1e-12, atol=1e-12)
+    weights = torch.randn(_plain_first_block(x, *params).shape, generator=g, dtype=torch.float64)
+
+    def grads(block):
+        first = torch.autograd.grad((block(x, *params) * weights).sum(), params, create_graph=True)
+        second = torch.autograd.grad(sum((f * torch.cos(p)).sum() for f, p in zip(first, params)), params)
+        return first + second
+
+    fast = grads(lambda *a: first_block_batch_statistics(*a, eps=1e-5))
+    for a, b in zip(fast, grads(_plain_first_block), strict=True):
+        torch.testing.assert_close(a, b, rtol=1e-9, atol=1e-10)  # the conv bias's gradient is 0 up to rounding
+    torch.autograd.gradgradcheck(lambda *a: first_block_batch_statistics(x[:2, :, :6, :6], *a, eps=1e-5),
+                                 params)
+
+
+def test_closed_form_first_block_keeps_float32_precision_where_neighbouring_pixels_are_nearly_equal():
+    """A smooth image and filters whose weights nearly cancel: the output variance is a small
+    difference of large terms of the patch covariance, which float32 statistics got wrong."""
+    g = torch.Generator().manual_seed(4)
+    coarse = torch.rand(8, 1, 4, 4, generator=g, dtype=torch.float64)
+    x = F.interpolate(coarse, size=(28, 28), mode="bilinear", align_corners=True) + 0.5
+    params = [t.detach() for t in _first_block_params(1, g)]
+    with torch.no_grad():
+        params[0] -= params[0].mean((1, 2, 3), keepdim=True)  # zero-sum filters: edge detectors
+    exact = _plain_first_block(x, *params)
+    plain32 = _plain_first_block(x.float(), *(p.float() for p in params))
+    fast32 = first_block_batch_statistics(x.float(), *(p.float() for p in params), eps=1e-5)
+    plain_err = ((plain32.double() - exact).norm() / exact.norm()).item()
+    fast_err = ((fast32.double() - exact).norm() / exact.norm()).item()
+    assert fast_err < 1e-5 and fast_err < 3 * plain_err, (fast_err, plain_err)
+
+
+@pytest.mark.parametrize("kwargs,closed_form", [({}, True), ({"channels_last": True}, True),
+                                                ({"track_running_stats": True}, False), ({"vmap_safe": True}, False),
+                                                ({"downsample": "stride"}, False)])
+def test_conv4_computes_its_first_block_in_closed_form_only_with_batch_statistics_and_pooling(kwargs, closed_form):
+    """Running statistics are updated from the full-resolution pass, vmap needs the basic-ops batch norm,
+    and a strided block does not pool: those keep the block as written."""
+    model = Conv4(1, image_size=28, hidden=4, out_features=5, **kwargs).double()
+    x = _images(3)
+    blocks = list(model.body)[1:5]
+    assert [b.closed_form_statistics(h) for b, h in zip(blocks, [x] + [torch.zeros(3, 4, 14, 14)] * 3)] == \
+        [closed_form, False, False, False]

@@ -43,13 +43,64 @@ def conv3x3_few_channels(x: Tensor, weight: Tensor, bias: Tensor, stride: int = 
     output is laid out ``(N, H, W, C)``. Same result as ``F.conv2d(x, weight, bias,
     stride=stride, padding=1)`` up to float rounding (tested).
     """
+    cols, size = _patches(x, stride)
+    return _conv_of_patches(cols, weight.reshape(weight.shape[0], -1), bias, size)
+
+
+def _patches(x: Tensor, stride: int = 1) -> tuple[Tensor, tuple[int, int, int]]:
+    """The 3x3 patches (padding 1) of ``x`` as rows ``(N * H' * W', C * 9)``, and ``(N, H', W')``."""
     n, c, h, w = x.shape
     h, w = (h - 1) // stride + 1, (w - 1) // stride + 1
-    cols = F.unfold(x, 3, padding=1, stride=stride).transpose(1, 2).reshape(n * h * w, c * 9)
+    return F.unfold(x, 3, padding=1, stride=stride).transpose(1, 2).reshape(n * h * w, c * 9), (n, h, w)
+
+
+def _conv_of_patches(cols: Tensor, filters: Tensor, bias: Tensor, size: tuple[int, int, int]) -> Tensor:
+    """The convolution of :func:`_patches` rows by ``filters`` ``(out, C * 9)``, as ``(N, out, H', W')`` channels-last."""
     # a contiguous (c*9, out) operand: its gradient is then cols^T @ grad, the fast form of
     # a product with a long inner dimension (the transposed form is several times slower)
-    out = torch.addmm(bias, cols, weight.reshape(weight.shape[0], -1).t().contiguous())
-    return out.view(n, h, w, -1).permute(0, 3, 1, 2)
+    return torch.addmm(bias, cols, filters.t().contiguous()).view(*size, -1).permute(0, 3, 1, 2)
+
+
+def first_block_batch_statistics(x: Tensor, weight: Tensor, bias: Tensor, norm_weight: Tensor, norm_bias: Tensor,
+                                 eps: float) -> Tensor:
+    """conv 3x3 (padding 1) -> batch norm with batch statistics -> 2x2 max-pool -> ReLU, for 1-3 input channels.
+
+    The same function as the block written out, computed so that nothing but the
+    convolution's output and the max-pool's gradient exists at full resolution:
+
+    - the convolution is im2col + one matrix product (as :func:`conv3x3_few_channels`),
+      laid out channels-last, where max-pooling is several times faster;
+    - the batch statistics come in closed form from the ``c * 9`` patch values: mean
+      ``W m + b`` and variance ``diag(W S W^T)``, with ``m`` and ``S`` the mean and
+      covariance of the patches (a ``c*9`` square matrix), instead of passes over the
+      full-resolution output forward and backward;
+    - batch norm is, per channel, an affine map of slope ``gamma / sigma``, so it commutes
+      with the max-pool where ``gamma >= 0``; for ``gamma < 0`` that channel's filter is
+      negated (``max(-z)``) and its slope is ``|gamma| / sigma``. Pooling, normalising and
+      the ReLU then run at a quarter of the positions. (At ``gamma = 0`` exactly the block is
+      not differentiable in ``gamma``: the plain block pools a constant map and picks any
+      element of a window; this takes the ``gamma > 0`` side.)
+
+    Differentiable to any order in the parameters (not in ``x``: the first layer's input
+    is data). Equal to the plain block in float64 to rounding (tested).
+    """
+    cols, size = _patches(x)
+    rows = cols.shape[0]
+    filters = weight.reshape(weight.shape[0], -1)
+    # in float64: neighbouring pixels are strongly correlated, so for filters whose weights
+    # nearly cancel, w S w^T is a small difference of large terms (in float32 that put MAML's
+    # meta-gradient on Omniglot 2e-2 off float64; tests/unit/test_backbones.py, test_maml.py)
+    wide = torch.float64
+    mean_cols = cols.to(wide).mean(0)
+    centred = cols.to(wide) - mean_cols
+    covariance = centred.t() @ centred / rows
+    mean = (filters.to(wide) @ mean_cols + bias.to(wide)).to(x.dtype)
+    var = ((filters.to(wide) @ covariance) * filters.to(wide)).sum(1).to(x.dtype)
+    sign = torch.where(norm_weight >= 0, 1.0, -1.0).to(norm_weight.dtype)  # piecewise constant: no gradient
+    pooled = F.max_pool2d(_conv_of_patches(cols, filters * sign.unsqueeze(1), bias * sign, size), 2)  # max of sign*z
+    slope = norm_weight * sign * torch.rsqrt(var + eps)
+    shape = (1, -1, 1, 1)
+    return F.relu((pooled - (mean * sign).view(shape)) * slope.view(shape) + norm_bias.view(shape))
 
 
 def sub_params(params: Params, prefix: str) -> Params:
@@ -65,7 +116,9 @@ class ConvBlock(nn.Module):
     monotone, element-wise vs. window max, and ties break the same way), so pooling first
     gives the same output and gradients with a quarter of the ReLU work. With
     ``channels_last`` the first convolution of few channels runs as im2col + matmul and
-    the block keeps the channels-last layout (see :class:`Conv4`).
+    the block keeps the channels-last layout (see :class:`Conv4`). A first block (1-3 input
+    channels) that pools and normalises with batch statistics runs as
+    :func:`first_block_batch_statistics` (:meth:`closed_form_statistics`), in either layout.
     """
 
     def __init__(self, in_channels: int, out_channels: int, track_running_stats: bool, vmap_safe: bool,
@@ -78,7 +131,18 @@ class ConvBlock(nn.Module):
 
     def functional(self, params: Params, x: Tensor) -> Tensor:
         """The block with ``params`` (``conv.weight``, ``conv.bias``, ``norm.weight``, ``norm.bias``)."""
+        if self.closed_form_statistics(x):
+            out = first_block_batch_statistics(x, params["conv.weight"], params["conv.bias"], params["norm.weight"],
+                                               params["norm.bias"], self.norm.eps)
+            return out if self.channels_last else out.contiguous()
         return self.after_conv(params, self._conv(params, x))
+
+    def closed_form_statistics(self, x: Tensor) -> bool:
+        """Whether :func:`first_block_batch_statistics` computes this block on ``x``: few input
+        channels, max-pooling, batch statistics (running ones are updated from the full-resolution
+        pass) and not ``vmap_safe`` (vmap gets the basic-ops batch norm)."""
+        return (x.shape[1] <= 3 and self.pool and self.stride == 1 and not self.norm.track_running_stats
+                and not self.norm.vmap_safe)
 
     def _conv(self, params: Params, x: Tensor) -> Tensor:
         weight, bias = params["conv.weight"], params["conv.bias"]
