@@ -72,10 +72,8 @@ Page faults: the minor page faults of the process per timed iteration (``getrusa
 fault is the kernel handing the process a fresh zeroed page; glibc returns large freed blocks
 to the system (``mmap``/``munmap`` above an adaptive size, heap trimming), so an
 implementation whose big temporaries are allocated and freed in a pattern that defeats that
-adaptation pays for every page of them again each iteration. Seen on this machine while
-developing: the reference loop at about 300k faults per 5-way iteration (1.2 GB of pages,
-0.5 s of system time) in one process and a handful in another, which moved its time by about
-30%; the column says which case a row was measured in.
+adaptation pays for every page of them again each iteration. Measured with all 8 rows: the
+reference at 556k-760k faults per 20-way iteration (2-3 GB of pages), metalab at 35k-55k.
 
 Appends ``throughput`` records to results/throughput.jsonl (``--results-dir``): per row, setting
 like ``2nd-order-1step-5w1s``, metrics ``seconds_per_iter``, ``gflops_per_s``, ``peak_mib``

@@ -7,7 +7,7 @@ from torch import nn
 
 from metalab.func import forward, params_of
 from metalab.nn import MLP, Conv4
-from metalab.nn.backbones import conv3x3_few_channels, first_block_batch_statistics
+from metalab.nn.backbones import conv3x3_few_channels, first_block
 
 
 # (downsample, readout): the conv4 of Vinyals et al. and ProtoNet, the Reptile code's and the MAML code's Omniglot models
@@ -259,7 +259,7 @@ def test_closed_form_first_block_is_the_plain_block_to_second_order(in_channels,
     g = torch.Generator().manual_seed(3)
     x = _images(4, in_channels)[..., :size[0], :size[1]].contiguous()
     params = _first_block_params(in_channels, g)
-    torch.testing.assert_close(first_block_batch_statistics(x, *params, eps=1e-5), _plain_first_block(x, *params),
+    torch.testing.assert_close(first_block(x, *params, eps=1e-5)[0], _plain_first_block(x, *params),
                                rtol=1e-12, atol=1e-12)
     weights = torch.randn(_plain_first_block(x, *params).shape, generator=g, dtype=torch.float64)
 
@@ -268,10 +268,10 @@ def test_closed_form_first_block_is_the_plain_block_to_second_order(in_channels,
         second = torch.autograd.grad(sum((f * torch.cos(p)).sum() for f, p in zip(first, params)), params)
         return first + second
 
-    fast = grads(lambda *a: first_block_batch_statistics(*a, eps=1e-5))
+    fast = grads(lambda *a: first_block(*a, eps=1e-5)[0])
     for a, b in zip(fast, grads(_plain_first_block), strict=True):
         torch.testing.assert_close(a, b, rtol=1e-9, atol=1e-10)  # the conv bias's gradient is 0 up to rounding
-    torch.autograd.gradgradcheck(lambda *a: first_block_batch_statistics(x[:2, :, :6, :6], *a, eps=1e-5),
+    torch.autograd.gradgradcheck(lambda *a: first_block(x[:2, :, :6, :6], *a, eps=1e-5)[0],
                                  params)
 
 
@@ -286,20 +286,51 @@ def test_closed_form_first_block_keeps_float32_precision_where_neighbouring_pixe
         params[0] -= params[0].mean((1, 2, 3), keepdim=True)  # zero-sum filters: edge detectors
     exact = _plain_first_block(x, *params)
     plain32 = _plain_first_block(x.float(), *(p.float() for p in params))
-    fast32 = first_block_batch_statistics(x.float(), *(p.float() for p in params), eps=1e-5)
+    fast32 = first_block(x.float(), *(p.float() for p in params), eps=1e-5)[0]
     plain_err = ((plain32.double() - exact).norm() / exact.norm()).item()
     fast_err = ((fast32.double() - exact).norm() / exact.norm()).item()
     assert fast_err < 1e-5 and fast_err < 3 * plain_err, (fast_err, plain_err)
 
 
 @pytest.mark.parametrize("kwargs,closed_form", [({}, True), ({"channels_last": True}, True),
-                                                ({"track_running_stats": True}, False), ({"vmap_safe": True}, False),
+                                                ({"track_running_stats": True}, True), ({"vmap_safe": True}, False),
                                                 ({"downsample": "stride"}, False)])
-def test_conv4_computes_its_first_block_in_closed_form_only_with_batch_statistics_and_pooling(kwargs, closed_form):
-    """Running statistics are updated from the full-resolution pass, vmap needs the basic-ops batch norm,
-    and a strided block does not pool: those keep the block as written."""
+def test_conv4_computes_its_first_block_in_closed_form_when_it_pools(kwargs, closed_form):
+    """vmap needs the basic-ops batch norm and a strided block does not pool: those keep the block as written."""
     model = Conv4(1, image_size=28, hidden=4, out_features=5, **kwargs).double()
     x = _images(3)
     blocks = list(model.body)[1:5]
-    assert [b.closed_form_statistics(h) for b, h in zip(blocks, [x] + [torch.zeros(3, 4, 14, 14)] * 3)] == \
+    assert [b.closed_form(h) for b, h in zip(blocks, [x] + [torch.zeros(3, 4, 14, 14)] * 3)] == \
         [closed_form, False, False, False]
+
+
+def test_closed_form_first_block_with_running_statistics_is_the_plain_block_in_training_and_evaluation():
+    """Metric methods' Conv4: batch statistics and a running-average update while training (the
+    unbiased variance, as nn.BatchNorm2d), the running averages in evaluation."""
+    plain = _plain_conv4(1, 8, 5)
+    for module in plain:
+        if isinstance(module, nn.BatchNorm2d):
+            module.track_running_stats = True
+            module.register_buffer("running_mean", torch.zeros(8))
+            module.register_buffer("running_var", torch.ones(8))
+            module.register_buffer("num_batches_tracked", torch.tensor(0))
+    plain = plain.double()
+    fast = Conv4(1, image_size=28, hidden=8, out_features=5, track_running_stats=True).double()
+    with torch.no_grad():
+        for p, q in zip(plain.parameters(), fast.parameters()):
+            q.copy_(p)
+        fast.body[1].norm.weight[::3] *= -1  # negative scales too
+        plain[1].weight[::3] *= -1
+    y = torch.arange(6) % 5
+    for step in range(3):
+        x = _images(6) if step < 2 else 0.5 * _images(6).flip(-1)
+        for model in (plain, fast):
+            model.train(step < 2)
+        out_plain, out_fast = plain(x), fast(x)
+        torch.testing.assert_close(out_fast, out_plain, rtol=1e-10, atol=1e-12)
+        g_plain = torch.autograd.grad(F.cross_entropy(out_plain, y), list(plain.parameters()))
+        g_fast = torch.autograd.grad(F.cross_entropy(out_fast, y), list(fast.parameters()))
+        for a, b in zip(g_fast, g_plain):
+            torch.testing.assert_close(a, b, rtol=1e-9, atol=1e-11)
+        torch.testing.assert_close(fast.body[1].norm.running_mean, plain[1].running_mean, rtol=1e-12, atol=1e-14)
+        torch.testing.assert_close(fast.body[1].norm.running_var, plain[1].running_var, rtol=1e-12, atol=1e-14)

@@ -61,12 +61,15 @@ def _conv_of_patches(cols: Tensor, filters: Tensor, bias: Tensor, size: tuple[in
     return torch.addmm(bias, cols, filters.t().contiguous()).view(*size, -1).permute(0, 3, 1, 2)
 
 
-def first_block_batch_statistics(x: Tensor, weight: Tensor, bias: Tensor, norm_weight: Tensor, norm_bias: Tensor,
-                                 eps: float) -> Tensor:
-    """conv 3x3 (padding 1) -> batch norm with batch statistics -> 2x2 max-pool -> ReLU, for 1-3 input channels.
+def first_block(x: Tensor, weight: Tensor, bias: Tensor, norm_weight: Tensor, norm_bias: Tensor, eps: float,
+                statistics: tuple[Tensor, Tensor] | None = None) -> tuple[Tensor, tuple[Tensor, Tensor]]:
+    """conv 3x3 (padding 1) -> batch norm -> 2x2 max-pool -> ReLU, for 1-3 input channels.
 
-    The same function as the block written out, computed so that nothing but the
-    convolution's output and the max-pool's gradient exists at full resolution:
+    Batch norm normalises with ``statistics`` ``(mean, var)`` per channel when given (running
+    averages, in evaluation), else with the batch's own. Returns the output and the batch's
+    ``(mean, var)`` (biased variance; ``statistics`` when given). The same function as the
+    block written out, computed so that nothing but the convolution's output and the
+    max-pool's gradient exists at full resolution:
 
     - the convolution is im2col + one matrix product (as :func:`conv3x3_few_channels`),
       laid out channels-last, where max-pooling is several times faster;
@@ -85,22 +88,29 @@ def first_block_batch_statistics(x: Tensor, weight: Tensor, bias: Tensor, norm_w
     is data). Equal to the plain block in float64 to rounding (tested).
     """
     cols, size = _patches(x)
-    rows = cols.shape[0]
     filters = weight.reshape(weight.shape[0], -1)
+    if statistics is None:
+        statistics = _patch_statistics(cols, filters, bias)
+    mean, var = statistics
+    sign = torch.where(norm_weight >= 0, 1.0, -1.0).to(norm_weight.dtype)  # piecewise constant: no gradient
+    pooled = F.max_pool2d(_conv_of_patches(cols, filters * sign.unsqueeze(1), bias * sign, size), 2)  # max of sign*z
+    slope = norm_weight * sign * torch.rsqrt(var + eps)
+    shape = (1, -1, 1, 1)
+    return F.relu((pooled - (mean * sign).view(shape)) * slope.view(shape) + norm_bias.view(shape)), statistics
+
+
+def _patch_statistics(cols: Tensor, filters: Tensor, bias: Tensor) -> tuple[Tensor, Tensor]:
+    """Mean and biased variance per output channel of the convolution of the patch rows ``cols``."""
     # in float64: neighbouring pixels are strongly correlated, so for filters whose weights
     # nearly cancel, w S w^T is a small difference of large terms (in float32 that put MAML's
     # meta-gradient on Omniglot 2e-2 off float64; tests/unit/test_backbones.py, test_maml.py)
     wide = torch.float64
     mean_cols = cols.to(wide).mean(0)
     centred = cols.to(wide) - mean_cols
-    covariance = centred.t() @ centred / rows
-    mean = (filters.to(wide) @ mean_cols + bias.to(wide)).to(x.dtype)
-    var = ((filters.to(wide) @ covariance) * filters.to(wide)).sum(1).to(x.dtype)
-    sign = torch.where(norm_weight >= 0, 1.0, -1.0).to(norm_weight.dtype)  # piecewise constant: no gradient
-    pooled = F.max_pool2d(_conv_of_patches(cols, filters * sign.unsqueeze(1), bias * sign, size), 2)  # max of sign*z
-    slope = norm_weight * sign * torch.rsqrt(var + eps)
-    shape = (1, -1, 1, 1)
-    return F.relu((pooled - (mean * sign).view(shape)) * slope.view(shape) + norm_bias.view(shape))
+    covariance = centred.t() @ centred / cols.shape[0]
+    mean = filters.to(wide) @ mean_cols + bias.to(wide)
+    var = ((filters.to(wide) @ covariance) * filters.to(wide)).sum(1)
+    return mean.to(cols.dtype), var.to(cols.dtype)
 
 
 def sub_params(params: Params, prefix: str) -> Params:
@@ -117,8 +127,8 @@ class ConvBlock(nn.Module):
     gives the same output and gradients with a quarter of the ReLU work. With
     ``channels_last`` the first convolution of few channels runs as im2col + matmul and
     the block keeps the channels-last layout (see :class:`Conv4`). A first block (1-3 input
-    channels) that pools and normalises with batch statistics runs as
-    :func:`first_block_batch_statistics` (:meth:`closed_form_statistics`), in either layout.
+    channels) that pools runs as :func:`first_block` (:meth:`closed_form`), in either layout
+    and with batch or running statistics.
     """
 
     def __init__(self, in_channels: int, out_channels: int, track_running_stats: bool, vmap_safe: bool,
@@ -131,18 +141,21 @@ class ConvBlock(nn.Module):
 
     def functional(self, params: Params, x: Tensor) -> Tensor:
         """The block with ``params`` (``conv.weight``, ``conv.bias``, ``norm.weight``, ``norm.bias``)."""
-        if self.closed_form_statistics(x):
-            out = first_block_batch_statistics(x, params["conv.weight"], params["conv.bias"], params["norm.weight"],
-                                               params["norm.bias"], self.norm.eps)
+        if self.closed_form(x):
+            norm = self.norm
+            running = norm.track_running_stats and not norm.training
+            out, (mean, var) = first_block(x, params["conv.weight"], params["conv.bias"], params["norm.weight"],
+                                           params["norm.bias"], norm.eps,
+                                           (norm.running_mean, norm.running_var) if running else None)
+            if norm.track_running_stats and norm.training:
+                norm.update_running_stats(mean, var, x.numel() // x.shape[1])
             return out if self.channels_last else out.contiguous()
         return self.after_conv(params, self._conv(params, x))
 
-    def closed_form_statistics(self, x: Tensor) -> bool:
-        """Whether :func:`first_block_batch_statistics` computes this block on ``x``: few input
-        channels, max-pooling, batch statistics (running ones are updated from the full-resolution
-        pass) and not ``vmap_safe`` (vmap gets the basic-ops batch norm)."""
-        return (x.shape[1] <= 3 and self.pool and self.stride == 1 and not self.norm.track_running_stats
-                and not self.norm.vmap_safe)
+    def closed_form(self, x: Tensor) -> bool:
+        """Whether :func:`first_block` computes this block on ``x``: few input channels,
+        max-pooling, and not ``vmap_safe`` (vmap gets the basic-ops batch norm)."""
+        return x.shape[1] <= 3 and self.pool and self.stride == 1 and not self.norm.vmap_safe
 
     def _conv(self, params: Params, x: Tensor) -> Tensor:
         weight, bias = params["conv.weight"], params["conv.bias"]

@@ -89,13 +89,17 @@ class BatchNorm(nn.Module):
         if self.training or not self.track_running_stats:
             var, mean = torch.var_mean(x, dim=dims, correction=0)
             if self.training and self.track_running_stats:
-                n = x.numel() // x.shape[1]
-                with torch.no_grad():
-                    self.running_mean.lerp_(mean.detach(), self.momentum)
-                    self.running_var.lerp_(var.detach() * n / max(n - 1, 1), self.momentum)
+                self.update_running_stats(mean, var, x.numel() // x.shape[1])
         else:
             var, mean = self.running_var, self.running_mean
         return _normalise(x, var, mean, weight, bias, self.eps)
+
+    def update_running_stats(self, mean: Tensor, var: Tensor, n: int) -> None:
+        """Moves the running averages towards a batch's ``mean`` and biased ``var`` over ``n`` values
+        per channel (the variance unbiased first, as ``F.batch_norm`` does)."""
+        with torch.no_grad():
+            self.running_mean.lerp_(mean.detach(), self.momentum)
+            self.running_var.lerp_(var.detach() * n / max(n - 1, 1), self.momentum)
 
     def extra_repr(self) -> str:
         return (f"{self.num_features}, eps={self.eps}, track_running_stats={self.track_running_stats}, "
