@@ -15,13 +15,13 @@ ARCHS = [("pool", "flatten"), ("stride", "flatten"), ("stride", "mean")]
 
 
 def _plain_conv4(in_channels: int, hidden: int, n_out: int, downsample: str = "pool",
-                 readout: str = "flatten") -> nn.Sequential:
+                 readout: str = "flatten", track_running_stats: bool = False) -> nn.Sequential:
     """The paper's conv4: conv -> BN -> ReLU -> 2x2 max-pool, or with ``"stride"`` conv (stride 2) -> BN -> ReLU;
     the last map flattened or (``"mean"``) average-pooled."""
     layers, stride = [], 2 if downsample == "stride" else 1
     for i in range(4):
         layers += [nn.Conv2d(in_channels if i == 0 else hidden, hidden, 3, padding=1, stride=stride),
-                   nn.BatchNorm2d(hidden, track_running_stats=False), nn.ReLU()]
+                   nn.BatchNorm2d(hidden, track_running_stats=track_running_stats), nn.ReLU()]
         layers += [nn.MaxPool2d(2)] if downsample == "pool" else []
     side = 1 if downsample == "pool" else 2  # 28 -> 14 -> 7 -> 3 -> 1, or 28 -> 14 -> 7 -> 4 -> 2
     if readout == "mean":
@@ -30,11 +30,11 @@ def _plain_conv4(in_channels: int, hidden: int, n_out: int, downsample: str = "p
     return nn.Sequential(*layers, nn.Flatten(), nn.Linear(hidden * side * side, n_out))
 
 
-def _pair(in_channels=1, hidden=8, n_out=5, channels_last=False, arch=ARCHS[0]):
+def _pair(in_channels=1, hidden=8, n_out=5, channels_last=False, arch=ARCHS[0], track_running_stats=False):
     torch.manual_seed(0)
-    plain = _plain_conv4(in_channels, hidden, n_out, *arch).double()
+    plain = _plain_conv4(in_channels, hidden, n_out, *arch, track_running_stats=track_running_stats).double()
     fast = Conv4(in_channels, image_size=28, hidden=hidden, out_features=n_out, channels_last=channels_last,
-                 downsample=arch[0], readout=arch[1]).double()
+                 downsample=arch[0], readout=arch[1], track_running_stats=track_running_stats).double()
     assert [p.shape for p in plain.parameters()] == [p.shape for p in fast.parameters()]
     with torch.no_grad():
         for p, q in zip(plain.parameters(), fast.parameters()):
@@ -55,13 +55,17 @@ def _images(n=6, in_channels=1):
 @pytest.mark.parametrize("in_channels", [1, 3])
 def test_fast_conv4_equals_the_plain_sequential_conv4(in_channels, channels_last, arch):
     plain, fast = _pair(in_channels, channels_last=channels_last, arch=arch)
-    x, y = _images(in_channels=in_channels), torch.arange(6) % 5
+    _assert_same_outputs_and_gradients(plain, fast, _images(in_channels=in_channels))
+
+
+def _assert_same_outputs_and_gradients(plain, fast, x, grad_atol=1e-12):
+    y = torch.arange(len(x)) % 5
     out_plain, out_fast = plain(x), fast(x)
     torch.testing.assert_close(out_fast, out_plain, rtol=1e-10, atol=1e-12)
     g_plain = torch.autograd.grad(F.cross_entropy(out_plain, y), list(plain.parameters()))
     g_fast = torch.autograd.grad(F.cross_entropy(out_fast, y), list(fast.parameters()))
-    for a, b in zip(g_fast, g_plain):
-        torch.testing.assert_close(a, b, rtol=1e-9, atol=1e-12)
+    for a, b in zip(g_fast, g_plain, strict=True):
+        torch.testing.assert_close(a, b, rtol=1e-9, atol=grad_atol)
 
 
 @pytest.mark.parametrize("arch", ARCHS)
@@ -307,30 +311,14 @@ def test_conv4_computes_its_first_block_in_closed_form_when_it_pools(kwargs, clo
 def test_closed_form_first_block_with_running_statistics_is_the_plain_block_in_training_and_evaluation():
     """Metric methods' Conv4: batch statistics and a running-average update while training (the
     unbiased variance, as nn.BatchNorm2d), the running averages in evaluation."""
-    plain = _plain_conv4(1, 8, 5)
-    for module in plain:
-        if isinstance(module, nn.BatchNorm2d):
-            module.track_running_stats = True
-            module.register_buffer("running_mean", torch.zeros(8))
-            module.register_buffer("running_var", torch.ones(8))
-            module.register_buffer("num_batches_tracked", torch.tensor(0))
-    plain = plain.double()
-    fast = Conv4(1, image_size=28, hidden=8, out_features=5, track_running_stats=True).double()
+    plain, fast = _pair(track_running_stats=True)
     with torch.no_grad():
-        for p, q in zip(plain.parameters(), fast.parameters()):
-            q.copy_(p)
         fast.body[1].norm.weight[::3] *= -1  # negative scales too
         plain[1].weight[::3] *= -1
-    y = torch.arange(6) % 5
     for step in range(3):
-        x = _images(6) if step < 2 else 0.5 * _images(6).flip(-1)
         for model in (plain, fast):
             model.train(step < 2)
-        out_plain, out_fast = plain(x), fast(x)
-        torch.testing.assert_close(out_fast, out_plain, rtol=1e-10, atol=1e-12)
-        g_plain = torch.autograd.grad(F.cross_entropy(out_plain, y), list(plain.parameters()))
-        g_fast = torch.autograd.grad(F.cross_entropy(out_fast, y), list(fast.parameters()))
-        for a, b in zip(g_fast, g_plain):
-            torch.testing.assert_close(a, b, rtol=1e-9, atol=1e-11)
+        x = _images(6) if step < 2 else 0.5 * _images(6).flip(-1)
+        _assert_same_outputs_and_gradients(plain, fast, x, grad_atol=1e-11)
         torch.testing.assert_close(fast.body[1].norm.running_mean, plain[1].running_mean, rtol=1e-12, atol=1e-14)
         torch.testing.assert_close(fast.body[1].norm.running_var, plain[1].running_var, rtol=1e-12, atol=1e-14)
