@@ -174,7 +174,10 @@ def _projections(rows: list[dict[str, Any]]) -> list[str]:
     (e.g. 82.78% ± 1.05% against the paper's 82.80%). A row whose record states a ``ceiling`` (the highest
     accuracy any learner can reach in its setting) below the published number gets a line saying so instead of a
     time: no training reaches it (e.g. a class's first presentation with string labels, 0.03% against 0.10%).
+    The ceiling belongs to the setting, not to a run: records that predate the field take it from another
+    record of the same benchmark and setting that states it.
     """
+    ceilings = {(r["benchmark"], r["setting"]): r["ceiling"] for r in rows if r.get("ceiling") is not None}
     lines = []
     for r in rows:
         curve, paper = r.get("val_curve"), r.get("paper")
@@ -182,9 +185,10 @@ def _projections(rows: list[dict[str, Any]]) -> list[str]:
             continue
         if r["value"] + (r.get("ci95") or 0.0) >= paper:
             continue
-        if r.get("ceiling") is not None and paper > r["ceiling"]:  # e.g. a label guessed before it was ever shown
+        ceiling = ceilings.get((r["benchmark"], r["setting"]))
+        if ceiling is not None and paper > ceiling:  # e.g. a label guessed before it was ever shown
             lines.append(f"- {r['method']} {_label(r)}: no projection: the published {_fmt('accuracy', paper)} is above "
-                         f"{_fmt('accuracy', r['ceiling'])}, the most any learner can reach in this setting")
+                         f"{_fmt('accuracy', ceiling)}, the most any learner can reach in this setting")
             continue
         exponent = power_law_exponent([t for t, _ in curve], [1 - a for _, a in curve])
         when = projected_seconds(r["train_seconds"], 1 - r["value"], 1 - paper, exponent)

@@ -113,8 +113,11 @@ def test_a_published_number_above_the_settings_ceiling_gets_no_projected_time():
     page = results.render([guessed], "gen")
     assert ("- maml 15class-instance1: no projection: the published 0.10% is above 0.03%, the most any learner "
             "can reach in this setting") in page
-    del guessed["ceiling"]  # without it, a time is projected
-    assert "- maml 15class-instance1: no projection" not in results.render([guessed], "gen")
+    older = dict(guessed, budget="older run")  # a record from before the field: the setting's ceiling still holds
+    del older["ceiling"]
+    assert ("- maml 15class-instance1 (older run): no projection: the published 0.10% is above 0.03%"
+            in results.render([guessed, older], "gen"))
+    assert "- maml 15class-instance1 (older run): no projection" not in results.render([older], "gen")  # time projected
 
 
 def test_the_paper_length_projection_names_the_settings_of_each_run():
