@@ -128,6 +128,24 @@ def test_throughput_checks_then_times_and_records_the_matmul_bound(tmp_path, omn
     assert error["maml"] < 1e-3 < error["maml-bf16"] < 1  # bfloat16 rounding, not a different meta-gradient
     bound = next(r for r in rows if r["method"] == "matmul-bound")
     assert bound["setting"] == "1st-order-1step-5w1s-mb1" and bound["value"] > 0
+    faults = [r["value"] for r in rows if r["metric"] == "minor_faults_per_iter"]
+    assert len(faults) == 6 and all(f >= 0 for f in faults)
+
+
+def test_first_block_checks_then_times_both_ways_and_records_the_speedup(tmp_path, omniglot_dir, omniglot_images,
+                                                                        omniglot_cache):
+    done = run_script("first_block.py", "--presets", "siamese-omniglot-5w1s", "--reps", "1", "--threads", "1",
+                      "--data-dir", str(omniglot_dir), "--cache-dir", str(omniglot_cache),
+                      "--results-dir", str(tmp_path))
+    assert done.returncode == 0, done.stderr
+    rows = read_records(tmp_path / "throughput.jsonl")
+    assert {(r["method"], r["metric"]) for r in rows} == {("siamese-first-block-closed-form", "seconds_per_iter"),
+                                                          ("siamese-first-block-closed-form", "speedup"),
+                                                          ("siamese-first-block-as-written", "seconds_per_iter")}
+    assert all(r["setting"] == "siamese-omniglot-5w1s" and r["value"] > 0 for r in rows)
+    assert rows[0]["config"]["first_block_pools"] and rows[0]["config"]["rel_err_float64"] <= 1e-9
+    bad = run_script("first_block.py", "--presets", "no-such-preset", "--results-dir", str(tmp_path / "bad"))
+    assert bad.returncode == 2 and "unknown presets ['no-such-preset']" in bad.stderr
 
 
 def test_omniglot_benchmark_trains_tests_and_records(tmp_path, omniglot_dir, omniglot_images, omniglot_cache):

@@ -138,6 +138,7 @@ class ConvBlock(nn.Module):
         self.conv = nn.Conv2d(in_channels, out_channels, kernel_size=3, padding=1, stride=stride)
         self.norm = BatchNorm(out_channels, track_running_stats=track_running_stats, vmap_safe=vmap_safe)
         self.channels_last = channels_last and not vmap_safe
+        self.allow_closed_form = True  # False: compute the block as written (benchmarks/first_block.py compares)
 
     def functional(self, params: Params, x: Tensor) -> Tensor:
         """The block with ``params`` (``conv.weight``, ``conv.bias``, ``norm.weight``, ``norm.bias``)."""
@@ -154,8 +155,10 @@ class ConvBlock(nn.Module):
 
     def closed_form(self, x: Tensor) -> bool:
         """Whether :func:`first_block` computes this block on ``x``: few input channels,
-        max-pooling, and not ``vmap_safe`` (vmap gets the basic-ops batch norm)."""
-        return x.shape[1] <= 3 and self.pool and self.stride == 1 and not self.norm.vmap_safe
+        max-pooling, not ``vmap_safe`` (vmap gets the basic-ops batch norm) and
+        ``allow_closed_form`` (True unless set otherwise)."""
+        return (self.allow_closed_form and x.shape[1] <= 3 and self.pool and self.stride == 1
+                and not self.norm.vmap_safe)
 
     def _conv(self, params: Params, x: Tensor) -> Tensor:
         weight, bias = params["conv.weight"], params["conv.bias"]
