@@ -77,11 +77,7 @@ def main() -> None:
     p = argparse.ArgumentParser(description=__doc__.splitlines()[0])
     p.add_argument("--presets", default=",".join(PRESETS), help=f"comma-separated presets (default: {','.join(PRESETS)})")
     p.add_argument("--reps", type=int, default=5, help="timed steps per variant")
-    p.add_argument("--data-dir", default="../shared/data/omniglot")
-    p.add_argument("--cache-dir", default=None)
-    p.add_argument("--threads", type=int, default=None, help="torch threads (default: torch's)")
-    records.add_results_flag(p)
-    p.add_argument("--no-record", action="store_true")
+    records.add_timing_flags(p)
     args = p.parse_args()
     if args.threads is not None:
         torch.set_num_threads(args.threads)

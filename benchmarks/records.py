@@ -33,6 +33,16 @@ def add_results_flag(parser) -> None:
                         help="folder whose <benchmark>.jsonl the records are appended to (default: benchmarks/results)")
 
 
+def add_timing_flags(parser) -> None:
+    """The flags of the scripts that time steps on Omniglot: ``--data-dir``, ``--cache-dir``, ``--threads``,
+    ``--results-dir`` and ``--no-record``."""
+    parser.add_argument("--data-dir", default="../shared/data/omniglot")
+    parser.add_argument("--cache-dir", default=None)
+    parser.add_argument("--threads", type=int, default=None, help="torch threads (default: torch's)")
+    add_results_flag(parser)
+    parser.add_argument("--no-record", action="store_true")
+
+
 def append(benchmark: str, records: list[dict], directory: Path = RESULTS_DIR) -> Path:
     """Append records to ``<directory>/<benchmark>.jsonl`` (default: benchmarks/results), rewritten atomically."""
     return results.append(records, directory / f"{benchmark}.jsonl")

@@ -350,11 +350,7 @@ def main() -> None:
                    f"{len(ROWS)}: {', '.join(r.name for r in ROWS)})")
     p.add_argument("--reps", type=int, default=5, help="timed iterations per implementation")
     p.add_argument("--tasks", type=int, default=None, help="override the meta-batch size (quick checks)")
-    p.add_argument("--data-dir", default="../shared/data/omniglot")
-    p.add_argument("--cache-dir", default=None)
-    p.add_argument("--threads", type=int, default=None, help="torch threads (default: torch's)")
-    records.add_results_flag(p)
-    p.add_argument("--no-record", action="store_true")
+    records.add_timing_flags(p)
     args = p.parse_args()
     if higher is None:
         print("benchmarks/throughput.py compares against the `higher` library, which is not installed: "
