@@ -176,3 +176,37 @@ def test_float32_meta_gradient_on_real_omniglot_stays_at_rounding_level(channels
         got, want = (torch.cat([p.grad.flatten() for n, p in m.named_parameters() if "conv.bias" not in n])
                      for m in (single, double))
         assert ((got.double() - want).norm() / want.norm()).item() < 1e-4, step
+
+
+def test_closed_form_first_block_keeps_the_float32_meta_gradient_as_close_to_float64_as_the_block_as_written(
+        omniglot_dir, omniglot_images, omniglot_cache):
+    """Second order on real 5-way 1-shot episodes: the closed-form first block (Conv4's default
+    with max-pooling) must not lose float32 precision against the block as written. Convolving
+    raw rather than centred patches did (several times the error: the filters' gradients were
+    sums that the batch mean's gradient then cancelled)."""
+    import copy
+
+    import metalab
+    from metalab.nn.backbones import ConvBlock
+
+    bench = metalab.make_benchmark(metalab.BenchmarkConfig(
+        "omniglot", data_dir=str(omniglot_dir), cache_dir=str(omniglot_cache), n_way=5, k_shot=1, n_query=15,
+        train_n_way=5, train_k_shot=1, train_n_query=15))
+    batch = bench.train.batch(0, 32)  # the loss showed on the whole batch of the throughput benchmark, not on its first 8 tasks
+    exact_batch = type(batch)(batch.support_x.double(), batch.support_y, batch.query_x.double(), batch.query_y,
+                              batch.metas)
+    torch.manual_seed(0)
+    single = MAML(bench.spec, make_config("maml", inner_lr=0.4))
+    double = copy.deepcopy(single).double()
+    double.meta_gradient(exact_batch)
+    want = torch.cat([p.grad.flatten() for n, p in double.named_parameters() if "conv.bias" not in n])
+    errors = {}
+    for closed_form in (True, False):
+        for block in single.modules():
+            if isinstance(block, ConvBlock):
+                block.allow_closed_form = closed_form
+        single.zero_grad(set_to_none=True)
+        single.meta_gradient(batch)
+        got = torch.cat([p.grad.flatten() for n, p in single.named_parameters() if "conv.bias" not in n]).double()
+        errors[closed_form] = ((got - want).norm() / want.norm()).item()
+    assert errors[True] < 2 * errors[False] + 1e-7, errors
