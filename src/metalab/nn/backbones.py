@@ -72,7 +72,8 @@ def first_block(x: Tensor, weight: Tensor, bias: Tensor, norm_weight: Tensor, no
     max-pool's gradient exists at full resolution:
 
     - the convolution is im2col + one matrix product (as :func:`conv3x3_few_channels`),
-      laid out channels-last, where max-pooling is several times faster;
+      laid out channels-last, where max-pooling is several times faster; with batch
+      statistics it convolves the centred patches (:func:`_centred_statistics`);
     - the batch statistics come in closed form from the ``c * 9`` patch values: mean
       ``W m + b`` and variance ``diag(W S W^T)``, with ``m`` and ``S`` the mean and
       covariance of the patches (a ``c*9`` square matrix), instead of passes over the
