@@ -107,11 +107,11 @@ def _centred_statistics(cols: Tensor, filters: Tensor, bias: Tensor) -> tuple[Te
     """The patch rows ``cols`` minus their mean, and the mean and biased variance per output channel of
     their convolution by ``filters`` and ``bias``.
 
-    Convolving centred patches keeps the batch mean out of the gradients: with raw patches the
-    gradient of a filter is a sum over positions that the mean's gradient then cancels, which
-    lost float32 precision in second-order meta-gradients (on the throughput benchmark's 32-task
-    Omniglot batch 2.4e-5 from float64, against 8.7e-7 for the block as written; 1.2e-6 centred:
-    tests/unit/test_maml.py::test_closed_form_first_block_keeps_the_float32_meta_gradient_as_close_to_float64_as_the_block_as_written).
+    On the throughput benchmark's 32-task Omniglot batch the float32 second-order meta-gradient
+    was 2.4e-5 from float64 with raw patches, 1.2e-6 centred, 8.7e-7 for the block as written
+    (tests/unit/test_maml.py::test_closed_form_first_block_keeps_the_float32_meta_gradient_as_close_to_float64_as_the_block_as_written).
+    Whether centring helps in general is not established: single-batch float32 errors of this
+    block behave like discrete events (a 20-way 5-step batch drifts 5e-2 centred; README).
     """
     # in float64: neighbouring pixels are strongly correlated, so for filters whose weights
     # nearly cancel, w S w^T is a small difference of large terms (in float32 that put MAML's
