@@ -116,12 +116,12 @@ def _centred_statistics(cols: Tensor, filters: Tensor, bias: Tensor) -> tuple[Te
     # in float64: neighbouring pixels are strongly correlated, so for filters whose weights
     # nearly cancel, w S w^T is a small difference of large terms (in float32 that put MAML's
     # meta-gradient on Omniglot 2e-2 off float64; tests/unit/test_backbones.py, test_maml.py)
-    wide = torch.float64
-    mean_cols = cols.to(wide).mean(0)
-    centred = cols.to(wide) - mean_cols
+    wide_cols, wide_filters = cols.to(torch.float64), filters.to(torch.float64)
+    mean_cols = wide_cols.mean(0)
+    centred = wide_cols - mean_cols
     covariance = centred.t() @ centred / cols.shape[0]
-    mean = filters.to(wide) @ mean_cols + bias.to(wide)
-    var = ((filters.to(wide) @ covariance) * filters.to(wide)).sum(1)
+    mean = wide_filters @ mean_cols + bias.to(torch.float64)
+    var = ((wide_filters @ covariance) * wide_filters).sum(1)
     return centred.to(cols.dtype), (mean.to(cols.dtype), var.to(cols.dtype))
 
 
