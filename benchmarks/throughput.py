@@ -146,6 +146,21 @@ ROWS = [Row(n_way, tasks, first_order, steps)
         for n_way, tasks in ((5, 32), (20, 16)) for first_order in (False, True) for steps in (1, 5)]
 
 
+def add_rows_flag(parser: argparse.ArgumentParser) -> None:
+    parser.add_argument("--rows", default=None, help="comma-separated rows, e.g. 5w1s-2nd-1step (default: all "
+                        f"{len(ROWS)}: {', '.join(r.name for r in ROWS)})")
+
+
+def selected_rows(parser: argparse.ArgumentParser, names: str | None) -> list[Row]:
+    """The rows named by ``--rows`` (all if not given); a usage error (exit 2) names unknown ones."""
+    if names is None:
+        return list(ROWS)
+    unknown = sorted(set(names.split(",")) - {r.name for r in ROWS})
+    if unknown:
+        parser.error(f"unknown rows {unknown}; choose from {[r.name for r in ROWS]}")
+    return [r for r in ROWS if r.name in names.split(",")]
+
+
 # 1. the reference: conv4 and MAML as a user writes them ---------------------------------
 def conv4(n_way: int) -> nn.Sequential:
     layers: list[nn.Module] = []
@@ -346,8 +361,7 @@ def matmul_gflops(dtype: torch.dtype, reps: int) -> float:
 
 def main() -> None:
     p = argparse.ArgumentParser(description=__doc__.splitlines()[0])
-    p.add_argument("--rows", default=None, help="comma-separated rows, e.g. 5w1s-2nd-1step (default: all "
-                   f"{len(ROWS)}: {', '.join(r.name for r in ROWS)})")
+    add_rows_flag(p)
     p.add_argument("--reps", type=int, default=5, help="timed iterations per implementation")
     p.add_argument("--tasks", type=int, default=None, help="override the meta-batch size (quick checks)")
     records.add_timing_flags(p)
@@ -358,13 +372,7 @@ def main() -> None:
         sys.exit(2)
     if args.threads is not None:
         torch.set_num_threads(args.threads)
-    rows = ROWS
-    if args.rows is not None:
-        names = args.rows.split(",")
-        unknown = sorted(set(names) - {r.name for r in ROWS})
-        if unknown:
-            p.error(f"unknown rows {unknown}; choose from {[r.name for r in ROWS]}")
-        rows = [r for r in ROWS if r.name in names]
+    rows = selected_rows(p, args.rows)
     if args.tasks is not None:
         rows = [Row(r.n_way, args.tasks, r.first_order, r.inner_steps) for r in rows]
 

@@ -148,6 +148,24 @@ def test_first_block_checks_then_times_both_ways_and_records_the_speedup(tmp_pat
     assert bad.returncode == 2 and "unknown presets ['no-such-preset']" in bad.stderr
 
 
+def test_meta_gradient_precision_records_the_float32_error_distribution_of_each_variant(
+        tmp_path, omniglot_dir, omniglot_images, omniglot_cache):
+    done = run_script("meta_gradient_precision.py", "--rows", "5w1s-1st-1step", "--tasks", "2", "--threads", "1",
+                      "--data-dir", str(omniglot_dir), "--cache-dir", str(omniglot_cache),
+                      "--results-dir", str(tmp_path))
+    assert done.returncode == 0, done.stderr
+    rows = read_records(tmp_path / "numerics.jsonl")
+    metrics = ["meta_grad_rel_err_median", "meta_grad_rel_err_p90", "meta_grad_rel_err_max", "tasks_above_10x_median"]
+    assert sorted((r["method"], r["metric"]) for r in rows) == sorted(
+        (v, m) for v in ("maml", "maml-as-written", "maml-float64-nudged") for m in metrics)
+    assert all(r["setting"] == "meta-gradient-1st-order-1step-5w1s" and r["config"]["tasks"] == 2 for r in rows)
+    value = {(r["method"], r["metric"]): r["value"] for r in rows}
+    for variant in ("maml", "maml-as-written", "maml-float64-nudged"):  # float32 (or one rounding) away, not exact
+        assert 0 < value[variant, "meta_grad_rel_err_median"] <= value[variant, "meta_grad_rel_err_max"] < 1e-2
+    bad = run_script("meta_gradient_precision.py", "--rows", "5w1s-3rd-1step", "--results-dir", str(tmp_path / "bad"))
+    assert bad.returncode == 2 and "unknown rows ['5w1s-3rd-1step']" in bad.stderr
+
+
 def test_omniglot_benchmark_trains_tests_and_records(tmp_path, omniglot_dir, omniglot_images, omniglot_cache):
     done = run_script("omniglot.py", "--method", "protonet", "--data-dir", str(omniglot_dir), "--cache-dir",
                       str(omniglot_cache), "--settings", "5w1s", "--train-n-way", "5", "--steps", "2",

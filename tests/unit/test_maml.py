@@ -180,10 +180,13 @@ def test_float32_meta_gradient_on_real_omniglot_stays_at_rounding_level(channels
 
 def test_closed_form_first_block_keeps_the_float32_meta_gradient_as_close_to_float64_as_the_block_as_written(
         omniglot_dir, omniglot_images, omniglot_cache):
-    """Second order on real 5-way 1-shot episodes (the throughput benchmark's batch): the closed-form
-    first block (Conv4's default with max-pooling) must not lose float32 precision against the block
-    as written. Convolving raw rather than centred patches did on this batch (2.4e-5 against 8.7e-7)."""
+    """Second order on real 5-way 1-shot episodes, task by task: the closed-form first block
+    (Conv4's default with max-pooling) must not lose float32 precision against the block as
+    written. Compared by the median over tasks: a few tasks' errors jump by orders of magnitude
+    in either form, and in float64 nudged by one rounding too (a max-pool or ReLU choice flips
+    there; benchmarks/meta_gradient_precision.py), so one batch's error says little."""
     import copy
+    import statistics
 
     import metalab
     from metalab.nn.backbones import ConvBlock
@@ -191,21 +194,25 @@ def test_closed_form_first_block_keeps_the_float32_meta_gradient_as_close_to_flo
     bench = metalab.make_benchmark(metalab.BenchmarkConfig(
         "omniglot", data_dir=str(omniglot_dir), cache_dir=str(omniglot_cache), n_way=5, k_shot=1, n_query=15,
         train_n_way=5, train_k_shot=1, train_n_query=15))
-    batch = bench.train.batch(0, 32)  # the loss showed on the whole batch of the throughput benchmark, not on its first 8 tasks
-    exact_batch = type(batch)(batch.support_x.double(), batch.support_y, batch.query_x.double(), batch.query_y,
-                              batch.metas)
     torch.manual_seed(0)
     single = MAML(bench.spec, make_config("maml", inner_lr=0.4))
-    double = copy.deepcopy(single).double()
-    double.meta_gradient(exact_batch)
-    want = torch.cat([p.grad.flatten() for n, p in double.named_parameters() if "conv.bias" not in n])
-    errors = {}
-    for closed_form in (True, False):
-        for block in single.modules():
-            if isinstance(block, ConvBlock):
-                block.allow_closed_form = closed_form
-        single.zero_grad(set_to_none=True)
-        single.meta_gradient(batch)
-        got = torch.cat([p.grad.flatten() for n, p in single.named_parameters() if "conv.bias" not in n]).double()
-        errors[closed_form] = ((got - want).norm() / want.norm()).item()
-    assert errors[True] < 2 * errors[False] + 1e-7, errors
+    written = copy.deepcopy(single)
+    for block in written.modules():
+        if isinstance(block, ConvBlock):
+            block.allow_closed_form = False
+    double = copy.deepcopy(written).double()
+
+    def gradient(model, batch):
+        model.zero_grad(set_to_none=True)
+        model.meta_gradient(batch)
+        return torch.cat([p.grad.flatten() for n, p in model.named_parameters() if "conv.bias" not in n]).double()
+
+    errors = {"closed form": [], "as written": []}
+    for i in range(12):
+        batch = metalab.EpisodeBatch.stack([bench.train.episode(i)])
+        want = gradient(double, type(batch)(batch.support_x.double(), batch.support_y, batch.query_x.double(),
+                                            batch.query_y, batch.metas))
+        for name, model in (("closed form", single), ("as written", written)):
+            errors[name].append(((gradient(model, batch) - want).norm() / want.norm()).item())
+    closed, plain = (statistics.median(errors[name]) for name in ("closed form", "as written"))
+    assert closed < 1.5 * plain, errors

@@ -107,11 +107,11 @@ def _centred_statistics(cols: Tensor, filters: Tensor, bias: Tensor) -> tuple[Te
     """The patch rows ``cols`` minus their mean, and the mean and biased variance per output channel of
     their convolution by ``filters`` and ``bias``.
 
-    On the throughput benchmark's 32-task Omniglot batch the float32 second-order meta-gradient
-    was 2.4e-5 from float64 with raw patches, 1.2e-6 centred, 8.7e-7 for the block as written
-    (tests/unit/test_maml.py::test_closed_form_first_block_keeps_the_float32_meta_gradient_as_close_to_float64_as_the_block_as_written).
-    Whether centring helps in general is not established: single-batch float32 errors of this
-    block behave like discrete events (a 20-way 5-step batch drifts 5e-2 centred; README).
+    Centring keeps the convolution's operands small. On real Omniglot tasks the closed form's
+    float32 meta-gradient has a median error at or below the block as written's, centred or
+    not (tests/unit/test_maml.py, benchmarks/meta_gradient_precision.py); single tasks' errors
+    jump in every form, and in float64 nudged by one rounding: the meta-gradient has
+    discontinuities there (max-pool and ReLU choices), not this computation.
     """
     # in float64: neighbouring pixels are strongly correlated, so for filters whose weights
     # nearly cancel, w S w^T is a small difference of large terms (in float32 that put MAML's
