@@ -6,8 +6,8 @@ The rows are those of ``benchmarks/throughput.py`` (MAML, max-pooling conv4, Omn
 training episodes with 15 queries per class, inner step 0.4; 5- and 20-way, first and second
 order, 1 and 5 inner steps), but each of ``--tasks`` episodes is a meta-batch of its own, so
 that one task's error is not averaged away or blamed on the others. Per task, the meta-gradient
-(all parameters, flattened) of the block as written in float64 (``allow_closed_form = False``
-on every ``ConvBlock``) is the reference, and the relative error ``||g - g_ref|| / ||g_ref||``
+(all parameters, flattened) of the block as written in float64
+(``metalab.nn.backbones.allow_closed_form(model, False)``) is the reference, and the relative error ``||g - g_ref|| / ||g_ref||``
 is measured for:
 
 - ``maml`` (setting suffix ``closed-form``): metalab's default, the closed-form first block
@@ -47,12 +47,12 @@ import torch
 
 sys.path.insert(0, str(Path(__file__).resolve().parent))
 import records  # noqa: E402
-from first_block import as_dtype, meta_gradient  # noqa: E402
+from first_block import meta_gradient  # noqa: E402
 from throughput import INNER_LR, Row, add_rows_flag, selected_rows  # noqa: E402
 
 import metalab  # noqa: E402
 from metalab.algorithms import MAML, make_config  # noqa: E402
-from metalab.nn.backbones import ConvBlock  # noqa: E402
+from metalab.nn.backbones import allow_closed_form  # noqa: E402
 
 MAX_REL_ERR_F64 = 1e-9
 JUMP = 10  # tasks_above_10x_median: a task whose error is this many times the median
@@ -62,9 +62,7 @@ VARIANTS = ("maml", "maml-as-written", "maml-float64-nudged")
 def written(algo: MAML) -> MAML:
     """A copy of ``algo`` whose blocks are computed as written."""
     twin = copy.deepcopy(algo)
-    for block in twin.modules():
-        if isinstance(block, ConvBlock):
-            block.allow_closed_form = False
+    allow_closed_form(twin, False)
     return twin
 
 
@@ -89,7 +87,7 @@ def task_errors(row: Row, bench: metalab.Benchmark, tasks: int) -> dict[str, lis
     errors: dict[str, list[float]] = {v: [] for v in VARIANTS}
     for i in range(tasks):
         batch = metalab.EpisodeBatch.stack([bench.train.episode(i)])
-        wide = as_dtype(batch, torch.float64)
+        wide = batch.to(torch.float64)
         want = meta_gradient(reference, wide)
 
         def error(model: MAML, b: metalab.EpisodeBatch) -> float:

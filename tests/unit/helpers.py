@@ -15,9 +15,7 @@ def image_batch(tasks=3, n_way=3, k_shot=2, n_query=2, size=16, dtype=torch.floa
 
 
 def sinusoid_batch(tasks=4, k_shot=5, n_query=6, dtype=torch.float64, seed=0) -> EpisodeBatch:
-    batch = SinusoidTasks(k_shot, n_query, seed=seed).batch(0, tasks)
-    return EpisodeBatch(batch.support_x.to(dtype), batch.support_y.to(dtype), batch.query_x.to(dtype),
-                        batch.query_y.to(dtype), batch.metas)
+    return SinusoidTasks(k_shot, n_query, seed=seed).batch(0, tasks).to(dtype)
 
 
 def flat_grad(module: torch.nn.Module) -> torch.Tensor:

@@ -322,3 +322,18 @@ def test_closed_form_first_block_with_running_statistics_is_the_plain_block_in_t
         _assert_same_outputs_and_gradients(plain, fast, x, grad_atol=1e-11)
         torch.testing.assert_close(fast.body[1].norm.running_mean, plain[1].running_mean, rtol=1e-12, atol=1e-14)
         torch.testing.assert_close(fast.body[1].norm.running_var, plain[1].running_var, rtol=1e-12, atol=1e-14)
+
+
+def test_allow_closed_form_switches_every_block_and_counts_them():
+    from metalab.nn.backbones import ConvBlock, allow_closed_form
+
+    model = Conv4(1, image_size=28, hidden=4, out_features=5)
+    x = torch.rand(3, 1, 28, 28, dtype=torch.float64)
+    model.double()
+    assert allow_closed_form(model, False) == 4
+    assert not any(b.allow_closed_form or b.closed_form(x) for b in model.modules() if isinstance(b, ConvBlock))
+    written = model(x)
+    blocks = [b for b in model.modules() if isinstance(b, ConvBlock)]
+    assert allow_closed_form(model, True) == 4 and blocks[0].closed_form(x)
+    torch.testing.assert_close(model(x), written, rtol=1e-12, atol=1e-12)
+    assert allow_closed_form(MLP((2, 3)), False) == 0

@@ -122,3 +122,15 @@ def test_batch_split_and_to_keep_tasks_and_metadata():
     assert moved.metas == batch.metas and torch.equal(moved[3].support_y, batch[3].support_y)
     with pytest.raises(ValueError, match="does not split"):
         batch.split(3, 0)
+
+
+def test_to_a_dtype_casts_inputs_and_regression_targets_but_keeps_class_labels():
+    images = EpisodeSampler(_dataset(), 3, 2, 2, seed=0).batch(0, 2)
+    wide = images.to(torch.float64)
+    assert wide.support_x.dtype == wide.query_x.dtype == torch.float64
+    assert wide.support_y.dtype == wide.query_y.dtype == torch.long and torch.equal(wide.query_y, images.query_y)
+    assert torch.equal(wide.support_x, images.support_x.double()) and wide.metas == images.metas
+    episode = SinusoidTasks(seed=1).episode(0).to(torch.float64)
+    assert {t.dtype for t in (episode.support_x, episode.support_y, episode.query_x, episode.query_y)} == {torch.float64}
+    with pytest.raises(ValueError, match="floating-point dtypes only, got torch.int64"):
+        images.to(torch.int64)

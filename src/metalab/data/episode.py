@@ -61,6 +61,16 @@ def _map_tensors(obj, fn):
     return replace(obj, **{name: fn(getattr(obj, name)) for name in _TENSOR_FIELDS})
 
 
+def _moved(obj, target: torch.device | str | torch.dtype):
+    """``obj.to(target)``: a dtype casts the floating-point tensors only (as ``nn.Module.to``:
+    class labels stay integers), a device moves all four."""
+    if isinstance(target, torch.dtype):
+        if not target.is_floating_point:
+            raise ValueError(f"an episode's inputs cast to floating-point dtypes only, got {target}")
+        return _map_tensors(obj, lambda t: t.to(target) if t.is_floating_point() else t)
+    return _map_tensors(obj, lambda t: t.to(target))
+
+
 @dataclass(frozen=True)
 class Episode:
     """One support/query instance of a task.
@@ -93,8 +103,9 @@ class Episode:
         """A sequence episode (see :attr:`EpisodeMeta.online`)."""
         return self.meta.online
 
-    def to(self, device: torch.device | str) -> "Episode":
-        return _map_tensors(self, lambda t: t.to(device))
+    def to(self, target: torch.device | str | torch.dtype) -> "Episode":
+        """On another device, or with inputs (and regression targets) in another floating-point dtype."""
+        return _moved(self, target)
 
 
 @dataclass(frozen=True)
@@ -148,8 +159,9 @@ class EpisodeBatch:
     def episodes(self) -> list[Episode]:
         return [self[i] for i in range(len(self))]
 
-    def to(self, device: torch.device | str) -> "EpisodeBatch":
-        return _map_tensors(self, lambda t: t.to(device))
+    def to(self, target: torch.device | str | torch.dtype) -> "EpisodeBatch":
+        """On another device, or with inputs (and regression targets) in another floating-point dtype."""
+        return _moved(self, target)
 
     def split(self, parts: int, index: int) -> "EpisodeBatch":
         """The ``index``-th of ``parts`` contiguous shares (for data-parallel ranks)."""

@@ -125,6 +125,19 @@ def _centred_statistics(cols: Tensor, filters: Tensor, bias: Tensor) -> tuple[Te
     return centred.to(cols.dtype), (mean.to(cols.dtype), var.to(cols.dtype))
 
 
+def allow_closed_form(module: nn.Module, allowed: bool) -> int:
+    """Set :attr:`ConvBlock.allow_closed_form` on every block in ``module``; returns how many.
+
+    ``allow_closed_form(model, False)`` computes Conv4's first block as written (``F.conv2d``,
+    batch norm, pool, ReLU) instead of :func:`first_block`: the same function, slower, with
+    other float32 rounding (benchmarks/meta_gradient_precision.py compares them).
+    """
+    blocks = [m for m in module.modules() if isinstance(m, ConvBlock)]
+    for block in blocks:
+        block.allow_closed_form = allowed
+    return len(blocks)
+
+
 def sub_params(params: Params, prefix: str) -> Params:
     """The entries of ``params`` under ``prefix.``, with the prefix removed."""
     start = len(prefix) + 1
@@ -150,7 +163,7 @@ class ConvBlock(nn.Module):
         self.conv = nn.Conv2d(in_channels, out_channels, kernel_size=3, padding=1, stride=stride)
         self.norm = BatchNorm(out_channels, track_running_stats=track_running_stats, vmap_safe=vmap_safe)
         self.channels_last = channels_last and not vmap_safe
-        self.allow_closed_form = True  # False: compute the block as written (benchmarks/first_block.py compares)
+        self.allow_closed_form = True  # False: compute the block as written (see allow_closed_form below)
 
     def functional(self, params: Params, x: Tensor) -> Tensor:
         """The block with ``params`` (``conv.weight``, ``conv.bias``, ``norm.weight``, ``norm.bias``)."""
