@@ -211,9 +211,13 @@ def _label(r: dict[str, Any]) -> str:
 
 
 def _fmt(metric: str, value: float | None) -> str:
+    """Accuracies as percentages; other values with 3 decimals, or 2 significant digits below 0.01
+    (relative errors of 1e-6 must not print as 0.000)."""
     if value is None:
         return "–"
-    return f"{100 * value:.2f}%" if metric == "accuracy" else f"{value:.3f}"
+    if metric == "accuracy":
+        return f"{100 * value:.2f}%"
+    return f"{value:.1e}" if 0 < abs(value) < 0.01 else f"{value:.3f}"
 
 
 def _setting_key(setting: str) -> tuple:
