@@ -108,10 +108,10 @@ def _centred_statistics(cols: Tensor, filters: Tensor, bias: Tensor) -> tuple[Te
     their convolution by ``filters`` and ``bias``.
 
     Centring keeps the convolution's operands small. On real Omniglot tasks the closed form's
-    float32 meta-gradient has a median error at or below the block as written's, centred or
-    not (tests/unit/test_maml.py, benchmarks/meta_gradient_precision.py); single tasks' errors
-    jump in every form, and in float64 nudged by one rounding: the meta-gradient has
-    discontinuities there (max-pool and ReLU choices), not this computation.
+    float32 meta-gradient has a median error at or below the block as written's
+    (tests/unit/test_maml.py; 7 of the 8 rows of benchmarks/meta_gradient_precision.py);
+    single tasks' errors jump in every form, and in float64 nudged by one rounding: the
+    meta-gradient has discontinuities there (max-pool and ReLU choices), not this computation.
     """
     # in float64: neighbouring pixels are strongly correlated, so for filters whose weights
     # nearly cancel, w S w^T is a small difference of large terms (in float32 that put MAML's
@@ -163,7 +163,7 @@ class ConvBlock(nn.Module):
         self.conv = nn.Conv2d(in_channels, out_channels, kernel_size=3, padding=1, stride=stride)
         self.norm = BatchNorm(out_channels, track_running_stats=track_running_stats, vmap_safe=vmap_safe)
         self.channels_last = channels_last and not vmap_safe
-        self.allow_closed_form = True  # False: compute the block as written (see allow_closed_form below)
+        self.allow_closed_form = True  # False: compute the block as written (allow_closed_form() sets a whole model)
 
     def functional(self, params: Params, x: Tensor) -> Tensor:
         """The block with ``params`` (``conv.weight``, ``conv.bias``, ``norm.weight``, ``norm.bias``)."""
