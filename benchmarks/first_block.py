@@ -53,10 +53,15 @@ def twins(preset: dict, spec: metalab.TaskSpec, dtype: torch.dtype) -> tuple[met
     """The preset's algorithm (closed-form first block) and a copy with the block as written, same weights."""
     torch.manual_seed(0)
     algo = metalab.build(preset["algorithm"], spec, **preset.get("hparams", {})).to(dtype).train()
-    written = copy.deepcopy(algo)
-    if not allow_closed_form(written, False):
-        sys.exit(f"{preset['algorithm']} has no Conv4 block: nothing to compare")
-    return algo, written
+    return algo, as_written(algo)
+
+
+def as_written(algo: metalab.MetaAlgorithm) -> metalab.MetaAlgorithm:
+    """A copy of ``algo`` (same weights) whose Conv4 blocks are computed as written; exits if it has none."""
+    twin = copy.deepcopy(algo)
+    if not allow_closed_form(twin, False):
+        sys.exit(f"{type(algo).__name__} has no Conv4 block: nothing to compare")
+    return twin
 
 
 def meta_gradient(algo: metalab.MetaAlgorithm, batch: metalab.EpisodeBatch) -> torch.Tensor:

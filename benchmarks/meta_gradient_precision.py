@@ -53,25 +53,17 @@ import torch
 
 sys.path.insert(0, str(Path(__file__).resolve().parent))
 import records  # noqa: E402
-from first_block import meta_gradient  # noqa: E402
+from first_block import as_written, meta_gradient  # noqa: E402
 from throughput import INNER_LR, Row, add_rows_flag, selected_rows  # noqa: E402
 
 import metalab  # noqa: E402
 from metalab.algorithms import MAML, make_config  # noqa: E402
-from metalab.nn.backbones import allow_closed_form  # noqa: E402
 
 MAX_REL_ERR_F64 = 1e-9
 JUMP = 10  # tasks_above_10x_median: a task whose error is this many times the median
 BIG = 1e-3  # tasks_above_1e-3: a float32 error this large is looked for among nudged float64 meta-gradients
 REACHED = 1e-4  # ... and found if one of them is this close to it (relative to the reference's norm)
 VARIANTS = ("maml", "maml-as-written", "maml-float64-nudged")
-
-
-def written(algo: MAML) -> MAML:
-    """A copy of ``algo`` whose blocks are computed as written."""
-    twin = copy.deepcopy(algo)
-    allow_closed_form(twin, False)
-    return twin
 
 
 def nudged(algo: MAML, generator: torch.Generator) -> MAML:
@@ -92,9 +84,9 @@ def task_errors(row: Row, bench: metalab.Benchmark, tasks: int, nudges: int
     algo = MAML(bench.spec, make_config("maml", inner_lr=INNER_LR, inner_steps=row.inner_steps,
                                         first_order=row.first_order)).train()
     exact = copy.deepcopy(algo).double()
-    reference = written(exact)
+    reference = as_written(exact)
     perturbed = [nudged(reference, torch.Generator().manual_seed(seed)) for seed in range(nudges)]
-    models = {"maml": algo, "maml-as-written": written(algo), "maml-float64-nudged": perturbed[0]}
+    models = {"maml": algo, "maml-as-written": as_written(algo), "maml-float64-nudged": perturbed[0]}
     errors: dict[str, list[float]] = {v: [] for v in VARIANTS}
     nearest: dict[str, list[float]] = {v: [] for v in VARIANTS[:2]}
     for i in range(tasks):

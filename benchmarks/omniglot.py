@@ -148,7 +148,8 @@ def main() -> None:
     with torch.random.fork_rng(devices=[]):
         torch.manual_seed(derive_seed(args.seed, 0))
         algo = build(args.method, bench.spec, **hparams)
-    allow_closed_form(algo, args.first_block == "closed-form")
+    closed_form = args.first_block == "closed-form"
+    allow_closed_form(algo, closed_form)
     cfg = TrainConfig(steps=args.steps, meta_batch_size=args.meta_batch_size, outer_lr=args.outer_lr,
                       lr_decay_every=0 if args.lr_anneal else args.lr_decay_every, lr_anneal=args.lr_anneal,
                       val_every=args.val_every, grad_clip=args.grad_clip,
@@ -158,7 +159,7 @@ def main() -> None:
     result = train_or_load(p, args, out, algo, bench, cfg)
     print(f"trained {args.method}: {result.steps} steps, {result.seconds:.0f} s, best {result.best}", flush=True)
     best, _ = load_checkpoint(out / "best.pt")
-    allow_closed_form(best, args.first_block == "closed-form")
+    allow_closed_form(best, closed_form)
     # the validation curve travels with the records: the results page projects from it the time a run would need
     # to reach the published number
     val_curve = records.val_curve(out)
@@ -182,7 +183,7 @@ def main() -> None:
             train_episodes_seen=result.steps * args.meta_batch_size, paper_train_episodes=PAPER_EPISODES.get(args.method),
             val_curve=val_curve, val_setting=f"{args.n_way}w{args.k_shot}s",
             **({"autocast": args.autocast} if args.autocast else {}),
-            **({"first_block": args.first_block} if args.first_block != "closed-form" else {}),
+            **({} if closed_form else {"first_block": args.first_block}),
             **({"budget": args.budget_label} if args.budget_label else {})))
     print(records.append("omniglot", rows, args.results_dir))
 
