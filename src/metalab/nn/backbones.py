@@ -95,12 +95,12 @@ def first_block(x: Tensor, weight: Tensor, bias: Tensor, norm_weight: Tensor, no
         offset = bias
     else:
         offset = statistics[0]
-    var = statistics[1]
+    mean_free_bias = bias - offset  # the product's bias: z - mean comes out of it (zero with batch statistics)
     sign = torch.where(norm_weight >= 0, 1.0, -1.0).to(norm_weight.dtype)  # piecewise constant: no gradient
-    pooled = F.max_pool2d(_conv_of_patches(cols, filters * sign.unsqueeze(1), bias * sign, size), 2)  # max of sign*z
-    slope = norm_weight * sign * torch.rsqrt(var + eps)
+    centred = _conv_of_patches(cols, filters * sign.unsqueeze(1), mean_free_bias * sign, size)  # sign * (z - mean)
+    slope = norm_weight * sign * torch.rsqrt(statistics[1] + eps)
     shape = (1, -1, 1, 1)
-    return F.relu((pooled - (offset * sign).view(shape)) * slope.view(shape) + norm_bias.view(shape)), statistics
+    return F.relu(F.max_pool2d(centred, 2) * slope.view(shape) + norm_bias.view(shape)), statistics
 
 
 def _centred_statistics(cols: Tensor, filters: Tensor, bias: Tensor) -> tuple[Tensor, tuple[Tensor, Tensor]]:
