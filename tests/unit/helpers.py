@@ -5,6 +5,7 @@ from __future__ import annotations
 import torch
 
 from metalab.data import ClassDataset, EpisodeBatch, EpisodeSampler, SinusoidTasks
+from metalab.func import params_of
 
 
 def image_batch(tasks=3, n_way=3, k_shot=2, n_query=2, size=16, dtype=torch.float64, seed=0) -> EpisodeBatch:
@@ -16,6 +17,24 @@ def image_batch(tasks=3, n_way=3, k_shot=2, n_query=2, size=16, dtype=torch.floa
 
 def sinusoid_batch(tasks=4, k_shot=5, n_query=6, dtype=torch.float64, seed=0) -> EpisodeBatch:
     return SinusoidTasks(k_shot, n_query, seed=seed).batch(0, tasks).to(dtype)
+
+
+def assert_every_parameter_gets_a_gradient(module: torch.nn.Module) -> None:
+    """Every parameter of ``module`` has a finite gradient, nonzero unless it cannot change the output.
+
+    Those that cannot: a convolution's bias followed by batch norm with batch statistics (every
+    ``ConvBlock`` in training), which subtracts it again, so its exact gradient is zero. Conv4's
+    closed-form first block (``metalab.nn.backbones.first_block``) computes that zero exactly; the
+    blocks as written leave rounding noise. Meta-SGD's learned rate of such a bias multiplies that
+    gradient, so it inherits the zero. Such parameters must still have a (finite) gradient tensor.
+    """
+    cancelled = {name for name, _ in module.named_parameters() if name.endswith("conv.bias")}
+    if isinstance(getattr(module, "lrs", None), torch.nn.ParameterList):  # Meta-SGD: lrs[i] is the i-th parameter's
+        cancelled |= {f"lrs.{i}" for i, name in enumerate(params_of(module.model)) if name.endswith("conv.bias")}
+    for name, p in module.named_parameters():
+        assert p.grad is not None and torch.isfinite(p.grad).all(), f"no finite gradient reaches {name}"
+        if name not in cancelled:
+            assert p.grad.abs().sum() > 0, f"the gradient of {name} is zero"
 
 
 def flat_grad(module: torch.nn.Module) -> torch.Tensor:

@@ -279,6 +279,22 @@ def test_closed_form_first_block_is_the_plain_block_to_second_order(in_channels,
                                  params)
 
 
+def test_closed_form_first_block_gives_the_conv_bias_an_exact_zero_gradient_with_batch_statistics():
+    """Batch norm with the batch's statistics subtracts the convolution's bias again, so its
+    gradient is exactly zero (the block as written leaves rounding noise, any optimiser's
+    steps on it then follow that noise); with given statistics (evaluation) the bias counts."""
+    g = torch.Generator().manual_seed(5)
+    x = _images(4, 1)
+    params = _first_block_params(1, g, dtype=torch.float32)
+    out, statistics = first_block(x.float(), *params, eps=1e-5)
+    weights = torch.randn(out.shape, generator=g)
+    bias_grad = torch.autograd.grad((out * weights).sum(), params[1])[0]
+    assert torch.equal(bias_grad, torch.zeros_like(bias_grad))
+    fixed = tuple(s.detach() for s in statistics)
+    out = first_block(x.float(), *params, eps=1e-5, statistics=fixed)[0]
+    assert (torch.autograd.grad((out * weights).sum(), params[1])[0] != 0).all()
+
+
 def test_closed_form_first_block_keeps_float32_precision_where_neighbouring_pixels_are_nearly_equal():
     """A smooth image and filters whose weights nearly cancel: the output variance is a small
     difference of large terms of the patch covariance, which float32 statistics got wrong."""

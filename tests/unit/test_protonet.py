@@ -4,7 +4,7 @@ from metalab.algorithms import build
 from metalab.data import TaskSpec
 from metalab.func import squared_euclidean
 
-from .helpers import image_batch
+from .helpers import assert_every_parameter_gets_a_gradient, image_batch
 
 
 def _protonet():
@@ -40,6 +40,6 @@ def test_meta_loss_is_cross_entropy_over_the_query_set():
     batch = image_batch(tasks=2)
     out = algo.meta_loss(batch)
     out.loss.backward()
-    assert all(p.grad is not None and p.grad.abs().sum() > 0 for p in algo.parameters())
+    assert_every_parameter_gets_a_gradient(algo)
     assert 0.0 <= out.metrics["accuracy"] <= 1.0
     assert torch.isfinite(out.loss)

@@ -12,7 +12,7 @@ from metalab.func import class_sums
 from metalab.nn import Conv4
 from metalab.utils.errors import MetalabError
 
-from .helpers import image_batch
+from .helpers import assert_every_parameter_gets_a_gradient, image_batch
 
 SPEC = TaskSpec((1, 16, 16), 3, True)
 
@@ -163,8 +163,7 @@ def test_meta_loss_is_mean_squared_error_to_one_hot_labels():
     out.loss.backward()
     names = {name.split(".")[0] for name, _ in algo.named_parameters()}
     assert names == {"encoder", "relation"}
-    for name, p in algo.named_parameters():
-        assert p.grad is not None and p.grad.abs().sum() > 0, name
+    assert_every_parameter_gets_a_gradient(algo)
 
 
 def test_support_order_and_relabelling_do_not_change_predictions():

@@ -12,7 +12,7 @@ from metalab.data import Episode, EpisodeBatch, TaskSpec, balanced_pairs
 from metalab.utils.errors import MetalabError
 from metalab.utils.seeding import derive_seed
 
-from .helpers import image_batch
+from .helpers import assert_every_parameter_gets_a_gradient, image_batch
 
 SPEC = TaskSpec((1, 16, 16), 3, True)
 
@@ -227,7 +227,7 @@ def test_all_pairs_loss_weighs_same_and_different_pairs_equally_by_a_loop():
             expected.append(0.5 * (sum(same) / len(same) + sum(different) / len(different)))
     torch.testing.assert_close(out.loss.detach(), sum(expected) / len(expected))
     out.loss.backward()
-    assert all(p.grad is not None and p.grad.abs().sum() > 0 for p in algo.parameters())
+    assert_every_parameter_gets_a_gradient(algo)
     with pytest.raises(MetalabError, match="pairs must be one of"):
         build("siamese", SPEC, pairs="some")
 
@@ -237,8 +237,7 @@ def test_meta_loss_gradients_reach_every_parameter_including_the_head():
     algo.meta_loss(image_batch(tasks=2)).loss.backward()
     names = {name for name, _ in algo.named_parameters()}
     assert {"head.weight", "head.bias"} <= names
-    for name, p in algo.named_parameters():
-        assert p.grad is not None and p.grad.abs().sum() > 0, f"no gradient reaches {name}"
+    assert_every_parameter_gets_a_gradient(algo)
 
 
 # ---------------------------------------------------------------------------- errors
