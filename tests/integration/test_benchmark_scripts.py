@@ -115,19 +115,21 @@ def test_plot_curves_draws_the_newest_matching_record_per_method_and_stores_its_
 
 @pytest.mark.skipif(importlib.util.find_spec("higher") is None,
                     reason="throughput.py compares against `higher`: pip install --no-deps higher==0.2.1")
-def test_throughput_checks_then_times_and_records_the_matmul_bound(tmp_path, omniglot_dir, omniglot_images,
-                                                                   omniglot_cache):
+def test_throughput_checks_then_times_and_records_the_conv_bound(tmp_path, omniglot_dir, omniglot_images,
+                                                                 omniglot_cache):
     done = run_script("throughput.py", "--rows", "5w1s-1st-1step", "--tasks", "1", "--reps", "1", "--threads", "1",
                       "--data-dir", str(omniglot_dir), "--cache-dir", str(omniglot_cache),
                       "--results-dir", str(tmp_path))
     assert done.returncode == 0, done.stderr
     rows = read_records(tmp_path / "throughput.jsonl")
     methods = {r["method"] for r in rows}
-    assert {"loop-reference", "higher", "maml", "maml-bf16", "matmul", "matmul-bound"} <= methods
+    assert {"loop-reference", "higher", "maml", "maml-bf16", "matmul", "conv", "conv-bound"} <= methods
     error = {r["method"]: r["config"]["grad_rel_err_float32"] for r in rows if r["metric"] == "seconds_per_iter"}
     assert error["maml"] < 1e-3 < error["maml-bf16"] < 1  # bfloat16 rounding, not a different meta-gradient
-    bound = next(r for r in rows if r["method"] == "matmul-bound")
+    bound = next(r for r in rows if r["method"] == "conv-bound")
     assert bound["setting"] == "1st-order-1step-5w1s-mb1" and bound["value"] > 0
+    conv = next(r for r in rows if r["method"] == "conv")
+    assert bound["config"]["conv_gflops_per_s"] == conv["value"] > 0
     faults = [r["value"] for r in rows if r["metric"] == "minor_faults_per_iter"]
     assert len(faults) == 6 and all(f >= 0 for f in faults)
 
