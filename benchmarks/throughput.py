@@ -58,7 +58,7 @@ bfloat16; method ``matmul``, metric ``gflops_per_s``) and of conv4's dominant co
 (3x3, 64 -> 64 channels on 75 x 64 x 14 x 14, the second layer on a 5-way 15-query set:
 forward, input gradient and weight gradient; method ``conv``) are measured. The convolution
 runs at two to three times the matrix product's rate here (about 450 GFLOP/s with 2 threads,
-near the cores' FMA peak; the 2048 x 2048 product about 170-220), so the matrix product is
+near the cores' FMA peak; the 2048 x 2048 product 204-224 in the records), so the matrix product is
 no bound: per row the reference's FLOPs at the convolution's rate give the time of a
 meta-iteration that did nothing but arithmetic at the best rate measured on this machine;
 ``conv-bound`` ``speedup`` = reference time / that time is the speed-up over the reference
@@ -414,7 +414,8 @@ def main() -> None:
     # correctness of every row first: nothing is timed if one meta-gradient is wrong
     errors = {row: check(row, batches[row]) for row in rows}
 
-    # what the machine does when arithmetic is all there is: the bound on any implementation of these FLOPs
+    # what the machine does when arithmetic is all there is: the matrix product (float32 against bfloat16) and
+    # conv4's convolution, whose rate bounds the rows
     matmul = {dtype: matmul_gflops(dtype, max(args.reps, 5)) for dtype in (torch.float32, torch.bfloat16)}
     names = {dtype: str(dtype).removeprefix("torch.") for dtype in matmul}
     conv = conv_gflops(max(args.reps, 5) * 4)
