@@ -8,6 +8,7 @@ from torch import nn
 from metalab.func import forward, params_of
 from metalab.nn import MLP, Conv4
 from metalab.nn.backbones import conv3x3_few_channels, first_block
+from metalab.nn.batchnorm import batch_statistics_norm
 
 
 # (downsample, readout): the conv4 of Vinyals et al. and ProtoNet, the Reptile code's and the MAML code's Omniglot models
@@ -198,7 +199,7 @@ def test_conv4_functional_tasks_needs_batch_statistics():
         model.functional_tasks(params, torch.zeros(2, 3, 1, 28, 28))
 
 
-@pytest.mark.parametrize("op", ["conv", "batch_norm", "max_pool", "relu"])
+@pytest.mark.parametrize("op", ["conv", "batch_norm", "batch_statistics_norm", "max_pool", "relu"])
 def test_channels_last_ops_match_channels_first_to_float32_rounding_through_double_backward(op):
     """Each op of a conv4 block, in float32 and either layout, against float64: the output, its
     input gradient (kept as a graph) and the gradients of a function of that gradient (what a
@@ -210,6 +211,7 @@ def test_channels_last_ops_match_channels_first_to_float32_rounding_through_doub
     gamma0, beta0 = torch.rand(64, generator=g, dtype=torch.float64) + 0.5, torch.randn(64, generator=g, dtype=torch.float64)
     ops = {"conv": lambda x, w, a, b: F.conv2d(x, w, padding=1),
            "batch_norm": lambda x, w, a, b: F.batch_norm(x, None, None, a, b, training=True),
+           "batch_statistics_norm": lambda x, w, a, b: batch_statistics_norm(x, a, b, 1e-5),
            "max_pool": lambda x, w, a, b: F.max_pool2d(x, 2), "relu": lambda x, w, a, b: F.relu(x - 0.5)}
 
     def run(dtype, layout):
@@ -218,7 +220,7 @@ def test_channels_last_ops_match_channels_first_to_float32_rounding_through_doub
         y = ops[op](x, w, gamma, beta)
         weights = torch.linspace(-1, 1, y.numel(), dtype=dtype).view_as(y)
         (gx,) = torch.autograd.grad((y * weights).sum(), x, create_graph=True)
-        used = {"conv": [x, w], "batch_norm": [x, gamma]}.get(op, [x])  # (beta leaves no trace in gx)
+        used = {"conv": [x, w], "batch_norm": [x, gamma], "batch_statistics_norm": [x, gamma]}.get(op, [x])  # (beta leaves no trace in gx)
         second = torch.autograd.grad((gx * torch.sin(x)).sum(), used)
         return [y, gx, *second]
 
@@ -226,6 +228,23 @@ def test_channels_last_ops_match_channels_first_to_float32_rounding_through_doub
     for layout in (torch.contiguous_format, torch.channels_last):
         for got, want in zip(run(torch.float32, layout), exact, strict=True):
             assert ((got.double() - want).norm() / want.norm()).item() < 1e-4, (op, layout)
+
+
+def test_channels_last_batch_statistics_norm_keeps_channels_first_precision():
+    """metalab's batch norm of a channels-last tensor (a two-pass over its (N*H*W, C) matrix view)
+    against float64, on maps with a large common offset (where one-pass float32 statistics lose
+    digits): within twice the error of the channels-first kernel, and channels-last out."""
+    g = torch.Generator().manual_seed(6)
+    x0 = 5.0 + torch.rand(75, 64, 14, 14, generator=g, dtype=torch.float64)
+    gamma, beta = torch.rand(64, generator=g, dtype=torch.float64) + 0.5, torch.randn(64, generator=g, dtype=torch.float64)
+    exact = F.batch_norm(x0, None, None, gamma, beta, training=True)
+
+    def error(layout):
+        out = batch_statistics_norm(x0.float().contiguous(memory_format=layout), gamma.float(), beta.float(), 1e-5)
+        assert out.is_contiguous(memory_format=layout)
+        return ((out.double() - exact).norm() / exact.norm()).item()
+
+    assert error(torch.channels_last) < 2 * error(torch.contiguous_format) + 1e-7
 
 
 def test_max_pool_breaks_ties_the_same_way_in_both_layouts_and_precisions():

@@ -70,7 +70,8 @@ class GradientConfig:
             ``benchmarks/results/throughput.jsonl``, when it was the default), so the
             default stays the loop.
         channels_last: build the default Conv4 channels-last (:class:`metalab.nn.Conv4`;
-            its batch norm then uses ``var_mean``, see
+            its batch norm then computes the statistics as column means of the channels-last
+            matrix view, see
             :func:`metalab.nn.batchnorm.batch_statistics_norm`); measured by
             ``benchmarks/throughput.py``.
         downsample: how the default Conv4 halves the image: ``"pool"`` (max-pool, the

@@ -259,8 +259,8 @@ class Conv4(nn.Module):
         readout: how the last feature map becomes the embedding: ``"flatten"`` (default)
             or ``"mean"`` over positions.
         channels_last: lay activations out channels-last and compute the first convolution
-            as im2col + one matrix product; batch norm then runs as ``var_mean`` plus
-            element-wise arithmetic (:func:`metalab.nn.batchnorm.batch_statistics_norm`:
+            as im2col + one matrix product; batch norm then runs as two column means of the
+            ``(N*H*W, C)`` view plus element-wise arithmetic (:func:`metalab.nn.batchnorm.batch_statistics_norm`:
             PyTorch's channels-last batch-norm kernel once put float32 meta-gradients on
             Omniglot 4e-4..1e-2 away from float64 at one inner step). Timed by ``benchmarks/throughput.py``.
             Off by default.
