@@ -13,6 +13,9 @@ is measured for:
 - ``maml``: metalab's default, the closed-form first block
   (``metalab.nn.backbones.first_block``), in float32;
 - ``maml-as-written``: the block as written, in float32;
+- ``maml-channels-last``: metalab with ``channels_last=True`` (the closed-form first block,
+  activations channels-last, batch norm statistics as column means of the channels-last
+  matrix view), in float32;
 - ``maml-float64-nudged``: the block as written in float64, with every weight multiplied once
   (same factors for all tasks) by ``1 + 2**-24 * N(0, 1)``: a change the size of one float32
   rounding, computed without float32 arithmetic.
@@ -45,6 +48,7 @@ from __future__ import annotations
 
 import argparse
 import copy
+import dataclasses
 import statistics
 import sys
 from pathlib import Path
@@ -63,7 +67,8 @@ MAX_REL_ERR_F64 = 1e-9
 JUMP = 10  # tasks_above_10x_median: a task whose error is this many times the median
 BIG = 1e-3  # tasks_above_1e-3: a float32 error this large is looked for among nudged float64 meta-gradients
 REACHED = 1e-4  # ... and found if one of them is this close to it (relative to the reference's norm)
-VARIANTS = ("maml", "maml-as-written", "maml-float64-nudged")
+FLOAT32 = ("maml", "maml-as-written", "maml-channels-last")
+VARIANTS = (*FLOAT32, "maml-float64-nudged")
 
 
 def nudged(algo: MAML, generator: torch.Generator) -> MAML:
@@ -81,14 +86,17 @@ def task_errors(row: Row, bench: metalab.Benchmark, tasks: int, nudges: int
     and per float32 variant, for each task whose error is above ``BIG``, the distance (relative to
     the reference's norm) from its meta-gradient to the nearest of ``nudges`` nudged float64 ones."""
     torch.manual_seed(0)
-    algo = MAML(bench.spec, make_config("maml", inner_lr=INNER_LR, inner_steps=row.inner_steps,
-                                        first_order=row.first_order)).train()
+    config = make_config("maml", inner_lr=INNER_LR, inner_steps=row.inner_steps, first_order=row.first_order)
+    algo = MAML(bench.spec, config).train()
+    channels_last = MAML(bench.spec, dataclasses.replace(config, channels_last=True)).train()
+    channels_last.load_state_dict(algo.state_dict())
     exact = copy.deepcopy(algo).double()
     reference = as_written(exact)
     perturbed = [nudged(reference, torch.Generator().manual_seed(seed)) for seed in range(nudges)]
-    models = {"maml": algo, "maml-as-written": as_written(algo), "maml-float64-nudged": perturbed[0]}
+    models = {"maml": algo, "maml-as-written": as_written(algo), "maml-channels-last": channels_last,
+              "maml-float64-nudged": perturbed[0]}
     errors: dict[str, list[float]] = {v: [] for v in VARIANTS}
-    nearest: dict[str, list[float]] = {v: [] for v in VARIANTS[:2]}
+    nearest: dict[str, list[float]] = {v: [] for v in FLOAT32}
     for i in range(tasks):
         batch = metalab.EpisodeBatch.stack([bench.train.episode(i)])
         wide = batch.to(torch.float64)

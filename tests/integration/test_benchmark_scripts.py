@@ -161,10 +161,10 @@ def test_meta_gradient_precision_records_the_float32_error_distribution_of_each_
     metrics = ["meta_grad_rel_err_median", "meta_grad_rel_err_p90", "meta_grad_rel_err_max", "tasks_above_10x_median",
                "tasks_above_1e-3"]  # no jumps_reached_by_nudges: one step, two tasks, no error above 1e-3
     assert sorted((r["method"], r["metric"]) for r in rows) == sorted(
-        (v, m) for v in ("maml", "maml-as-written", "maml-float64-nudged") for m in metrics)
+        (v, m) for v in ("maml", "maml-as-written", "maml-channels-last", "maml-float64-nudged") for m in metrics)
     assert all(r["setting"] == "meta-gradient-1st-order-1step-5w1s" and r["config"]["tasks"] == 2 for r in rows)
     value = {(r["method"], r["metric"]): r["value"] for r in rows}
-    for variant in ("maml", "maml-as-written", "maml-float64-nudged"):  # float32 (or one rounding) away, not exact
+    for variant in ("maml", "maml-as-written", "maml-channels-last", "maml-float64-nudged"):  # float32 (or one rounding) away
         assert 0 < value[variant, "meta_grad_rel_err_median"] <= value[variant, "meta_grad_rel_err_max"] < 1e-2
     bad = run_script("meta_gradient_precision.py", "--rows", "5w1s-3rd-1step", "--results-dir", str(tmp_path / "bad"))
     assert bad.returncode == 2 and "unknown rows ['5w1s-3rd-1step']" in bad.stderr
