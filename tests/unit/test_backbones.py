@@ -8,7 +8,7 @@ from torch import nn
 from metalab.func import forward, params_of
 from metalab.nn import MLP, Conv4
 from metalab.nn.backbones import conv3x3_few_channels, first_block
-from metalab.nn.batchnorm import batch_statistics_norm
+from metalab.nn.batchnorm import BatchNorm, batch_statistics_norm
 
 
 # (downsample, readout): the conv4 of Vinyals et al. and ProtoNet, the Reptile code's and the MAML code's Omniglot models
@@ -245,6 +245,33 @@ def test_channels_last_batch_statistics_norm_keeps_channels_first_precision():
         return ((out.double() - exact).norm() / exact.norm()).item()
 
     assert error(torch.channels_last) < 2 * error(torch.contiguous_format) + 1e-7
+
+
+def test_channels_last_batch_norm_with_running_statistics_trains_like_batchnorm2d_at_channels_first_precision():
+    """Training with running averages on channels-last maps: the output and running averages of
+    ``nn.BatchNorm2d`` (float64), and in float32 the channels-first kernel's precision, not the
+    channels-last kernel's (whose statistics lose digits on maps with a large common offset)."""
+    g = torch.Generator().manual_seed(7)
+    x0 = 5.0 + torch.rand(75, 64, 14, 14, generator=g, dtype=torch.float64)
+    gamma, beta = torch.rand(64, generator=g, dtype=torch.float64) + 0.5, torch.randn(64, generator=g, dtype=torch.float64)
+
+    def trained(dtype, layout):
+        norm = BatchNorm(64, track_running_stats=True).to(dtype).train()
+        with torch.no_grad():
+            norm.weight.copy_(gamma), norm.bias.copy_(beta)
+        out = norm(x0.to(dtype).contiguous(memory_format=layout))
+        assert out.is_contiguous(memory_format=layout)
+        return out.double(), norm.running_mean.double(), norm.running_var.double()
+
+    reference = nn.BatchNorm2d(64).double().train()
+    with torch.no_grad():
+        reference.weight.copy_(gamma), reference.bias.copy_(beta)
+    exact = (reference(x0), reference.running_mean, reference.running_var)
+    for got, want in zip(trained(torch.float64, torch.channels_last), exact, strict=True):
+        torch.testing.assert_close(got, want, rtol=1e-12, atol=1e-12)
+    error = {layout: ((trained(torch.float32, layout)[0] - exact[0]).norm() / exact[0].norm()).item()
+             for layout in (torch.contiguous_format, torch.channels_last)}
+    assert error[torch.channels_last] < 2 * error[torch.contiguous_format] + 1e-7, error
 
 
 def test_max_pool_breaks_ties_the_same_way_in_both_layouts_and_precisions():

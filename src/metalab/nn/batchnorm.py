@@ -32,13 +32,19 @@ def batch_statistics_norm(x: Tensor, weight: Tensor, bias: Tensor, eps: float) -
     float64, the channels-first ones 8.3e-6..1.5e-4 (``grad_rel_err_float32`` of commit
     df3c604's records in ``benchmarks/results/throughput.jsonl``).
     """
-    if x.dim() < 3 or x.is_contiguous() or not x.is_contiguous(memory_format=torch.channels_last):
+    if not _channels_last(x):
         return F.batch_norm(x, None, None, weight, bias, True, 0.0, eps)
-    return _channels_last_norm(x, weight, bias, eps)
+    return _channels_last_norm(x, weight, bias, eps)[0]
 
 
-def _channels_last_norm(x: Tensor, weight: Tensor, bias: Tensor, eps: float) -> Tensor:
-    """Batch statistics norm of a channels-last ``x`` ``(N, C, *)`` as a ``(N * prod(*), C)`` matrix view.
+def _channels_last(x: Tensor) -> bool:
+    """Whether ``x`` ``(N, C, *)`` is laid out channels-last (and not also contiguous, as with one channel)."""
+    return x.dim() >= 3 and not x.is_contiguous() and x.is_contiguous(memory_format=torch.channels_last)
+
+
+def _channels_last_norm(x: Tensor, weight: Tensor, bias: Tensor, eps: float) -> tuple[Tensor, Tensor, Tensor]:
+    """Batch statistics norm of a channels-last ``x`` ``(N, C, *)`` as a ``(N * prod(*), C)`` matrix view;
+    returns the output (channels-last) and the batch's mean and biased variance.
 
     Two passes, mean then centred squares, each a column mean of a contiguous matrix: as precise as
     ``torch.var_mean`` (float32 rounding) and over ten times faster than it on channels-last tensors
@@ -47,9 +53,11 @@ def _channels_last_norm(x: Tensor, weight: Tensor, bias: Tensor, eps: float) -> 
     channels = x.shape[1]
     rows = x.movedim(1, -1)  # (N, *, C): a contiguous view of channels-last memory
     matrix = rows.reshape(-1, channels)
-    centred = matrix - matrix.mean(0)
-    scale = torch.rsqrt((centred * centred).mean(0) + eps) * weight
-    return (centred * scale + bias).view(rows.shape).movedim(-1, 1)
+    mean = matrix.mean(0)
+    centred = matrix - mean
+    var = (centred * centred).mean(0)
+    out = centred * (torch.rsqrt(var + eps) * weight) + bias
+    return out.view(rows.shape).movedim(-1, 1), mean, var
 
 
 def grouped_batch_statistics_norm(x: Tensor, groups: int, weight: Tensor, bias: Tensor, eps: float) -> Tensor:
@@ -100,6 +108,10 @@ class BatchNorm(nn.Module):
         if not self.vmap_safe:
             if not self.track_running_stats:
                 return batch_statistics_norm(x, weight, bias, self.eps)
+            if self.training and _channels_last(x):  # the kernel's channels-last statistics are imprecise (above)
+                out, mean, var = _channels_last_norm(x, weight, bias, self.eps)
+                self.update_running_stats(mean, var, x.numel() // x.shape[1])
+                return out
             return F.batch_norm(x, self.running_mean, self.running_var, weight, bias, self.training, self.momentum,
                                 self.eps)
         dims = [0] + list(range(2, x.dim()))
