@@ -11,7 +11,7 @@ calls. The fastest mode per learner is metalab's default (`task_mode="auto"`, me
 CPU; with `--device cuda` the settings are named `<setting>-cuda`, to choose the GPU's
 default). `--downsample stride` builds conv4 with stride-2 convolutions instead of max-pooling
 (the papers' Omniglot model, see metalab.nn.Conv4). Appends `throughput` records (method
-`<method>-<mode>[-channels-last][-strided]`, metric `seconds_per_iter`) to results/throughput.jsonl.
+`<method>-<mode>[-channels-last][-strided]`, metric `seconds_per_iter`) to results/throughput*.jsonl.
 """
 
 from __future__ import annotations

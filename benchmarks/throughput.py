@@ -81,7 +81,7 @@ implementation whose big temporaries are allocated and freed in a pattern that d
 adaptation pays for every page of them again each iteration. Measured with all 8 rows: the
 reference at 556k-760k faults per 20-way iteration (2-3 GB of pages), metalab at 35k-55k.
 
-Appends ``throughput`` records to results/throughput.jsonl (``--results-dir``): per row, setting
+Appends ``throughput`` records to results/throughput*.jsonl (``--results-dir``): per row, setting
 like ``2nd-order-1step-5w1s``, metrics ``seconds_per_iter``, ``gflops_per_s``, ``peak_mib``
 ``minor_faults_per_iter`` for every implementation and ``speedup`` (reference / metalab) for the four ``maml*`` ones. Quick checks with
 ``--tasks`` are recorded under settings ending in ``-mb<tasks>``.

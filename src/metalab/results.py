@@ -82,11 +82,41 @@ def record(benchmark: str, method: str, setting: str, metric: str, value: float,
     }
 
 
+# a records file that would grow past this many bytes is first moved to ``<stem>-from-<first date>.jsonl``
+ROLLOVER_BYTES = 1_000_000
+
+
 def append(records: Iterable[dict[str, Any]], path: Path) -> Path:
-    """Append records to the JSON-lines file ``path``, rewritten atomically (created if missing)."""
+    """Append records to the JSON-lines file ``path``, rewritten atomically (created if missing).
+
+    If the file would grow past :data:`ROLLOVER_BYTES`, its old records are moved (atomically) to
+    ``<stem>-from-<date of its first record>.jsonl`` beside it and ``path`` starts afresh, so no
+    records file grows without bound; :func:`load` reads both, and the newest record of a key is
+    chosen by date, not by file.
+    """
     path = Path(path)
     old = path.read_text(encoding="utf-8") if path.exists() else ""
-    return atomic_write_text(path, old + "".join(json.dumps(r) + "\n" for r in records))
+    new = "".join(json.dumps(r) + "\n" for r in records)
+    if old.strip() and len((old + new).encode("utf-8")) > ROLLOVER_BYTES:
+        _move_aside(old, path)
+        old = ""
+    return atomic_write_text(path, old + new)
+
+
+def _move_aside(text: str, path: Path) -> None:
+    """Write the JSON lines ``text`` beside ``path`` as ``<stem>-from-<first date>.jsonl`` files of at most
+    :data:`ROLLOVER_BYTES` each (more than one only for a file that grew past the limit before it existed)."""
+    chunk: list[str] = []
+    for line in [*text.strip().splitlines(), None]:
+        if chunk and (line is None or len("".join(chunk + [line]).encode("utf-8")) > ROLLOVER_BYTES):
+            first = json.loads(chunk[0].removesuffix("\n"))["date"][:10]
+            target, n = path.with_name(f"{path.stem}-from-{first}.jsonl"), 2
+            while target.exists():
+                target, n = path.with_name(f"{path.stem}-from-{first}-{n}.jsonl"), n + 1
+            atomic_write_text(target, "".join(chunk))
+            chunk = []
+        if line is not None:
+            chunk.append(line + "\n")
 
 
 def append_by_benchmark(records: Iterable[dict[str, Any]], directory: Path) -> list[Path]:

@@ -29,6 +29,31 @@ def test_record_has_the_design_fields_and_append_accumulates(tmp_path):
     assert [x["value"] for x in results.load(tmp_path)] == [0.9, 0.8]
 
 
+def test_a_records_file_that_would_pass_the_limit_is_moved_aside_and_both_are_loaded(tmp_path, monkeypatch):
+    path = tmp_path / "omniglot.jsonl"
+    results.append([_rec(0.9, "2026-01-01"), _rec(0.8, "2026-01-02")], path)
+    monkeypatch.setattr(results, "ROLLOVER_BYTES", path.stat().st_size + 10)  # the next record passes it
+    results.append([_rec(0.7, "2026-01-03")], path)
+    assert [json.loads(x)["value"] for x in path.read_text().splitlines()] == [0.7]
+    moved = tmp_path / "omniglot-from-2026-01-01.jsonl"
+    assert [json.loads(x)["value"] for x in moved.read_text().splitlines()] == [0.9, 0.8]
+    assert sorted(x["value"] for x in results.load(tmp_path)) == [0.7, 0.8, 0.9]
+    assert [r["value"] for r in results.current(results.load(tmp_path))] == [0.7]
+
+
+def test_a_records_file_already_past_the_limit_is_moved_aside_in_pieces_under_it(tmp_path, monkeypatch):
+    path = tmp_path / "omniglot.jsonl"
+    results.append([_rec(0.9, "2026-01-01"), _rec(0.8, "2026-01-01"), _rec(0.7, "2026-01-02")], path)
+    one = len(path.read_text().splitlines()[0]) + 1
+    monkeypatch.setattr(results, "ROLLOVER_BYTES", one + 5)  # one record per piece
+    results.append([], path)
+    pieces = sorted(p.name for p in tmp_path.glob("omniglot-*.jsonl"))
+    assert pieces == ["omniglot-from-2026-01-01-2.jsonl", "omniglot-from-2026-01-01.jsonl",
+                      "omniglot-from-2026-01-02.jsonl"]
+    assert all(p.stat().st_size <= one + 5 for p in tmp_path.glob("*.jsonl"))
+    assert sorted(x["value"] for x in results.load(tmp_path)) == [0.7, 0.8, 0.9]
+
+
 def test_the_commit_is_read_once_so_a_head_that_moves_during_a_run_does_not_change_its_records(tmp_path):
     def git(*args):
         subprocess.run(["git", "-c", "user.name=t", "-c", "user.email=t@t", *args], cwd=tmp_path, check=True,

@@ -67,7 +67,7 @@ class GradientConfig:
             conv4 on Omniglot, batched with ``channels_last`` is 0.9-1.5x the plain
             loop with 1.1-2.3x its peak memory, batched in the default layout
             0.86-1.23x (the ``maml`` records of commit 4847887 in
-            ``benchmarks/results/throughput.jsonl``, when it was the default), so the
+            ``benchmarks/results/throughput*.jsonl``, when it was the default), so the
             default stays the loop.
         channels_last: build the default Conv4 channels-last (:class:`metalab.nn.Conv4`;
             its batch norm then computes the statistics as column means of the channels-last

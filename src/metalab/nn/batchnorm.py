@@ -30,7 +30,7 @@ def batch_statistics_norm(x: Tensor, weight: Tensor, bias: Tensor, eps: float) -
     ``benchmarks/results/numerics.jsonl``): on the same meta-batches of the throughput table's
     one-step rows it put channels-last MAML meta-gradients 3.8e-4..1.2e-2 (relative) from
     float64, the channels-first ones 8.3e-6..1.5e-4 (``grad_rel_err_float32`` of commit
-    df3c604's records in ``benchmarks/results/throughput.jsonl``).
+    df3c604's records in ``benchmarks/results/throughput*.jsonl``).
     """
     if not _channels_last(x):
         return F.batch_norm(x, None, None, weight, bias, True, 0.0, eps)
