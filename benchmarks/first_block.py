@@ -115,7 +115,7 @@ def main() -> None:
         table.append(f"| {name} | {'yes' if pools else 'no (strided)'} | {closed:.3f} | {plain:.3f} | "
                      f"{plain / closed:.2f} |")
         print(table[-1], f"(float64 meta-gradients agree to {err:.1e})", flush=True)
-        config = {"command": records.command(), "preset": name, "reps": args.reps, "threads": torch.get_num_threads(),
+        config = {"preset": name, "reps": args.reps, "threads": torch.get_num_threads(),
                   "rel_err_float64": err, "first_block_pools": pools, **preset["benchmark"],
                   **preset.get("train", {})}
         algorithm = preset["algorithm"]

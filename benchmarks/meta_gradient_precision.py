@@ -155,7 +155,7 @@ def main() -> None:
             "omniglot", data_dir=args.data_dir, cache_dir=args.cache_dir, n_way=row.n_way, k_shot=1, n_query=15,
             train_n_way=row.n_way, train_k_shot=1, train_n_query=15))
         errors, nearest = task_errors(row, bench, args.tasks, args.nudges)
-        config = {"command": records.command(), "tasks": args.tasks, "inner_lr": INNER_LR,
+        config = {"tasks": args.tasks, "inner_lr": INNER_LR,
                   "threads": torch.get_num_threads(), "nudge": "1 + 2**-24 * N(0, 1) per weight",
                   "nudges": args.nudges}
         for variant in VARIANTS:

@@ -423,12 +423,12 @@ def main() -> None:
           + f"; conv4's 64-channel convolution, forward and backward: float32 {conv:.0f} GFLOP/s")
     out = [records.record("throughput", "matmul", f"{MATMUL_SIZE}x{MATMUL_SIZE}-{names[dtype]}",
                           "gflops_per_s", value, None, None, None, None,
-                          config={"command": records.command(), "reps": max(args.reps, 5),
+                          config={"reps": max(args.reps, 5),
                                   "threads": torch.get_num_threads()})
            for dtype, value in matmul.items()]
     out.append(records.record("throughput", "conv", "64ch-3x3-" + "x".join(map(str, CONV_SHAPE)) + "-float32",
                               "gflops_per_s", conv, None, None, None, None,
-                              config={"command": records.command(), "reps": max(args.reps, 5) * 4,
+                              config={"reps": max(args.reps, 5) * 4,
                                       "threads": torch.get_num_threads()}))
 
     table = ["| row | implementation | s/iter | x reference | GFLOP/s | peak MiB | page faults/iter | float32 grad error |",
@@ -445,7 +445,7 @@ def main() -> None:
             table.append(f"| {row.name} | {impl.name} | {seconds:.3f} | {ref_seconds / seconds:.2f} | "
                          f"{flops / seconds / 1e9:.1f} | {mib:.0f} | {faults:.0f} | {err:.1e} |")
             print(table[-1], flush=True)
-            config = {"command": records.command(), "meta_batch_size": row.meta_batch_size, "n_way": row.n_way,
+            config = {"meta_batch_size": row.meta_batch_size, "n_way": row.n_way,
                       "k_shot": 1, "n_query": 15, "inner_steps": row.inner_steps, "first_order": row.first_order,
                       "inner_lr": INNER_LR, "reps": args.reps, "threads": torch.get_num_threads(),
                       "gflop_per_iter": flops / 1e9, "grad_rel_err_float32": err, "max_rel_err_float64": MAX_REL_ERR_F64}
@@ -461,7 +461,7 @@ def main() -> None:
                      f"{bound:.2f} | {conv:.1f} | – | – | – |")
         print(table[-1], flush=True)
         out.append(records.record("throughput", "conv-bound", setting, "speedup", bound, None, None, None, None,
-                                  config={"command": records.command(), "gflop_per_iter": flops / 1e9,
+                                  config={"gflop_per_iter": flops / 1e9,
                                           "conv_gflops_per_s": conv, "threads": torch.get_num_threads()}))
     print("\n" + "\n".join(table))
     if not args.no_record:
