@@ -1,4 +1,4 @@
-"""Seconds per training step of every Conv4 method, with Conv4's first block in closed form and as written.
+"""Seconds per training step of every Conv4 method: first block in closed form or as written, and the layout.
 
     python benchmarks/first_block.py --cache-dir /tmp/mlcache [--presets maml-omniglot-5w1s,...] [--threads 1]
 
@@ -13,15 +13,21 @@ presets build the strided Conv4 of the MAML and Reptile code (no max-pool, so no
 their rows measure that nothing changes); the max-pooling MAML step is timed by
 ``benchmarks/throughput.py``.
 
-Per preset: the algorithm is built, a twin is deep-copied with ``allow_closed_form = False``
-on every ``ConvBlock`` (the block as written: ``F.conv2d``, batch norm, pool, ReLU). First
-both compute the meta-gradient of the same batch in float64; if they differ by more than
-1e-9 (relative norm, all parameters) the script exits with code 1 and times nothing. Then
-one warm-up step each and ``--reps`` timed steps, alternating the two; medians are reported.
+Per preset: the algorithm is built (metalab's default Conv4: channels-last since 2026-12-06,
+channels-first before), a twin is deep-copied with ``allow_closed_form = False`` on every
+``ConvBlock`` (the block as written: ``F.conv2d``, batch norm, pool, ReLU, same layout), and
+a third copy is laid out channels-first (``metalab.nn.backbones.use_channels_last(model,
+False)``; closed-form first block). First all three compute the meta-gradient of the same
+batch in float64; if the others differ from the block as written by more than 1e-9 (relative
+norm, all parameters) the script exits with code 1 and times nothing. Then one warm-up step
+each and ``--reps`` timed steps, alternating them; medians are reported.
 
 Appends ``throughput`` records (``--results-dir``): setting = the preset name, method
-``<algorithm>-first-block-closed-form`` and ``<algorithm>-first-block-as-written``, metric
-``seconds_per_iter``, and ``speedup`` (as written / closed form) for the closed form.
+``<algorithm>-first-block-closed-form``, ``<algorithm>-first-block-as-written`` and
+``<algorithm>-first-block-closed-form-channels-first``, metric ``seconds_per_iter``; for the
+closed form also ``speedup`` (as written / closed form) and ``speedup_over_channels_first``
+(channels-first / closed form). Records before 2026-12-06 have no channels-first variant and
+their closed form and as written are channels-first.
 This is a benchmark run by hand: nothing is timed in the test suite.
 """
 
@@ -41,7 +47,7 @@ import records  # noqa: E402
 
 import metalab  # noqa: E402
 from metalab.config import load_preset  # noqa: E402
-from metalab.nn.backbones import ConvBlock, allow_closed_form  # noqa: E402
+from metalab.nn.backbones import ConvBlock, allow_closed_form, use_channels_last  # noqa: E402
 
 PRESETS = ["maml-omniglot-5w1s", "anil-omniglot-5w1s", "meta_sgd-omniglot-5w1s", "reptile-omniglot-5w1s",
            "protonet-omniglot-5w1s", "matching_net-omniglot-5w1s", "relation_net-omniglot-5w1s",
@@ -49,11 +55,17 @@ PRESETS = ["maml-omniglot-5w1s", "anil-omniglot-5w1s", "meta_sgd-omniglot-5w1s",
 MAX_REL_ERR_F64 = 1e-9
 
 
-def twins(preset: dict, spec: metalab.TaskSpec, dtype: torch.dtype) -> tuple[metalab.MetaAlgorithm, ...]:
-    """The preset's algorithm (closed-form first block) and a copy with the block as written, same weights."""
+VARIANTS = ("closed-form", "as-written", "closed-form-channels-first")
+
+
+def variants(preset: dict, spec: metalab.TaskSpec, dtype: torch.dtype) -> dict[str, metalab.MetaAlgorithm]:
+    """The preset's algorithm (closed-form first block, default layout), a copy with the block as
+    written and a copy laid out channels-first, same weights."""
     torch.manual_seed(0)
     algo = metalab.build(preset["algorithm"], spec, **preset.get("hparams", {})).to(dtype).train()
-    return algo, as_written(algo)
+    channels_first = copy.deepcopy(algo)
+    use_channels_last(channels_first, False)
+    return dict(zip(VARIANTS, (algo, as_written(algo), channels_first)))
 
 
 def as_written(algo: metalab.MetaAlgorithm) -> metalab.MetaAlgorithm:
@@ -85,42 +97,46 @@ def main() -> None:
     if args.reps < 1:
         p.error(f"--reps must be at least 1, got {args.reps}")
 
-    out, table = [], ["| preset | first block pools | closed form s/step | as written s/step | speed-up |",
-                      "|---|---|---|---|---|"]
+    out, table = [], ["| preset | first block pools | closed form s/step | as written s/step | speed-up "
+                      "| channels-first s/step | layout speed-up |", "|---|---|---|---|---|---|---|"]
     for name in names:
         preset = load_preset(name)
         bench = metalab.make_benchmark(metalab.BenchmarkConfig(
             **{**preset["benchmark"], "data_dir": args.data_dir, "cache_dir": args.cache_dir}))
         batch = bench.train.batch(0, preset.get("train", {}).get("meta_batch_size", 1))
 
-        exact, written = twins(preset, bench.spec, torch.float64)
-        g_closed, g_written = meta_gradient(exact, batch.to(torch.float64)), meta_gradient(
-            written, batch.to(torch.float64))
-        err = ((g_closed - g_written).norm() / g_written.norm()).item()
-        if not err <= MAX_REL_ERR_F64:
-            sys.exit(f"refusing to time {name}: in float64 the closed-form first block's meta-gradient differs from "
-                     f"the block as written by {err:.1e} (more than {MAX_REL_ERR_F64:g})")
+        grads = {v: meta_gradient(algo, batch.to(torch.float64))
+                 for v, algo in variants(preset, bench.spec, torch.float64).items()}
+        written = grads["as-written"]
+        errors = {v: ((g - written).norm() / written.norm()).item() for v, g in grads.items() if v != "as-written"}
+        bad = {v: e for v, e in errors.items() if not e <= MAX_REL_ERR_F64}
+        if bad:
+            sys.exit(f"refusing to time {name}: in float64 the meta-gradient of {bad} differs from the block as "
+                     f"written by more than {MAX_REL_ERR_F64:g}")
+        err = max(errors.values())
 
-        variants = dict(zip(("closed-form", "as-written"), twins(preset, bench.spec, torch.float32)))
-        pools = next(m for m in variants["closed-form"].modules() if isinstance(m, ConvBlock)).pool
-        times: dict[str, list[float]] = {v: [] for v in variants}
-        for algo in variants.values():  # warm-up
+        timed = variants(preset, bench.spec, torch.float32)
+        pools = next(m for m in timed["closed-form"].modules() if isinstance(m, ConvBlock)).pool
+        times: dict[str, list[float]] = {v: [] for v in timed}
+        for algo in timed.values():  # warm-up
             meta_gradient(algo, batch)
         for _ in range(args.reps):
-            for variant, algo in variants.items():
+            for variant, algo in timed.items():
                 start = time.perf_counter()
                 meta_gradient(algo, batch)
                 times[variant].append(time.perf_counter() - start)
-        closed, plain = (statistics.median(times[v]) for v in variants)
+        closed, plain, first = (statistics.median(times[v]) for v in VARIANTS)
         table.append(f"| {name} | {'yes' if pools else 'no (strided)'} | {closed:.3f} | {plain:.3f} | "
-                     f"{plain / closed:.2f} |")
+                     f"{plain / closed:.2f} | {first:.3f} | {first / closed:.2f} |")
         print(table[-1], f"(float64 meta-gradients agree to {err:.1e})", flush=True)
         config = {"preset": name, "reps": args.reps, "threads": torch.get_num_threads(),
                   "rel_err_float64": err, "first_block_pools": pools, **preset["benchmark"],
                   **preset.get("train", {})}
         algorithm = preset["algorithm"]
-        metrics = {"closed-form": {"seconds_per_iter": closed, "speedup": plain / closed},
-                   "as-written": {"seconds_per_iter": plain}}
+        metrics = {"closed-form": {"seconds_per_iter": closed, "speedup": plain / closed,
+                                   "speedup_over_channels_first": first / closed},
+                   "as-written": {"seconds_per_iter": plain},
+                   "closed-form-channels-first": {"seconds_per_iter": first}}
         out += [records.record("throughput", f"{algorithm}-first-block-{variant}", name, metric, value,
                                None, None, None, None, config=config)
                 for variant, values in metrics.items() for metric, value in values.items()]

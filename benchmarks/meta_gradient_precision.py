@@ -11,11 +11,13 @@ that one task's error is not averaged away or blamed on the others. Per task, th
 is measured for:
 
 - ``maml``: metalab's default, the closed-form first block
-  (``metalab.nn.backbones.first_block``), in float32;
-- ``maml-as-written``: the block as written, in float32;
-- ``maml-channels-last``: metalab with ``channels_last=True`` (the closed-form first block,
-  activations channels-last, batch norm statistics as column means of the channels-last
-  matrix view), in float32;
+  (``metalab.nn.backbones.first_block``), activations channels-last, batch norm statistics as
+  column means of the channels-last matrix view, in float32 (before 2026-12-06 the default was
+  channels-first: its records are ``maml-channels-first``'s, and ``maml-channels-last``
+  records are this variant then);
+- ``maml-as-written``: every block as written, channels-first, in float32;
+- ``maml-channels-first``: metalab with ``channels_last=False`` (the closed-form first block,
+  channels-first activations, PyTorch's batch-norm kernel), in float32;
 - ``maml-float64-nudged``: the block as written in float64, with every weight multiplied once
   (same factors for all tasks) by ``1 + 2**-24 * N(0, 1)``: a change the size of one float32
   rounding, computed without float32 arithmetic.
@@ -67,7 +69,7 @@ MAX_REL_ERR_F64 = 1e-9
 JUMP = 10  # tasks_above_10x_median: a task whose error is this many times the median
 BIG = 1e-3  # tasks_above_1e-3: a float32 error this large is looked for among nudged float64 meta-gradients
 REACHED = 1e-4  # ... and found if one of them is this close to it (relative to the reference's norm)
-FLOAT32 = ("maml", "maml-as-written", "maml-channels-last")
+FLOAT32 = ("maml", "maml-as-written", "maml-channels-first")
 VARIANTS = (*FLOAT32, "maml-float64-nudged")
 
 
@@ -88,12 +90,12 @@ def task_errors(row: Row, bench: metalab.Benchmark, tasks: int, nudges: int
     torch.manual_seed(0)
     config = make_config("maml", inner_lr=INNER_LR, inner_steps=row.inner_steps, first_order=row.first_order)
     algo = MAML(bench.spec, config).train()
-    channels_last = MAML(bench.spec, dataclasses.replace(config, channels_last=True)).train()
-    channels_last.load_state_dict(algo.state_dict())
+    channels_first = MAML(bench.spec, dataclasses.replace(config, channels_last=False)).train()
+    channels_first.load_state_dict(algo.state_dict())
     exact = copy.deepcopy(algo).double()
     reference = as_written(exact)
     perturbed = [nudged(reference, torch.Generator().manual_seed(seed)) for seed in range(nudges)]
-    models = {"maml": algo, "maml-as-written": as_written(algo), "maml-channels-last": channels_last,
+    models = {"maml": algo, "maml-as-written": as_written(channels_first), "maml-channels-first": channels_first,
               "maml-float64-nudged": perturbed[0]}
     errors: dict[str, list[float]] = {v: [] for v in VARIANTS}
     nearest: dict[str, list[float]] = {v: [] for v in FLOAT32}

@@ -2,7 +2,7 @@
 
     python benchmarks/task_modes.py [--device cuda]
     python benchmarks/task_modes.py --methods anil --modes loop,batched --settings conv4-5w1s-mb8,conv4-5w5s-mb8 \
-        --threads 1 [--channels-last] [--downsample pool,stride]
+        --threads 1 [--channels-first] [--downsample pool,stride]
 
 Settings: sinusoid (1-40-40-1 MLP, meta-batch 25, 5-shot, 10 query points) and Omniglot-
 shaped conv4 (28x28, 5-way 1-shot or 5-shot, 15 queries per class, meta-batch 8), second
@@ -10,8 +10,11 @@ order, one inner step. One iteration is ``algo.meta_gradient(batch)``, what the 
 calls. The fastest mode per learner is metalab's default (`task_mode="auto"`, measured on the
 CPU; with `--device cuda` the settings are named `<setting>-cuda`, to choose the GPU's
 default). `--downsample stride` builds conv4 with stride-2 convolutions instead of max-pooling
-(the papers' Omniglot model, see metalab.nn.Conv4). Appends `throughput` records (method
-`<method>-<mode>[-channels-last][-strided]`, metric `seconds_per_iter`) to results/throughput*.jsonl.
+(the papers' Omniglot model, see metalab.nn.Conv4). Conv4 is channels-last (metalab's default
+since 2026-12-06) unless `--channels-first`. Appends `throughput` records (method
+`<method>-<mode>[-channels-last|-channels-first][-strided]`, metric `seconds_per_iter`) to
+results/throughput*.jsonl; conv4 records with no layout suffix are from before 2026-12-06, when
+the default, and so the unsuffixed layout, was channels-first.
 """
 
 from __future__ import annotations
@@ -71,7 +74,11 @@ def main() -> None:
     p.add_argument("--modes", default="loop,vmap,batched", help="comma-separated task modes")
     p.add_argument("--settings", default="sinusoid-mlp-mb25,conv4-5w1s-mb8",
                    help=f"comma-separated, of {', '.join(SETTINGS)}")
-    p.add_argument("--channels-last", action="store_true", help="build conv4 channels-last")
+    layout = p.add_mutually_exclusive_group()
+    layout.add_argument("--channels-last", dest="channels_last", action="store_true", default=True,
+                        help="build conv4 channels-last (the default)")
+    layout.add_argument("--channels-first", dest="channels_last", action="store_false",
+                        help="build conv4 channels-first")
     p.add_argument("--downsample", default="pool",
                    help="comma-separated conv4 downsampling modes to time: pool (max-pool), stride (stride-2 convs)")
     records.add_results_flag(p)
@@ -87,7 +94,7 @@ def main() -> None:
     for setting in settings:
         spec, batch, lr, scale = SETTINGS[setting]()
         conv = len(spec.input_shape) == 3
-        layout = {"channels_last": True} if args.channels_last and conv else {}
+        layout = {"channels_last": args.channels_last} if conv else {}
         for method, mode, downsample in itertools.product(args.methods.split(","), args.modes.split(","),
                                                           args.downsample.split(",") if conv else ["pool"]):
             torch.manual_seed(0)
@@ -97,8 +104,8 @@ def main() -> None:
                 p.error(f"{method} with task_mode={mode}, downsample={downsample} on {setting}: {err}")
             iters = args.iters * scale
             sec = seconds_per_iter(algo, algo.on_device(batch), iters)
-            label = f"{method}-{mode}" + ("-channels-last" if layout else "") + ("-strided" if downsample == "stride"
-                                                                                   else "")
+            label = (f"{method}-{mode}" + (("-channels-last" if args.channels_last else "-channels-first") if conv
+                                            else "") + ("-strided" if downsample == "stride" else ""))
             print(f"{setting}{suffix} {label}: {sec * 1000:.1f} ms/iter", flush=True)
             rows.append(records.record("throughput", label, setting + suffix, "seconds_per_iter", sec, None,
                                        None, None, None, iterations=iters))

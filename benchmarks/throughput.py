@@ -18,9 +18,11 @@ implementations compute the same meta-gradient in one process:
   (first order) `higher` detaches the fast weights, so the query gradient of the fast
   weights is added to the model's gradients by hand (first-order MAML);
 - ``metalab`` (record method ``maml``): ``metalab.algorithms.MAML`` with its defaults
-  through ``algo.meta_gradient(batch)`` (task loop, per-task backward, default Conv4);
-- ``metalab channels-last`` (record method ``maml-channels-last``): the same with the
-  ``channels_last=True`` option (``Conv4(channels_last=True)``);
+  through ``algo.meta_gradient(batch)`` (task loop, per-task backward, default Conv4, which
+  is channels-last since 2026-12-06 (the ``maml`` records before that date are
+  the channels-first layout, and ``maml-channels-last`` records are this layout then);
+- ``metalab channels-first`` (record method ``maml-channels-first``): the same with
+  ``channels_last=False`` (``Conv4(channels_last=False)``, the default before);
 - ``metalab batched channels-last`` (record method ``maml-batched-channels-last``):
   ``task_mode="batched"`` and ``channels_last=True``: the inner loops of a group of tasks
   in one pass of grouped convolutions, each task's query pass on its own, then one
@@ -230,10 +232,10 @@ def implementations(row: Row, batch: EpisodeBatch, dtype: torch.dtype = torch.fl
     spec = metalab.TaskSpec((1, 28, 28), row.n_way, True)
     config = make_config("maml", inner_lr=INNER_LR, inner_steps=row.inner_steps, first_order=row.first_order)
     algo = MAML(spec, config)  # the defaults: task_mode auto (the loop for images), default Conv4
-    fast = MAML(spec, dataclasses.replace(config, channels_last=True))
+    channels_first = MAML(spec, dataclasses.replace(config, channels_last=False))
     batched = MAML(spec, dataclasses.replace(config, channels_last=True, task_mode="batched"))
     src = list(model.parameters())
-    for learner in (algo, fast, batched):
+    for learner in (algo, channels_first, batched):
         learner.to(dtype).train()
         dst = list(learner.parameters())
         assert len(src) == len(dst), f"reference has {len(src)} parameter tensors, metalab {len(dst)}"
@@ -245,8 +247,8 @@ def implementations(row: Row, batch: EpisodeBatch, dtype: torch.dtype = torch.fl
         Implementation("reference", "loop-reference", lambda: reference_step(model, batch, row), src),
         Implementation("higher", "higher", lambda: higher_step(twin, batch, row), list(twin.parameters())),
         Implementation("metalab", "maml", lambda: algo.meta_gradient(batch), list(algo.parameters())),
-        Implementation("metalab channels-last", "maml-channels-last", lambda: fast.meta_gradient(batch),
-                       list(fast.parameters())),
+        Implementation("metalab channels-first", "maml-channels-first", lambda: channels_first.meta_gradient(batch),
+                       list(channels_first.parameters())),
         Implementation("metalab batched channels-last", "maml-batched-channels-last",
                        lambda: batched.meta_gradient(batch), list(batched.parameters())),
         Implementation("metalab bfloat16", "maml-bf16", lambda: bfloat16(algo.meta_gradient, batch),

@@ -58,13 +58,13 @@ def test_relation_pairs_bad_settings_exit_2(tmp_path):
 
 def test_task_modes_times_each_method_and_mode_and_explains_what_cannot_run(tmp_path):
     done = run_script("task_modes.py", "--methods", "anil", "--modes", "loop,batched", "--settings", "conv4-5w1s-mb8",
-                      "--iters", "1", "--threads", "1", "--channels-last", "--downsample", "pool,stride",
+                      "--iters", "1", "--threads", "1", "--channels-first", "--downsample", "pool,stride",
                       "--results-dir", str(tmp_path))
     assert done.returncode == 0, done.stderr
     rows = read_records(tmp_path / "throughput.jsonl")
     assert [(r["method"], r["setting"]) for r in rows] == [
-        ("anil-loop-channels-last", "conv4-5w1s-mb8"), ("anil-loop-channels-last-strided", "conv4-5w1s-mb8"),
-        ("anil-batched-channels-last", "conv4-5w1s-mb8"), ("anil-batched-channels-last-strided", "conv4-5w1s-mb8")]
+        ("anil-loop-channels-first", "conv4-5w1s-mb8"), ("anil-loop-channels-first-strided", "conv4-5w1s-mb8"),
+        ("anil-batched-channels-first", "conv4-5w1s-mb8"), ("anil-batched-channels-first-strided", "conv4-5w1s-mb8")]
     assert all(r["value"] > 0 and r["metric"] == "seconds_per_iter" for r in rows)
     bad = run_script("task_modes.py", "--methods", "reptile", "--modes", "batched", "--settings", "conv4-5w1s-mb8",
                      "--results-dir", str(tmp_path / "bad"))
@@ -123,7 +123,7 @@ def test_throughput_checks_then_times_and_records_the_conv_bound(tmp_path, omnig
     assert done.returncode == 0, done.stderr
     rows = read_records(tmp_path / "throughput.jsonl")
     methods = {r["method"] for r in rows}
-    assert {"loop-reference", "higher", "maml", "maml-bf16", "matmul", "conv", "conv-bound"} <= methods
+    assert {"loop-reference", "higher", "maml", "maml-channels-first", "maml-bf16", "matmul", "conv", "conv-bound"} <= methods
     error = {r["method"]: r["config"]["grad_rel_err_float32"] for r in rows if r["metric"] == "seconds_per_iter"}
     assert error["maml"] < 1e-3 < error["maml-bf16"] < 1  # bfloat16 rounding, not a different meta-gradient
     bound = next(r for r in rows if r["method"] == "conv-bound")
@@ -141,9 +141,11 @@ def test_first_block_checks_then_times_both_ways_and_records_the_speedup(tmp_pat
                       "--results-dir", str(tmp_path))
     assert done.returncode == 0, done.stderr
     rows = read_records(tmp_path / "throughput.jsonl")
-    assert {(r["method"], r["metric"]) for r in rows} == {("siamese-first-block-closed-form", "seconds_per_iter"),
-                                                          ("siamese-first-block-closed-form", "speedup"),
-                                                          ("siamese-first-block-as-written", "seconds_per_iter")}
+    assert {(r["method"], r["metric"]) for r in rows} == {
+        ("siamese-first-block-closed-form", "seconds_per_iter"), ("siamese-first-block-closed-form", "speedup"),
+        ("siamese-first-block-closed-form", "speedup_over_channels_first"),
+        ("siamese-first-block-as-written", "seconds_per_iter"),
+        ("siamese-first-block-closed-form-channels-first", "seconds_per_iter")}
     assert all(r["setting"] == "siamese-omniglot-5w1s" and r["value"] > 0 for r in rows)
     assert rows[0]["config"]["first_block_pools"] and rows[0]["config"]["rel_err_float64"] <= 1e-9
     bad = run_script("first_block.py", "--presets", "no-such-preset", "--results-dir", str(tmp_path / "bad"))
@@ -161,10 +163,10 @@ def test_meta_gradient_precision_records_the_float32_error_distribution_of_each_
     metrics = ["meta_grad_rel_err_median", "meta_grad_rel_err_p90", "meta_grad_rel_err_max", "tasks_above_10x_median",
                "tasks_above_1e-3"]  # no jumps_reached_by_nudges: one step, two tasks, no error above 1e-3
     assert sorted((r["method"], r["metric"]) for r in rows) == sorted(
-        (v, m) for v in ("maml", "maml-as-written", "maml-channels-last", "maml-float64-nudged") for m in metrics)
+        (v, m) for v in ("maml", "maml-as-written", "maml-channels-first", "maml-float64-nudged") for m in metrics)
     assert all(r["setting"] == "meta-gradient-1st-order-1step-5w1s" and r["config"]["tasks"] == 2 for r in rows)
     value = {(r["method"], r["metric"]): r["value"] for r in rows}
-    for variant in ("maml", "maml-as-written", "maml-channels-last", "maml-float64-nudged"):  # float32 (or one rounding) away
+    for variant in ("maml", "maml-as-written", "maml-channels-first", "maml-float64-nudged"):  # float32 (or one rounding) away
         assert 0 < value[variant, "meta_grad_rel_err_median"] <= value[variant, "meta_grad_rel_err_max"] < 1e-2
     bad = run_script("meta_gradient_precision.py", "--rows", "5w1s-3rd-1step", "--results-dir", str(tmp_path / "bad"))
     assert bad.returncode == 2 and "unknown rows ['5w1s-3rd-1step']" in bad.stderr

@@ -138,6 +138,23 @@ def allow_closed_form(module: nn.Module, allowed: bool) -> int:
     return len(blocks)
 
 
+def use_channels_last(module: nn.Module, enabled: bool) -> int:
+    """Lay every Conv4 in ``module`` out channels-last (``enabled``) or channels-first; returns
+    how many blocks were set.
+
+    The layout of an existing model (same weights, same function; other float32 rounding and
+    speed): what ``Conv4(channels_last=...)`` chooses at construction. Blocks built
+    ``vmap_safe`` stay channels-first.
+    """
+    for m in module.modules():
+        if isinstance(m, Conv4):
+            m.body[0].enabled = enabled and not m.vmap_safe
+    blocks = [m for m in module.modules() if isinstance(m, ConvBlock)]
+    for block in blocks:
+        block.channels_last = enabled and not block.norm.vmap_safe
+    return len(blocks)
+
+
 def sub_params(params: Params, prefix: str) -> Params:
     """The entries of ``params`` under ``prefix.``, with the prefix removed."""
     start = len(prefix) + 1
@@ -262,8 +279,10 @@ class Conv4(nn.Module):
             as im2col + one matrix product; batch norm then runs as two column means of the
             ``(N*H*W, C)`` view plus element-wise arithmetic (:func:`metalab.nn.batchnorm.batch_statistics_norm`:
             PyTorch's channels-last batch-norm kernel once put float32 meta-gradients on
-            Omniglot 4e-4..1e-2 away from float64 at one inner step). Timed by ``benchmarks/throughput.py``.
-            Off by default.
+            Omniglot 4e-4..1e-2 away from float64 at one inner step). On by default (off with
+            ``vmap_safe``): on a 2-core CPU max-pool and batch norm of channels-last maps cost a
+            fraction of the channels-first kernels; timed by ``benchmarks/throughput.py``
+            (record methods ``maml`` and ``maml-channels-first``).
 
     :meth:`functional` is the network as a pure function of a parameter dict: unlike
     ``torch.func.functional_call`` it does not swap the module's attributes.
@@ -281,7 +300,7 @@ class Conv4(nn.Module):
         out_features: int | None = None,
         track_running_stats: bool = False,
         vmap_safe: bool = False,
-        channels_last: bool = False,
+        channels_last: bool = True,
         pool_blocks: int = 4,
         downsample: str = "pool",
         readout: str = "flatten",
