@@ -143,7 +143,7 @@ def test_first_block_checks_then_times_both_ways_and_records_the_speedup(tmp_pat
     rows = read_records(tmp_path / "throughput.jsonl")
     assert {(r["method"], r["metric"]) for r in rows} == {
         ("siamese-first-block-closed-form", "seconds_per_iter"), ("siamese-first-block-closed-form", "speedup"),
-        ("siamese-first-block-closed-form", "speedup_over_channels_first"),
+        ("siamese-first-block-closed-form", "speedup_over_other_layout"),
         ("siamese-first-block-as-written", "seconds_per_iter"),
         ("siamese-first-block-closed-form-channels-first", "seconds_per_iter")}
     assert all(r["setting"] == "siamese-omniglot-5w1s" and r["value"] > 0 for r in rows)

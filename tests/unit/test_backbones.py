@@ -109,7 +109,9 @@ def test_pure_functional_forward_equals_functional_call():
     torch.testing.assert_close(forward(mlp, params, z), torch.func.functional_call(mlp, params, (z,)), rtol=0, atol=0)
 
 
-def test_conv4_is_channels_last_by_default_and_use_channels_last_switches_an_existing_model():
+def test_conv4_default_layout_is_channels_last_with_max_pool_and_use_channels_last_switches_a_model():
+    strided = Conv4(1, image_size=28, hidden=8, downsample="stride")  # stride-2 convolutions: faster channels-first
+    assert not strided.body[0].enabled and not any(block.channels_last for block in strided.body[1:5])
     model = Conv4(1, image_size=28, hidden=8, out_features=5).double()
     assert model.body[0].enabled and all(block.channels_last for block in model.body[1:5])
     x = _images()

@@ -69,11 +69,13 @@ class GradientConfig:
             0.86-1.23x (the ``maml`` records of commit 4847887 in
             ``benchmarks/results/throughput*.jsonl``, when it was the default), so the
             default stays the loop.
-        channels_last: build the default Conv4 channels-last (the default; ``False`` for the
-            channels-first layout; see :class:`metalab.nn.Conv4`: its batch norm then computes
-            the statistics as column means of the channels-last matrix view,
-            :func:`metalab.nn.batchnorm.batch_statistics_norm`); both layouts are timed by
-            ``benchmarks/throughput.py``. Ignored with ``task_mode="vmap"``.
+        channels_last: the default Conv4's layout: ``True`` channels-last (its batch norm then
+            computes the statistics as column means of the channels-last matrix view,
+            :func:`metalab.nn.batchnorm.batch_statistics_norm`), ``False`` channels-first,
+            ``None`` (the default) channels-last with max-pooling and channels-first with
+            ``downsample="stride"``, the faster of each (see :class:`metalab.nn.Conv4`; timed by
+            ``benchmarks/throughput.py`` and ``benchmarks/first_block.py``). Ignored with
+            ``task_mode="vmap"``.
         downsample: how the default Conv4 halves the image: ``"pool"`` (max-pool, the
             default) or ``"stride"`` (stride-2 convolutions: the Omniglot model of the MAML
             and Reptile papers' code, see :class:`metalab.nn.Conv4`). Images only.
@@ -91,7 +93,7 @@ class GradientConfig:
     first_order: bool = False
     inner_grad_clip: float | None = None
     task_mode: str = "auto"
-    channels_last: bool = True
+    channels_last: bool | None = None
     downsample: str = "pool"
     readout: str = "flatten"
 

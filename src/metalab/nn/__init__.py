@@ -10,7 +10,7 @@ __all__ = ["MLP", "BatchNorm", "Conv4", "make_backbone"]
 
 def make_backbone(
     input_shape: tuple[int, ...], out_features: int | None, track_running_stats: bool = False, vmap_safe: bool = False,
-    channels_last: bool = True, downsample: str = "pool", readout: str = "flatten",
+    channels_last: bool | None = None, downsample: str = "pool", readout: str = "flatten",
 ):
     """The paper backbone for an input shape: Conv4 for images ``(C, H, W)``, MLP for vectors.
 
@@ -19,7 +19,8 @@ def make_backbone(
         out_features: head size (``n_way`` or the regression target size); ``None`` for
             an embedding network (metric methods).
         track_running_stats, vmap_safe: batch-norm modes, see :class:`BatchNorm`.
-        channels_last: Conv4's channels-last layout (the default: faster on CPU; see :class:`Conv4`).
+        channels_last: Conv4's layout; ``None``: channels-last when it max-pools, channels-first when
+            strided (the faster of each on CPU; see :class:`Conv4`).
         downsample: how Conv4 halves the image, ``"pool"`` or ``"stride"`` (see :class:`Conv4`).
         readout: how Conv4's last feature map becomes the embedding, ``"flatten"`` or ``"mean"``.
     """

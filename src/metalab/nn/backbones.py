@@ -279,10 +279,12 @@ class Conv4(nn.Module):
             as im2col + one matrix product; batch norm then runs as two column means of the
             ``(N*H*W, C)`` view plus element-wise arithmetic (:func:`metalab.nn.batchnorm.batch_statistics_norm`:
             PyTorch's channels-last batch-norm kernel once put float32 meta-gradients on
-            Omniglot 4e-4..1e-2 away from float64 at one inner step). On by default (off with
-            ``vmap_safe``): on a 2-core CPU max-pool and batch norm of channels-last maps cost a
-            fraction of the channels-first kernels; timed by ``benchmarks/throughput.py``
-            (record methods ``maml`` and ``maml-channels-first``).
+            Omniglot 4e-4..1e-2 away from float64 at one inner step). ``None`` (the default):
+            channels-last when the blocks max-pool, channels-first when they are strided, the
+            faster layout of each on a 2-core CPU: max-pool and batch norm of channels-last maps
+            cost a fraction of the channels-first kernels, while stride-2 convolutions run
+            faster channels-first (``benchmarks/throughput.py``, ``benchmarks/first_block.py``,
+            ``benchmarks/task_modes.py``). Always channels-first with ``vmap_safe``.
 
     :meth:`functional` is the network as a pure function of a parameter dict: unlike
     ``torch.func.functional_call`` it does not swap the module's attributes.
@@ -300,7 +302,7 @@ class Conv4(nn.Module):
         out_features: int | None = None,
         track_running_stats: bool = False,
         vmap_safe: bool = False,
-        channels_last: bool = True,
+        channels_last: bool | None = None,
         pool_blocks: int = 4,
         downsample: str = "pool",
         readout: str = "flatten",
@@ -314,7 +316,7 @@ class Conv4(nn.Module):
             raise ValueError(f"readout must be one of {READOUT}, got {readout!r}")
         strided = downsample == "stride"
         self.vmap_safe = vmap_safe
-        fast = channels_last and not vmap_safe
+        fast = (not strided if channels_last is None else channels_last) and not vmap_safe
         self.body = nn.Sequential(
             ChannelsLast(enabled=fast),
             *(ConvBlock(in_channels if i == 0 else hidden, hidden, track_running_stats, vmap_safe, fast,
