@@ -30,7 +30,7 @@ import records  # noqa: E402
 from metalab import BenchmarkConfig, TrainConfig, build, evaluate, load_checkpoint, make_benchmark, train  # noqa: E402
 from metalab.engine.trainer import AUTOCAST_DTYPES, TrainResult  # noqa: E402
 from metalab.config import parse_assignments  # noqa: E402
-from metalab.nn.backbones import allow_closed_form  # noqa: E402
+from metalab.nn.backbones import allow_closed_form, use_channels_last  # noqa: E402
 from metalab.utils import derive_seed  # noqa: E402
 
 PAPER = {  # accuracy, Omniglot, as published
@@ -121,6 +121,9 @@ def main() -> None:
     p.add_argument("--first-block", choices=["closed-form", "as-written"], default="closed-form",
                    help="Conv4's first block as metalab computes it by default, or as written "
                         "(metalab.nn.backbones.allow_closed_form; benchmarks/meta_gradient_precision.py)")
+    p.add_argument("--layout", choices=["default", "channels-last", "channels-first"], default="default",
+                   help="Conv4's memory layout: metalab's default (channels-last with max-pooling, channels-first "
+                        "when strided) or forced (metalab.nn.backbones.use_channels_last), e.g. to compare them")
     p.add_argument("--val-every", type=int, default=500)
     p.add_argument("--val-episodes", type=int, default=200)
     p.add_argument("--settings", default="5w1s,5w5s,20w1s,20w5s")
@@ -149,7 +152,13 @@ def main() -> None:
         torch.manual_seed(derive_seed(args.seed, 0))
         algo = build(args.method, bench.spec, **hparams)
     closed_form = args.first_block == "closed-form"
-    allow_closed_form(algo, closed_form)
+
+    def as_asked(model) -> None:  # the layout and first block are not part of a checkpoint
+        allow_closed_form(model, closed_form)
+        if args.layout != "default":
+            use_channels_last(model, args.layout == "channels-last")
+
+    as_asked(algo)
     cfg = TrainConfig(steps=args.steps, meta_batch_size=args.meta_batch_size, outer_lr=args.outer_lr,
                       lr_decay_every=0 if args.lr_anneal else args.lr_decay_every, lr_anneal=args.lr_anneal,
                       val_every=args.val_every, grad_clip=args.grad_clip,
@@ -159,7 +168,7 @@ def main() -> None:
     result = train_or_load(p, args, out, algo, bench, cfg)
     print(f"trained {args.method}: {result.steps} steps, {result.seconds:.0f} s, best {result.best}", flush=True)
     best, _ = load_checkpoint(out / "best.pt")
-    allow_closed_form(best, closed_form)
+    as_asked(best)
     # the validation curve travels with the records: the results page projects from it the time a run would need
     # to reach the published number
     val_curve = records.val_curve(out)
@@ -184,6 +193,7 @@ def main() -> None:
             val_curve=val_curve, val_setting=f"{args.n_way}w{args.k_shot}s",
             **({"autocast": args.autocast} if args.autocast else {}),
             **({} if closed_form else {"first_block": args.first_block}),
+            **({} if args.layout == "default" else {"layout": args.layout}),
             **({"budget": args.budget_label} if args.budget_label else {})))
     print(records.append("omniglot", rows, args.results_dir))
 

@@ -172,15 +172,16 @@ def test_meta_gradient_precision_records_the_float32_error_distribution_of_each_
     assert bad.returncode == 2 and "unknown rows ['5w1s-3rd-1step']" in bad.stderr
 
 
-def test_omniglot_benchmark_trains_tests_and_records(tmp_path, omniglot_dir, omniglot_images, omniglot_cache):
+@pytest.mark.parametrize("layout", ["default", "channels-first"])
+def test_omniglot_benchmark_trains_tests_and_records(tmp_path, omniglot_dir, omniglot_images, omniglot_cache, layout):
     done = run_script("omniglot.py", "--method", "protonet", "--data-dir", str(omniglot_dir), "--cache-dir",
                       str(omniglot_cache), "--settings", "5w1s", "--train-n-way", "5", "--steps", "2",
                       "--val-every", "1", "--val-episodes", "2", "--test-episodes", "4", "--threads", "1",
                       "--out", str(tmp_path / "run"), "--results-dir", str(tmp_path / "results"), "--autocast",
-                      "bfloat16")
+                      "bfloat16", "--layout", layout)
     assert done.returncode == 0, done.stderr
     (row,) = read_records(tmp_path / "results" / "omniglot.jsonl")
-    assert row["autocast"] == "bfloat16"
+    assert row["autocast"] == "bfloat16" and row.get("layout") == (None if layout == "default" else layout)
     assert (row["method"], row["setting"], row["metric"], row["steps"]) == ("protonet", "5w1s", "accuracy", 2)
     assert 0 <= row["value"] <= 1 and row["ci95"] > 0 and row["paper"] is not None
     assert [t for t, _ in row["val_curve"]] == sorted(t for t, _ in row["val_curve"]) and len(row["val_curve"]) == 2
