@@ -59,9 +59,10 @@ The bound: before the rows, the rate of one large matrix product (2048 x 2048, f
 bfloat16; method ``matmul``, metric ``gflops_per_s``) and of conv4's dominant convolution
 (3x3, 64 -> 64 channels on 75 x 64 x 14 x 14, the second layer on a 5-way 15-query set:
 forward, input gradient and weight gradient; method ``conv``) are measured. The convolution
-runs at two to three times the matrix product's rate here (about 450 GFLOP/s with 2 threads,
-near the cores' FMA peak; the 2048 x 2048 product 204-224 in the records), so the matrix product is
-no bound: per row the reference's FLOPs at the convolution's rate give the time of a
+ran at two to three times the matrix product's rate on the machine of commit 2865d65 (about 450
+GFLOP/s with 2 threads, near the cores' FMA peak; the 2048 x 2048 product 204-224 in the records);
+on the machine of commit cc827c1's table it ran at 199 GFLOP/s (the product 248): the rate moves
+with the machine, so compare bounds only within one run. The matrix product is no bound: per row the reference's FLOPs at the convolution's rate give the time of a
 meta-iteration that did nothing but arithmetic at the best rate measured on this machine;
 ``conv-bound`` ``speedup`` = reference time / that time is the speed-up over the reference
 that an implementation of the same FLOPs in float32 would reach with no time outside its
