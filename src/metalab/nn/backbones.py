@@ -62,12 +62,16 @@ def _conv_of_patches(cols: Tensor, filters: Tensor, bias: Tensor, size: tuple[in
 
 
 def first_block(x: Tensor, weight: Tensor, bias: Tensor, norm_weight: Tensor, norm_bias: Tensor, eps: float,
-                statistics: tuple[Tensor, Tensor] | None = None) -> tuple[Tensor, tuple[Tensor, Tensor]]:
+                statistics: tuple[Tensor, Tensor] | None = None,
+                groups: int = 1) -> tuple[Tensor, tuple[Tensor, Tensor]]:
     """conv 3x3 (padding 1) -> batch norm -> 2x2 max-pool -> ReLU, for 1-3 input channels.
 
     Batch norm normalises with ``statistics`` ``(mean, var)`` per channel when given (running
     averages, in evaluation), else with the batch's own. Returns the output and the batch's
-    ``(mean, var)`` (biased variance; ``statistics`` when given). The same function as the
+    ``(mean, var)`` (biased variance; ``statistics`` when given). With ``groups`` (batch
+    statistics only) each of ``groups`` equal blocks of consecutive images is normalised with
+    its own statistics, returned as ``(groups, channels)``: the tasks of a meta-batch through
+    shared weights in one call, each as it would be alone (:meth:`ConvBlock.shared_tasks`). The same function as the
     block written out, computed so that nothing but the convolution's output and the
     max-pool's gradient exists at full resolution:
 
@@ -90,22 +94,30 @@ def first_block(x: Tensor, weight: Tensor, bias: Tensor, norm_weight: Tensor, no
     """
     cols, size = _patches(x)
     filters = weight.reshape(weight.shape[0], -1)
+    if groups != 1 and statistics is not None:
+        raise ValueError("first_block: groups need batch statistics (statistics=None)")
     if statistics is None:  # the batch's: convolve the centred patches, whose output has mean `bias`
-        cols, statistics = _centred_statistics(cols, filters, bias)
+        cols, statistics = _centred_statistics(cols, filters, bias, groups)
         offset = bias
     else:
         offset = statistics[0]
     mean_free_bias = bias - offset  # the product's bias: z - mean comes out of it (zero with batch statistics)
     sign = torch.where(norm_weight >= 0, 1.0, -1.0).to(norm_weight.dtype)  # piecewise constant: no gradient
     centred = _conv_of_patches(cols, filters * sign.unsqueeze(1), mean_free_bias * sign, size)  # sign * (z - mean)
-    slope = norm_weight * sign * torch.rsqrt(statistics[1] + eps)
+    slope = norm_weight * sign * torch.rsqrt(statistics[1] + eps)  # (channels,) or (groups, channels)
+    pooled = F.max_pool2d(centred, 2)
+    if groups != 1:  # each group's images with its own slope
+        scaled = pooled.unflatten(0, (groups, -1)) * slope.view(groups, 1, -1, 1, 1) + norm_bias.view(1, 1, -1, 1, 1)
+        return F.relu(scaled.flatten(0, 1)), statistics
     shape = (1, -1, 1, 1)
-    return F.relu(F.max_pool2d(centred, 2) * slope.view(shape) + norm_bias.view(shape)), statistics
+    return F.relu(pooled * slope.view(shape) + norm_bias.view(shape)), statistics
 
 
-def _centred_statistics(cols: Tensor, filters: Tensor, bias: Tensor) -> tuple[Tensor, tuple[Tensor, Tensor]]:
+def _centred_statistics(cols: Tensor, filters: Tensor, bias: Tensor,
+                        groups: int = 1) -> tuple[Tensor, tuple[Tensor, Tensor]]:
     """The patch rows ``cols`` minus their mean, and the mean and biased variance per output channel of
-    their convolution by ``filters`` and ``bias``.
+    their convolution by ``filters`` and ``bias``; with ``groups``, of each of ``groups`` equal
+    blocks of rows (centred by its own mean; statistics ``(groups, channels)``).
 
     Centring keeps the convolution's operands small. On real Omniglot tasks the closed form's
     float32 meta-gradient has a median error at or below the block as written's
@@ -116,13 +128,14 @@ def _centred_statistics(cols: Tensor, filters: Tensor, bias: Tensor) -> tuple[Te
     # in float64: neighbouring pixels are strongly correlated, so for filters whose weights
     # nearly cancel, w S w^T is a small difference of large terms (in float32 that put MAML's
     # meta-gradient on Omniglot 2e-2 off float64; tests/unit/test_backbones.py, test_maml.py)
-    wide_cols, wide_filters = cols.to(torch.float64), filters.to(torch.float64)
-    mean_cols = wide_cols.mean(0)
+    wide_cols, wide_filters = cols.to(torch.float64).unflatten(0, (groups, -1)), filters.to(torch.float64)
+    mean_cols = wide_cols.mean(1, keepdim=True)  # (groups, 1, c*9)
     centred = wide_cols - mean_cols
-    covariance = centred.t() @ centred / cols.shape[0]
-    mean = wide_filters @ mean_cols + bias.to(torch.float64)
-    var = ((wide_filters @ covariance) * wide_filters).sum(1)
-    return centred.to(cols.dtype), (mean.to(cols.dtype), var.to(cols.dtype))
+    covariance = centred.transpose(1, 2) @ centred / wide_cols.shape[1]  # (groups, c*9, c*9)
+    mean = mean_cols.squeeze(1) @ wide_filters.t() + bias.to(torch.float64)
+    var = ((wide_filters @ covariance) * wide_filters).sum(-1)
+    shape = (-1,) if groups == 1 else (groups, -1)
+    return centred.flatten(0, 1).to(cols.dtype), (mean.view(shape).to(cols.dtype), var.view(shape).to(cols.dtype))
 
 
 def allow_closed_form(module: nn.Module, allowed: bool) -> int:
@@ -227,6 +240,10 @@ class ConvBlock(nn.Module):
         """
         self._needs_batch_statistics("shared_tasks")
         params = dict(self.named_parameters())
+        if self.closed_form(x):
+            out = first_block(x, params["conv.weight"], params["conv.bias"], params["norm.weight"],
+                              params["norm.bias"], self.norm.eps, groups=tasks)[0]
+            return out if self.channels_last else out.contiguous()
         x = grouped_batch_statistics_norm(self._conv(params, x), tasks, params["norm.weight"], params["norm.bias"],
                                           self.norm.eps)
         return self._pool_relu(x)
