@@ -9,8 +9,9 @@ strokes), batch-normalised with batch statistics in float32 by (a) `F.batch_norm
 channels-first tensor, (b) `F.batch_norm` on a channels-last tensor, (c) (b) after
 subtracting the detached per-channel mean (batch norm does not change under that shift),
 (d) `torch.var_mean` and element-wise arithmetic on the channels-last tensor (what metalab's
-batch norm does for channels-last inputs since this measurement, and under vmap); each against
-float64. Also times forward+backward of each on a
+batch norm did for channels-last inputs after this measurement, and does under vmap), (e)
+metalab's `batch_statistics_norm` on the channels-last tensor (two column means of its
+`(N*H*W, C)` matrix view, since commit 762f221); each against float64. Also times forward+backward of each on a
 (75, 64, 14, 14) channels-last activation (a 5-way query set). Appends `numerics` records:
 setting `<implementation>`, metrics `bn_rel_err_float32` (median over `--episodes` support
 sets) and `bn_ms_fwd_bwd`.
@@ -31,6 +32,7 @@ sys.path.insert(0, str(Path(__file__).resolve().parent))
 import records  # noqa: E402
 
 from metalab import BenchmarkConfig, build, make_benchmark  # noqa: E402
+from metalab.nn.batchnorm import batch_statistics_norm  # noqa: E402
 
 
 def native(x, g, b):
@@ -46,11 +48,16 @@ def basic_ops(x, g, b, eps=1e-5):
     return (x - mean) * (torch.rsqrt(var + eps) * g.view(1, -1, 1, 1)) + b.view(1, -1, 1, 1)
 
 
+def two_pass(x, g, b, eps=1e-5):
+    return batch_statistics_norm(x, g, b, eps)
+
+
 IMPLEMENTATIONS = {  # name: (function, layout)
     "native-channels-first": (native, torch.contiguous_format),
     "native-channels-last": (native, torch.channels_last),
     "centred-channels-last": (centred, torch.channels_last),
     "var-mean-channels-last": (basic_ops, torch.channels_last),
+    "two-pass-channels-last": (two_pass, torch.channels_last),
 }
 
 

@@ -105,12 +105,9 @@ def first_block(x: Tensor, weight: Tensor, bias: Tensor, norm_weight: Tensor, no
     sign = torch.where(norm_weight >= 0, 1.0, -1.0).to(norm_weight.dtype)  # piecewise constant: no gradient
     centred = _conv_of_patches(cols, filters * sign.unsqueeze(1), mean_free_bias * sign, size)  # sign * (z - mean)
     slope = norm_weight * sign * torch.rsqrt(statistics[1] + eps)  # (channels,) or (groups, channels)
-    pooled = F.max_pool2d(centred, 2)
-    if groups != 1:  # each group's images with its own slope
-        scaled = pooled.unflatten(0, (groups, -1)) * slope.view(groups, 1, -1, 1, 1) + norm_bias.view(1, 1, -1, 1, 1)
-        return F.relu(scaled.flatten(0, 1)), statistics
-    shape = (1, -1, 1, 1)
-    return F.relu(pooled * slope.view(shape) + norm_bias.view(shape)), statistics
+    scaled = (F.max_pool2d(centred, 2).unflatten(0, (groups, -1)) * slope.view(groups, 1, -1, 1, 1)
+              + norm_bias.view(1, 1, -1, 1, 1))
+    return F.relu(scaled.flatten(0, 1)), statistics
 
 
 def _centred_statistics(cols: Tensor, filters: Tensor, bias: Tensor,
