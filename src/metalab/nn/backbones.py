@@ -295,9 +295,8 @@ class Conv4(nn.Module):
             PyTorch's channels-last batch-norm kernel once put float32 meta-gradients on
             Omniglot 4e-4..1e-2 away from float64 at one inner step). ``None`` (the default):
             channels-last when the blocks max-pool, channels-first when they are strided, the
-            faster layout of each on a 2-core CPU: max-pool and batch norm of channels-last maps
-            cost a fraction of the channels-first kernels, while stride-2 convolutions run
-            faster channels-first (``benchmarks/throughput.py``, ``benchmarks/first_block.py``,
+            faster layout of each for whole training steps on a 2-core CPU
+            (``benchmarks/throughput.py``, ``benchmarks/first_block.py``,
             ``benchmarks/task_modes.py``). Always channels-first with ``vmap_safe``.
 
     :meth:`functional` is the network as a pure function of a parameter dict: unlike
