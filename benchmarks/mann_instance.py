@@ -72,7 +72,9 @@ def main() -> None:
     p.add_argument("--method", default="mann", choices=("mann", "lstm"))
     p.add_argument("--data-dir", default="../shared/data/omniglot")
     p.add_argument("--cache-dir", default=None)
-    p.add_argument("--split", default="vinyals")
+    p.add_argument("--split", default="vinyals",
+                   help="Omniglot split: vinyals (default), vinyals-trainval, lake or random (characters split at "
+                        "random whatever their alphabet, 1100 / 100 / 423: give the run a --label); recorded")
     p.add_argument("--classes", type=int, default=5, help="classes per episode (the paper: 5 or 15)")
     p.add_argument("--instances", type=int, default=10, help="presentations of each class per episode")
     p.add_argument("--jitter-degrees", type=float, default=0.0,
@@ -164,6 +166,7 @@ def main() -> None:
         **({"lr_schedule": f"{args.outer_lr:g}, x{args.lr_decay:g} every {args.lr_decay_every} steps"}
            if args.lr_decay_every else {}),
         **({"init_from": str(args.init_from)} if args.init_from else {}),
+        **({"split": args.split} if args.split != "vinyals" else {}),
         **({"ceiling": ceiling} if k == 1 else {}),
         **({"budget": args.label} if args.label else {}))
         for k, (mean, ci) in accuracy.items()]

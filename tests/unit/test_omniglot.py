@@ -8,6 +8,7 @@ import zipfile
 from collections import Counter
 from pathlib import Path
 
+import numpy as np
 import pytest
 import torch
 
@@ -81,14 +82,15 @@ def test_pixels(omniglot_images):
 @pytest.mark.parametrize(
     "split, characters",
     [("background", 964), ("evaluation", 659), ("vinyals-trainval", 1200),
-     ("vinyals-train", 1028), ("vinyals-val", 172), ("vinyals-test", 423)],
+     ("vinyals-train", 1028), ("vinyals-val", 172), ("vinyals-test", 423),
+     ("random-train", 1100), ("random-val", 100), ("random-test", 423)],
 )
 def test_split_sizes(omniglot_images, split, characters):
     plain = omniglot_split(omniglot_images, split, rotations=False)
     rotated = omniglot_split(omniglot_images, split, rotations=True)
     assert plain.num_classes == characters and rotated.num_classes == 4 * characters
     default = omniglot_split(omniglot_images, split)
-    assert default.num_classes == (rotated if split.startswith("vinyals-") else plain).num_classes
+    assert default.num_classes == (rotated if split.startswith(("vinyals-", "random-")) else plain).num_classes
     assert plain.data.shape == (characters, 20, 1, 28, 28) and plain.data.dtype == torch.uint8
     assert len(set(rotated.class_ids)) == rotated.num_classes
 
@@ -128,6 +130,24 @@ def test_vinyals_splits_partition(omniglot_images, rotations):
     if rotations:
         assert "Greek/character07/rot90" in split["vinyals-train"]
         assert {"Hebrew/character01/rot0", "Hebrew/character01/rot270"} <= split["vinyals-val"]
+
+
+def test_random_split_partitions_the_characters_across_alphabets(omniglot_images):
+    parts = {p: omniglot_split(omniglot_images, f"random-{p}", rotations=False) for p in ("train", "val", "test")}
+    ids = {p: set(d.class_ids) for p, d in parts.items()}
+    assert not ids["train"] & ids["val"] and not ids["train"] & ids["test"] and not ids["val"] & ids["test"]
+    assert ids["train"] | ids["val"] | ids["test"] == set(range(1623))
+    # characters are drawn whatever their alphabet: the test set shares alphabets with training (the Vinyals
+    # split holds whole alphabets out) and draws on both archives
+    alphabets = {p: {n.split("/")[0] for n in d.class_names} for p, d in parts.items()}
+    assert len(alphabets["test"]) >= 45 and len(alphabets["test"] - alphabets["train"]) == 0
+    background = dict(zip(omniglot_images.char_ids, omniglot_images.background.tolist()))
+    assert 100 < sum(background[i] for i in ids["test"]) < 323
+    # fixed for good: RandomState(1)'s permutation of the character ids
+    order = np.random.RandomState(1).permutation(1623)
+    assert set(order[:1100].tolist()) == ids["train"] and set(order[1100:1200].tolist()) == ids["val"]
+    rotated = omniglot_split(omniglot_images, "random-test")
+    assert set(rotated.class_ids) == {4 * i + k for i in ids["test"] for k in range(4)}
 
 
 def test_ids_names_and_rotation(omniglot_images):

@@ -242,6 +242,19 @@ def test_omniglot_online_benchmark_has_20x20_sequences_of_50_steps(omniglot_dir,
     assert batch.is_online and batch.query_x.shape == (2, 50, 1, 20, 20)
 
 
+@pytest.mark.parametrize("split, classes", [("vinyals", (1028, 172, 423)), ("vinyals-trainval", (1200, 172, 423)),
+                                            ("lake", (792, 172, 659)), ("random", (1100, 100, 423))])
+def test_omniglot_splits_give_train_val_and_test_characters(omniglot_dir, omniglot_cache, split, classes):
+    bench = make_benchmark(BenchmarkConfig("omniglot-online", data_dir=str(omniglot_dir), cache_dir=str(omniglot_cache),
+                                           split=split, image_size=28))
+    parts = [source.dataset for source in (bench.train, bench.val, bench.test)]
+    rotations = 1 if split == "lake" else 4
+    assert tuple(d.num_classes for d in parts) == tuple(rotations * c for c in classes)
+    train, val, test = (set(d.class_ids) for d in parts)
+    assert not train & test and not val & test
+    assert (train >= val) == (split == "vinyals-trainval")
+
+
 def test_omniglot_online_sizes_follow_the_config(omniglot_dir, omniglot_cache, omniglot_images):
     # image_size=28: the size the omniglot_images fixture already decoded into this cache
     bench = make_benchmark(BenchmarkConfig("omniglot-online", data_dir=str(omniglot_dir), cache_dir=str(omniglot_cache),

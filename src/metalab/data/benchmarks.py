@@ -18,7 +18,7 @@ from metalab.utils.errors import MetalabError
 
 VAL_STREAM = 0x7A1
 TEST_STREAM = 0x7E57
-OMNIGLOT_SPLITS = ("vinyals", "vinyals-trainval", "lake")
+OMNIGLOT_SPLITS = ("vinyals", "vinyals-trainval", "lake", "random")
 
 
 @dataclass(frozen=True)
@@ -52,8 +52,10 @@ class BenchmarkConfig:
         cache_dir: where decoded images are cached (default ``~/.cache/metalab``).
         split: Omniglot split: ``vinyals`` (train 1028 / val 172 / test 423 characters,
             x4 rotations), ``vinyals-trainval`` (train on all 1200 Vinyals training
-            characters; validation then overlaps training) or ``lake`` (background minus the
-            validation alphabets / validation alphabets / evaluation).
+            characters; validation then overlaps training), ``lake`` (background minus the
+            validation alphabets / validation alphabets / evaluation) or ``random`` (characters
+            split at random whatever their alphabet, 1100 / 100 / 423, x4 rotations: the sizes
+            of Finn et al.'s MAML code release; see :mod:`metalab.data.omniglot`).
         n_way: classes per test (and validation) episode.
         k_shot: support examples per class at test time (per task for regression).
         n_query: query examples per class at test time; ``None``: 15 for Omniglot, 100
@@ -156,6 +158,8 @@ def _omniglot_splits(cfg: BenchmarkConfig, image_size: int, progress: bool) -> t
         train = background.subset(keep)
         val = background.subset([i for i, n in enumerate(background.class_names) if n in val_names])
         test = omniglot_split(images, "evaluation")
+    elif cfg.split == "random":
+        train, val, test = (omniglot_split(images, f"random-{part}") for part in ("train", "val", "test"))
     else:
         train = omniglot_split(images, "vinyals-train" if cfg.split == "vinyals" else "vinyals-trainval")
         val = omniglot_split(images, "vinyals-val")

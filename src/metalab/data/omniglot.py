@@ -19,6 +19,13 @@ Splits:
   the background alphabets Hebrew, Mkhedruli_(Georgian), Armenian, Early_Aramaic and Bengali
   (172 characters); train is the remaining 1028. Each character gives 4 classes rotated by
   0, 90, 180 and 270 degrees.
+- ``random-*``: the characters split at random, whatever their alphabet: 1100 train, 100
+  validation and 423 test characters, x4 rotations. These are the sizes of Finn et al.'s MAML
+  code release (2017), which shuffles the character folders with ``random.seed(1)`` (its
+  permutation depends on the directory listing and cannot be rebuilt); Santoro et al. (2016)
+  give only "1200 training, 423 test classes". Test characters then come from alphabets seen in
+  training, unlike the Vinyals split. The permutation here is ``RandomState(1)`` over the
+  character ids, fixed for good (numpy's legacy generator never changes its stream).
 """
 
 from __future__ import annotations
@@ -43,7 +50,8 @@ from metalab.utils.errors import MetalabError
 from metalab.utils.io import atomic_torch_save
 
 ARCHIVES = ("images_background.zip", "images_evaluation.zip")
-SPLITS = ("background", "evaluation", "vinyals-train", "vinyals-val", "vinyals-trainval", "vinyals-test")
+SPLITS = ("background", "evaluation", "vinyals-train", "vinyals-val", "vinyals-trainval", "vinyals-test",
+          "random-train", "random-val", "random-test")
 
 # (alphabets, characters) of each archive in the official release.
 _EXPECTED = {"images_background.zip": (30, 964), "images_evaluation.zip": (20, 659)}
@@ -55,6 +63,8 @@ _VINYALS_TEST_ALPHABETS = (
 )
 _VINYALS_TEST_EXTRA = tuple(f"Gurmukhi/character{n}" for n in (42, 43, 44, 45))
 _VINYALS_VAL_ALPHABETS = ("Hebrew", "Mkhedruli_(Georgian)", "Armenian", "Early_Aramaic", "Bengali")
+_RANDOM_SIZES = (1100, 100, 423)  # train, validation, test characters of the random split
+_RANDOM_SEED = 1
 
 
 @dataclass(frozen=True)
@@ -220,6 +230,20 @@ def _to_float(batch: Tensor) -> Tensor:
     return batch.to(torch.float32) / 255.0
 
 
+def _random_membership(char_ids: list[int]) -> dict[str, list[bool]]:
+    """Membership of each character in ``random-train`` / ``-val`` / ``-test``.
+
+    The character ids (0..1622) are permuted by ``RandomState(1)``; the first 1100 train, the
+    next 100 validate, the last 423 test.
+    """
+    order = np.random.RandomState(_RANDOM_SEED).permutation(_NUM_CHARACTERS)
+    part = np.empty(_NUM_CHARACTERS, dtype=np.int64)
+    bounds = np.cumsum((0,) + _RANDOM_SIZES)
+    for k in range(len(_RANDOM_SIZES)):
+        part[order[bounds[k]:bounds[k + 1]]] = k
+    return {f"random-{name}": [int(part[c]) == k for c in char_ids] for k, name in enumerate(("train", "val", "test"))}
+
+
 def omniglot_split(images: OmniglotImages, split: str, rotations: bool | None = None) -> ClassDataset:
     """The classes of one split as a ClassDataset.
 
@@ -227,7 +251,7 @@ def omniglot_split(images: OmniglotImages, split: str, rotations: bool | None = 
         images: the output of :func:`load_omniglot`, ``images`` ``(1623, 20, S, S)``.
         split: one of ``SPLITS``.
         rotations: 4 classes per character (rotated by 0/90/180/270 degrees); default True
-            for the ``vinyals-*`` splits and False for ``background``/``evaluation``.
+            for the ``vinyals-*`` and ``random-*`` splits and False for ``background``/``evaluation``.
 
     Returns:
         ClassDataset with ``data`` ``(C, 20, 1, S, S)`` uint8 in character-id order (the four
@@ -238,7 +262,7 @@ def omniglot_split(images: OmniglotImages, split: str, rotations: bool | None = 
     if split not in SPLITS:
         raise MetalabError(f"unknown Omniglot split {split!r}; choose one of {', '.join(SPLITS)}")
     if rotations is None:
-        rotations = split.startswith("vinyals-")
+        rotations = split.startswith(("vinyals-", "random-"))
     names = [f"{a}/{c}" for a, c in zip(images.alphabets, images.characters)]
     background = images.background.tolist()
     test = [not bg and (a in _VINYALS_TEST_ALPHABETS or n in _VINYALS_TEST_EXTRA)
@@ -246,7 +270,8 @@ def omniglot_split(images: OmniglotImages, split: str, rotations: bool | None = 
     val = [bg and a in _VINYALS_VAL_ALPHABETS for bg, a in zip(background, images.alphabets)]
     member = {"background": background, "evaluation": [not bg for bg in background],
               "vinyals-test": test, "vinyals-trainval": [not t for t in test], "vinyals-val": val,
-              "vinyals-train": [not t and not v for t, v in zip(test, val)]}[split]
+              "vinyals-train": [not t and not v for t, v in zip(test, val)],
+              **_random_membership(images.char_ids)}[split]
     keep = [i for i, m in enumerate(member) if m]
     data = images.images[torch.tensor(keep, dtype=torch.int64)].unsqueeze(2)
     ids = [images.char_ids[i] for i in keep]
