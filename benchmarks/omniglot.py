@@ -104,6 +104,10 @@ def main() -> None:
     p.add_argument("--method", default="protonet")
     p.add_argument("--data-dir", default="../shared/data/omniglot")
     p.add_argument("--cache-dir", default=None)
+    p.add_argument("--split", default="vinyals",
+                   help="Omniglot split: vinyals (default), vinyals-trainval, lake or random (characters split at "
+                        "random whatever their alphabet, 1100 / 100 / 423: the sizes of Finn et al.'s MAML code, whose "
+                        "Omniglot numbers come from such a split); recorded, give the run a --budget-label")
     p.add_argument("--n-way", type=int, default=5, help="validation (and MAML head) ways")
     p.add_argument("--k-shot", type=int, default=1, help="validation shots")
     p.add_argument("--train-n-way", type=int, default=60)
@@ -143,7 +147,7 @@ def main() -> None:
     hparams = parse_assignments(args.hparams)
 
     def config(n_way: int, k_shot: int) -> BenchmarkConfig:
-        return BenchmarkConfig("omniglot", data_dir=args.data_dir, cache_dir=args.cache_dir, n_way=n_way,
+        return BenchmarkConfig("omniglot", data_dir=args.data_dir, cache_dir=args.cache_dir, split=args.split, n_way=n_way,
                                k_shot=k_shot, train_n_way=args.train_n_way, train_k_shot=args.train_k_shot,
                                train_n_query=args.train_n_query, seed=derive_seed(args.seed, 1))
 
@@ -194,6 +198,7 @@ def main() -> None:
             **({"autocast": args.autocast} if args.autocast else {}),
             **({} if closed_form else {"first_block": args.first_block}),
             **({} if args.layout == "default" else {"layout": args.layout}),
+            **({} if args.split == "vinyals" else {"split": args.split}),
             **({"budget": args.budget_label} if args.budget_label else {})))
     print(records.append("omniglot", rows, args.results_dir))
 

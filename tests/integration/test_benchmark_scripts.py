@@ -172,28 +172,31 @@ def test_meta_gradient_precision_records_the_float32_error_distribution_of_each_
     assert bad.returncode == 2 and "unknown rows ['5w1s-3rd-1step']" in bad.stderr
 
 
-@pytest.mark.parametrize("layout", ["default", "channels-first"])
-def test_omniglot_benchmark_trains_tests_and_records(tmp_path, omniglot_dir, omniglot_images, omniglot_cache, layout):
+@pytest.mark.parametrize("layout, split", [("default", "vinyals"), ("channels-first", "random")])
+def test_omniglot_benchmark_trains_tests_and_records(tmp_path, omniglot_dir, omniglot_images, omniglot_cache, layout,
+                                                     split):
     done = run_script("omniglot.py", "--method", "protonet", "--data-dir", str(omniglot_dir), "--cache-dir",
                       str(omniglot_cache), "--settings", "5w1s", "--train-n-way", "5", "--steps", "2",
                       "--val-every", "1", "--val-episodes", "2", "--test-episodes", "4", "--threads", "1",
                       "--out", str(tmp_path / "run"), "--results-dir", str(tmp_path / "results"), "--autocast",
-                      "bfloat16", "--layout", layout)
+                      "bfloat16", "--layout", layout, "--split", split)
     assert done.returncode == 0, done.stderr
     (row,) = read_records(tmp_path / "results" / "omniglot.jsonl")
     assert row["autocast"] == "bfloat16" and row.get("layout") == (None if layout == "default" else layout)
+    assert row.get("split") == (None if split == "vinyals" else split)
     assert (row["method"], row["setting"], row["metric"], row["steps"]) == ("protonet", "5w1s", "accuracy", 2)
     assert 0 <= row["value"] <= 1 and row["ci95"] > 0 and row["paper"] is not None
     assert [t for t, _ in row["val_curve"]] == sorted(t for t, _ in row["val_curve"]) and len(row["val_curve"]) == 2
 
 
-@pytest.mark.parametrize("classes, labels, prefix, paper", [
-    (5, (), "5class-", (0.244, 0.495, 0.553, 0.610, 0.636, 0.625)),  # Santoro et al. Table 1
-    (15, ("--label-length", "5"), "15class-string5x5-", (0.0, 0.022, 0.029, 0.043, 0.056, 0.127)),  # Table 2
+@pytest.mark.parametrize("classes, labels, prefix, paper, split", [
+    (5, (), "5class-", (0.244, 0.495, 0.553, 0.610, 0.636, 0.625), "vinyals"),  # Santoro et al. Table 1
+    (15, ("--label-length", "5"), "15class-string5x5-", (0.0, 0.022, 0.029, 0.043, 0.056, 0.127), "random"),  # Table 2
 ])
 def test_mann_instance_benchmark_records_every_presentation(tmp_path, omniglot_dir, omniglot_images, omniglot_cache,
-                                                            classes, labels, prefix, paper):
-    done = run_script("mann_instance.py", "--method", "lstm", "--classes", str(classes), *labels, "--data-dir",
+                                                            classes, labels, prefix, paper, split):
+    done = run_script("mann_instance.py", "--method", "lstm", "--classes", str(classes), *labels, "--split", split,
+                      "--data-dir",
                       str(omniglot_dir), "--cache-dir", str(omniglot_cache), "--steps", "2", "--meta-batch-size", "2",
                       "--val-every", "1", "--val-episodes", "2", "--test-episodes", "4", "--threads", "1",
                       "--lr-decay-every", "1", "--out", str(tmp_path / "run"),
@@ -201,6 +204,7 @@ def test_mann_instance_benchmark_records_every_presentation(tmp_path, omniglot_d
     assert done.returncode == 0, done.stderr
     rows = read_records(tmp_path / "results" / "mann-instance.jsonl")
     assert all(r["lr_schedule"] == "0.0001, x0.5 every 1 steps" for r in rows)
+    assert all(r.get("split") == (None if split == "vinyals" else split) for r in rows)
     last = torch.load(tmp_path / "run" / "last.pt", weights_only=False)  # the rate halved after each of the 2 steps
     assert [g["lr"] for g in last["optimizer"]["param_groups"]] == [pytest.approx(0.25e-4)]
     assert [r["setting"] for r in rows] == [f"{prefix}instance{k}" for k in (1, 2, 3, 4, 5, 10)]
