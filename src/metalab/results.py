@@ -29,18 +29,34 @@ from metalab.utils.io import atomic_write_text
 _SOURCE = Path(__file__).resolve().parent
 
 
+def cpu_description(cpuinfo: str) -> str:
+    """The first processor of a ``/proc/cpuinfo`` text: ``"<model name> (family F model M stepping S, <cache>)"``.
+
+    Cloud machines often name their CPU only "Intel(R) Xeon(R) Processor"; the model number and cache size tell
+    two generations apart (model 143 is Sapphire Rapids, 207 Emerald Rapids), so that timings from different
+    machines do not pass for one series. Fields missing from the text are left out.
+    """
+    fields: dict[str, str] = {}
+    for line in cpuinfo.splitlines():
+        if not line.strip():
+            break  # the end of the first processor's block
+        key, _, value = line.partition(":")
+        fields.setdefault(key.strip(), value.strip())
+    ids = " ".join(f"{name} {fields[key]}" for key, name in
+                   (("cpu family", "family"), ("model", "model"), ("stepping", "stepping")) if fields.get(key))
+    details = ", ".join(d for d in (ids, fields.get("cache size") and f"{fields['cache size']} cache") if d)
+    name = fields.get("model name") or platform.processor() or "unknown CPU"
+    return f"{name} ({details})" if details else name
+
+
 def machine() -> str:
-    """``"<cores> cores, <CPU model>, torch <version>, <device>, <threads> threads"``."""
-    model = platform.processor() or "unknown CPU"
+    """``"<cores> cores, <CPU> (family F model M stepping S, <cache>), torch <version>, <device>, <threads> threads"``."""
     try:
-        for line in Path("/proc/cpuinfo").read_text().splitlines():
-            if line.startswith("model name"):
-                model = line.split(":", 1)[1].strip()
-                break
+        cpu = cpu_description(Path("/proc/cpuinfo").read_text())
     except OSError:
-        pass
+        cpu = platform.processor() or "unknown CPU"
     device = torch.cuda.get_device_name(0) if torch.cuda.is_available() else "cpu"
-    return f"{os.cpu_count()} cores, {model}, torch {torch.__version__}, {device}, {torch.get_num_threads()} threads"
+    return f"{os.cpu_count()} cores, {cpu}, torch {torch.__version__}, {device}, {torch.get_num_threads()} threads"
 
 
 @functools.cache

@@ -29,6 +29,16 @@ def test_record_has_the_design_fields_and_append_accumulates(tmp_path):
     assert [x["value"] for x in results.load(tmp_path)] == [0.9, 0.8]
 
 
+def test_the_machine_names_the_cpu_model_number_and_cache_of_the_first_processor():
+    block = ("processor\t: {n}\nvendor_id\t: GenuineIntel\ncpu family\t: 6\nmodel\t\t: {model}\n"
+             "model name\t: Intel(R) Xeon(R) Processor\nstepping\t: 2\ncache size\t: 307200 KB\n\n")
+    text = block.format(n=0, model=207) + block.format(n=1, model=143)
+    assert results.cpu_description(text) == \
+        "Intel(R) Xeon(R) Processor (family 6 model 207 stepping 2, 307200 KB cache)"
+    assert results.cpu_description("model name\t: Some CPU\n") == "Some CPU"
+    assert "threads" in results.machine() and "torch" in results.machine()
+
+
 def test_a_records_file_that_would_pass_the_limit_is_moved_aside_and_both_are_loaded(tmp_path, monkeypatch):
     path = tmp_path / "omniglot.jsonl"
     results.append([_rec(0.9, "2026-01-01"), _rec(0.8, "2026-01-02")], path)
