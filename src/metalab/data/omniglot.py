@@ -236,11 +236,8 @@ def _random_membership(char_ids: list[int]) -> dict[str, list[bool]]:
     The character ids (0..1622) are permuted by ``RandomState(1)``; the first 1100 train, the
     next 100 validate, the last 423 test.
     """
-    order = np.random.RandomState(_RANDOM_SEED).permutation(_NUM_CHARACTERS)
     part = np.empty(_NUM_CHARACTERS, dtype=np.int64)
-    bounds = np.cumsum((0,) + _RANDOM_SIZES)
-    for k in range(len(_RANDOM_SIZES)):
-        part[order[bounds[k]:bounds[k + 1]]] = k
+    part[np.random.RandomState(_RANDOM_SEED).permutation(_NUM_CHARACTERS)] = np.repeat(np.arange(3), _RANDOM_SIZES)
     return {f"random-{name}": [int(part[c]) == k for c in char_ids] for k, name in enumerate(("train", "val", "test"))}
 
 
