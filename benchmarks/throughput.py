@@ -225,6 +225,10 @@ class Implementation:
         return torch.cat([(torch.zeros_like(p) if p.grad is None else p.grad).reshape(-1) for p in self.params]).double()
 
 
+IMPLEMENTATIONS = ("reference", "higher", "metalab", "metalab channels-first", "metalab batched channels-last",
+                   "metalab bfloat16")  # the names of what implementations() returns, in its order
+
+
 def implementations(row: Row, batch: EpisodeBatch, dtype: torch.dtype = torch.float32) -> list[Implementation]:
     torch.manual_seed(0)
     model = conv4(row.n_way).to(dtype)
@@ -244,7 +248,7 @@ def implementations(row: Row, batch: EpisodeBatch, dtype: torch.dtype = torch.fl
             for a, b in zip(src, dst):
                 assert a.shape == b.shape, f"parameter shapes differ: reference {tuple(a.shape)}, metalab {tuple(b.shape)}"
                 b.copy_(a)
-    return [
+    impls = [
         Implementation("reference", "loop-reference", lambda: reference_step(model, batch, row), src),
         Implementation("higher", "higher", lambda: higher_step(twin, batch, row), list(twin.parameters())),
         Implementation("metalab", "maml", lambda: algo.meta_gradient(batch), list(algo.parameters())),
@@ -255,6 +259,8 @@ def implementations(row: Row, batch: EpisodeBatch, dtype: torch.dtype = torch.fl
         Implementation("metalab bfloat16", "maml-bf16", lambda: bfloat16(algo.meta_gradient, batch),
                        list(algo.parameters())),
     ]
+    assert tuple(impl.name for impl in impls) == IMPLEMENTATIONS
+    return impls
 
 
 def bfloat16(step: Callable[[EpisodeBatch], object], batch: EpisodeBatch) -> None:

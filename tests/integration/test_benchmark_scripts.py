@@ -134,6 +134,32 @@ def test_throughput_checks_then_times_and_records_the_conv_bound(tmp_path, omnig
     assert len(faults) == 6 and all(f >= 0 for f in faults)
 
 
+def test_profile_step_files_every_operator_under_a_kind_and_records_the_shares(tmp_path, omniglot_dir,
+                                                                               omniglot_images, omniglot_cache):
+    done = run_script("profile_step.py", "--rows", "5w1s-2nd-1step", "--tasks", "1", "--reps", "1", "--threads", "1",
+                      "--implementations", "reference,metalab", "--data-dir", str(omniglot_dir),
+                      "--cache-dir", str(omniglot_cache), "--results-dir", str(tmp_path))
+    assert done.returncode == 0, done.stderr
+    rows = read_records(tmp_path / "profile.jsonl")
+    assert {r["method"] for r in rows} == {"loop-reference", "maml"}
+    assert {r["setting"] for r in rows} == {"2nd-order-1step-5w1s-mb1"}
+    for method in ("loop-reference", "maml"):
+        value = {r["metric"]: r["value"] for r in rows if r["method"] == method}
+        shares = {k.removeprefix("share_"): v for k, v in value.items() if k.startswith("share_")}
+        seconds = {k.removeprefix("seconds_"): v for k, v in value.items() if k.startswith("seconds_")}
+        assert set(shares) == set(seconds) - {"per_iter_profiled"} and "convolution" in shares
+        assert sum(shares.values()) == pytest.approx(1.0)
+        assert sum(v for k, v in seconds.items() if k != "per_iter_profiled") == pytest.approx(
+            value["seconds_per_iter_profiled"])
+        assert shares["convolution"] > 0.1 and shares["other"] < 0.05, (method, shares)
+    # the reference runs torch's fused batch norm; metalab's is made of basic operations
+    reference = {r["metric"]: r["value"] for r in rows if r["method"] == "loop-reference"}
+    assert reference["share_batch_norm"] > 0.05
+    bad = run_script("profile_step.py", "--implementations", "reference,nope", "--results-dir", str(tmp_path / "bad"))
+    assert bad.returncode == 2 and "unknown implementations ['nope']" in bad.stderr
+    assert not (tmp_path / "bad").exists()
+
+
 def test_first_block_checks_then_times_both_ways_and_records_the_speedup(tmp_path, omniglot_dir, omniglot_images,
                                                                         omniglot_cache):
     done = run_script("first_block.py", "--presets", "siamese-omniglot-5w1s", "--reps", "1", "--threads", "1",
