@@ -8,7 +8,7 @@ same weights; ``--implementations`` picks among ``reference``, ``higher``, ``met
 and implementation: one warm-up iteration, then ``--reps`` iterations under
 ``torch.profiler`` (CPU activity). Every operator's self time (its own time, not its
 children's, so the self times add up to the whole) is put into one of the kinds below by its
-name, and each kind's seconds per iteration and share of the total are printed and recorded:
+name, and each kind's seconds per iteration are printed (with its share of the total) and recorded:
 
 - ``convolution``: oneDNN's convolutions and their gradients (``aten::mkldnn_convolution``,
   ``aten::convolution_backward``, ...), and ``im2col`` / ``col2im``;
@@ -30,7 +30,7 @@ The profiler adds a fixed cost to every operator call, so the profiled time per 
 towards the kinds made of many small calls; compare implementations within one run. Records:
 benchmark ``profile``, method as in ``throughput.py`` (``loop-reference``, ``maml``, ...),
 setting like ``2nd-order-1step-5w1s`` (``-mb<tasks>`` with ``--tasks``), metrics
-``seconds_<kind>`` and ``share_<kind>``. A benchmark run by hand: nothing is timed in the
+``seconds_<kind>`` and their sum ``seconds_per_iter_profiled``. A benchmark run by hand: nothing is timed in the
 test suite.
 """
 
@@ -159,9 +159,7 @@ def main() -> None:
                       "inner_steps": row.inner_steps, "first_order": row.first_order, "inner_lr": throughput.INNER_LR,
                       "reps": args.reps, "threads": torch.get_num_threads()}
             metrics = {"seconds_per_iter_profiled": totals[impl.name]}
-            for kind, seconds in kinds.items():
-                metrics[f"seconds_{kind}"] = seconds
-                metrics[f"share_{kind}"] = seconds / totals[impl.name]
+            metrics.update({f"seconds_{kind}": seconds for kind, seconds in kinds.items()})
             out += [records.record("profile", impl.method, setting, metric, value, None, None, None, None,
                                    config=config) for metric, value in metrics.items()]
     if not args.no_record:
