@@ -305,14 +305,14 @@ def render(records: Iterable[dict[str, Any]], generator: str, plots: Mapping[str
     for bench, rows in by_bench.items():
         lines += ["", f"## {bench}", "", "| method | setting | metric | value ± 95% CI | paper | train time | steps | commit |",
                   "|---|---|---|---|---|---|---|---|"]
-        commands: dict[str, list[str]] = {}
+        commands: dict[tuple[str, str], list[str]] = {}  # (command, machine): what it produced
         for r in rows:
             ci = "" if r.get("ci95") is None else f" ± {_fmt(r['metric'], r['ci95'])}"
             train = "–" if r.get("train_seconds") is None else f"{r['train_seconds'] / 60:.1f} min"
             setting = _label(r)
             lines.append(f"| {r['method']} | {setting} | {r['metric']} | {_fmt(r['metric'], r['value'])}{ci} | "
                          f"{_fmt(r['metric'], r.get('paper'))} | {train} | {r.get('steps') or '–'} | {r.get('commit', '–')} |")
-            what = commands.setdefault(r["command"], [])
+            what = commands.setdefault((r["command"], r.get("machine", "unknown")), [])
             what.append(f"{r['method']} {setting}")
             if r.get("train_episodes"):
                 what.append(f"training episodes: {r['train_episodes']}")
@@ -335,10 +335,12 @@ def render(records: Iterable[dict[str, Any]], generator: str, plots: Mapping[str
                       f"the run's validation error from {PROJECTION_FIT_FROM:.0%} of its training time on (log-log "
                       "least squares; a power law without a floor, so an optimistic projection). Plots of the curves "
                       "are under Learning curves.", ""] + reaching
-        lines += ["", "Commands (run from the repository root):", ""]
-        for command, what in commands.items():
-            lines.append(f"- `{command}` → {', '.join(sorted(set(what)))}")
-        lines += ["", "Machine: " + "; ".join(sorted({r.get("machine", "unknown") for r in rows}))]
+        # each command names the machine it ran on: timings from two machines must not pass for one series
+        machines = {m: i for i, m in enumerate(sorted({machine for _, machine in commands}), 1)}
+        lines += ["", "Commands (run from the repository root), each with the machine it ran on:", ""]
+        for (command, machine), what in commands.items():
+            lines.append(f"- `{command}` → {', '.join(sorted(set(what)))} (machine {machines[machine]})")
+        lines += ["", "Machines:", ""] + [f"{i}. {m}" for m, i in machines.items()]
     if plots:
         lines += ["", "## Learning curves", "",
                   "Validation accuracy against training time, drawn from the runs' `metrics.jsonl` by",
