@@ -48,7 +48,6 @@ sys.path.insert(0, str(Path(__file__).resolve().parent))
 import records  # noqa: E402
 import throughput  # noqa: E402
 
-import metalab  # noqa: E402
 
 KINDS = {  # kind: operator names (without the ``aten::`` prefix); the first kind that lists a name takes it
     "convolution": ("mkldnn_convolution", "convolution_backward", "convolution", "_convolution", "conv2d",
@@ -114,7 +113,7 @@ def main() -> None:
     p.add_argument("--implementations", default="reference,metalab",
                    help=f"comma-separated, from {names} (default: reference,metalab)")
     p.add_argument("--reps", type=int, default=3, help="profiled iterations per implementation")
-    p.add_argument("--tasks", type=int, default=None, help="override the meta-batch size (quick checks)")
+    throughput.add_tasks_flag(p)
     records.add_timing_flags(p)
     args = p.parse_args()
     chosen = args.implementations.split(",")
@@ -126,18 +125,12 @@ def main() -> None:
         p.error(f"--reps must be at least 1, got {args.reps}")
     if args.threads is not None:
         torch.set_num_threads(args.threads)
-    rows = throughput.selected_rows(p, args.rows)
-    if args.tasks is not None:
-        rows = [throughput.Row(r.n_way, args.tasks, r.first_order, r.inner_steps) for r in rows]
+    batches = throughput.row_batches(p, args)
 
     out = []
-    for row in rows:
-        bench = metalab.make_benchmark(metalab.BenchmarkConfig(
-            "omniglot", data_dir=args.data_dir, cache_dir=args.cache_dir, n_way=row.n_way, k_shot=1, n_query=15,
-            train_n_way=row.n_way, train_k_shot=1, train_n_query=15))
-        impls = [impl for impl in throughput.implementations(row, bench.train.batch(0, row.meta_batch_size))
-                 if impl.name in chosen]
-        setting = row.setting if args.tasks is None else f"{row.setting}-mb{row.meta_batch_size}"
+    for row, batch in batches.items():
+        impls = [impl for impl in throughput.implementations(row, batch) if impl.name in chosen]
+        setting = throughput.row_setting(row, args.tasks)
         table = [f"{row.name} (meta-batch {row.meta_batch_size}), self seconds per iteration (share):",
                  "| kind | " + " | ".join(impl.name for impl in impls) + " |", "|---" * (len(impls) + 1) + "|"]
         profiled = {impl.name: profile_seconds(impl, args.reps) for impl in impls}
@@ -155,9 +148,7 @@ def main() -> None:
             if others:
                 print(f"{impl.name}: filed under other: " + ", ".join(
                     f"{name} {seconds * 1e3:.1f} ms" for name, seconds in sorted(others.items(), key=lambda kv: -kv[1])))
-            config = {"meta_batch_size": row.meta_batch_size, "n_way": row.n_way, "k_shot": 1, "n_query": 15,
-                      "inner_steps": row.inner_steps, "first_order": row.first_order, "inner_lr": throughput.INNER_LR,
-                      "reps": args.reps, "threads": torch.get_num_threads()}
+            config = throughput.row_config(row, args.reps)
             metrics = {"seconds_per_iter_profiled": totals[impl.name]}
             metrics.update({f"seconds_{kind}": seconds for kind, seconds in kinds.items()})
             out += [records.record("profile", impl.method, setting, metric, value, None, None, None, None,

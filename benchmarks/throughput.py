@@ -170,6 +170,34 @@ def selected_rows(parser: argparse.ArgumentParser, names: str | None) -> list[Ro
     return [r for r in ROWS if r.name in names.split(",")]
 
 
+def add_tasks_flag(parser: argparse.ArgumentParser) -> None:
+    parser.add_argument("--tasks", type=int, default=None, help="override the meta-batch size (quick checks)")
+
+
+def row_batches(parser: argparse.ArgumentParser, args: argparse.Namespace) -> dict[Row, EpisodeBatch]:
+    """The rows of ``--rows`` (meta-batch ``--tasks`` where given), each with its training batch of Omniglot
+    episodes (1 shot, 15 queries per class; one benchmark per way)."""
+    rows = selected_rows(parser, args.rows)
+    if args.tasks is not None:
+        rows = [Row(r.n_way, args.tasks, r.first_order, r.inner_steps) for r in rows]
+    benches = {n_way: metalab.make_benchmark(metalab.BenchmarkConfig(
+        "omniglot", data_dir=args.data_dir, cache_dir=args.cache_dir, n_way=n_way, k_shot=1, n_query=15,
+        train_n_way=n_way, train_k_shot=1, train_n_query=15)) for n_way in sorted({r.n_way for r in rows})}
+    return {row: benches[row.n_way].train.batch(0, row.meta_batch_size) for row in rows}
+
+
+def row_setting(row: Row, tasks: int | None) -> str:
+    """A row's record setting; quick checks with ``--tasks`` end in ``-mb<tasks>``."""
+    return row.setting if tasks is None else f"{row.setting}-mb{row.meta_batch_size}"
+
+
+def row_config(row: Row, reps: int) -> dict:
+    """What a row's records say about its episodes, inner loop and timing."""
+    return {"meta_batch_size": row.meta_batch_size, "n_way": row.n_way, "k_shot": 1, "n_query": 15,
+            "inner_steps": row.inner_steps, "first_order": row.first_order, "inner_lr": INNER_LR, "reps": reps,
+            "threads": torch.get_num_threads()}
+
+
 # 1. the reference: conv4 and MAML as a user writes them ---------------------------------
 def conv4(n_way: int) -> nn.Sequential:
     layers: list[nn.Module] = []
@@ -399,7 +427,7 @@ def main() -> None:
     p = argparse.ArgumentParser(description=__doc__.splitlines()[0])
     add_rows_flag(p)
     p.add_argument("--reps", type=int, default=5, help="timed iterations per implementation")
-    p.add_argument("--tasks", type=int, default=None, help="override the meta-batch size (quick checks)")
+    add_tasks_flag(p)
     records.add_timing_flags(p)
     args = p.parse_args()
     if higher is None:
@@ -408,17 +436,8 @@ def main() -> None:
         sys.exit(2)
     if args.threads is not None:
         torch.set_num_threads(args.threads)
-    rows = selected_rows(p, args.rows)
-    if args.tasks is not None:
-        rows = [Row(r.n_way, args.tasks, r.first_order, r.inner_steps) for r in rows]
-
-    def benchmark(n_way: int) -> metalab.Benchmark:
-        return metalab.make_benchmark(metalab.BenchmarkConfig(
-            "omniglot", data_dir=args.data_dir, cache_dir=args.cache_dir, n_way=n_way, k_shot=1, n_query=15,
-            train_n_way=n_way, train_k_shot=1, train_n_query=15))
-
-    benches = {n_way: benchmark(n_way) for n_way in sorted({r.n_way for r in rows})}
-    batches = {row: benches[row.n_way].train.batch(0, row.meta_batch_size) for row in rows}
+    batches = row_batches(p, args)
+    rows = list(batches)
 
     # correctness of every row first: nothing is timed if one meta-gradient is wrong
     errors = {row: check(row, batches[row]) for row in rows}
@@ -447,17 +466,15 @@ def main() -> None:
         flops = count_flops(impls[0])
         results = {impl.name: measure(impl, args.reps) for impl in impls}
         ref_seconds = results["reference"][0]
-        setting = row.setting if args.tasks is None else f"{row.setting}-mb{row.meta_batch_size}"
+        setting = row_setting(row, args.tasks)
         for impl in impls:
             seconds, mib, faults = results[impl.name]
             err = errors[row].get(impl.name, 0.0)
             table.append(f"| {row.name} | {impl.name} | {seconds:.3f} | {ref_seconds / seconds:.2f} | "
                          f"{flops / seconds / 1e9:.1f} | {mib:.0f} | {faults:.0f} | {err:.1e} |")
             print(table[-1], flush=True)
-            config = {"meta_batch_size": row.meta_batch_size, "n_way": row.n_way,
-                      "k_shot": 1, "n_query": 15, "inner_steps": row.inner_steps, "first_order": row.first_order,
-                      "inner_lr": INNER_LR, "reps": args.reps, "threads": torch.get_num_threads(),
-                      "gflop_per_iter": flops / 1e9, "grad_rel_err_float32": err, "max_rel_err_float64": MAX_REL_ERR_F64}
+            config = {**row_config(row, args.reps), "gflop_per_iter": flops / 1e9, "grad_rel_err_float32": err,
+                      "max_rel_err_float64": MAX_REL_ERR_F64}
             metrics = {"seconds_per_iter": seconds, "gflops_per_s": flops / seconds / 1e9, "peak_mib": mib,
                        "minor_faults_per_iter": faults}
             if impl.method.startswith("maml"):
