@@ -27,7 +27,7 @@ every task where a float32 variant is more than 1e-3 from the reference, ``--nud
 runs with differently nudged weights (``maml-float64-nudged``'s and ``--nudges - 1`` more) are
 computed, and the float32 meta-gradient's distance to the nearest of them is printed.
 
-What it shows (README, "Conv4's first block"): the float32 errors are not spread around one
+What it shows (docs/speed_and_exactness.md, "Conv4's first block"): the float32 errors are not spread around one
 level; most tasks sit near rounding (1e-6 at one step) and a few jump by orders of magnitude,
 up to tens of percent at 5 inner steps. The float64 run nudged by one rounding jumps on tasks
 of its own, as far: the meta-gradient as a function of the weights is discontinuous there (a

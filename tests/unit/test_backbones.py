@@ -226,7 +226,7 @@ def test_channels_last_ops_match_channels_first_to_float32_rounding_through_doub
     """Each op of a conv4 block, in float32 and either layout, against float64: the output, its
     input gradient (kept as a graph) and the gradients of a function of that gradient (what a
     second-order meta-gradient differentiates). Where the channels-last meta-gradient drifts from
-    float64 far more than the loop's (README, speed notes), it is not one of these ops alone."""
+    float64 far more than the loop's (docs/speed_and_exactness.md), it is not one of these ops alone."""
     g = torch.Generator().manual_seed(0)
     x0 = torch.rand(5, 64, 14, 14, generator=g, dtype=torch.float64)
     w0 = 0.1 * torch.randn(64, 64, 3, 3, generator=g, dtype=torch.float64)
