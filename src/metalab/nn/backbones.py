@@ -54,11 +54,14 @@ def _patches(x: Tensor, stride: int = 1) -> tuple[Tensor, tuple[int, int, int]]:
     return F.unfold(x, 3, padding=1, stride=stride).transpose(1, 2).reshape(n * h * w, c * 9), (n, h, w)
 
 
-def _conv_of_patches(cols: Tensor, filters: Tensor, bias: Tensor, size: tuple[int, int, int]) -> Tensor:
-    """The convolution of :func:`_patches` rows by ``filters`` ``(out, C * 9)``, as ``(N, out, H', W')`` channels-last."""
+def _conv_of_patches(cols: Tensor, filters: Tensor, bias: Tensor | None, size: tuple[int, int, int]) -> Tensor:
+    """The convolution of :func:`_patches` rows by ``filters`` ``(out, C * 9)`` plus ``bias`` (none if ``None``), as
+    ``(N, out, H', W')`` channels-last."""
     # a contiguous (c*9, out) operand: its gradient is then cols^T @ grad, the fast form of
     # a product with a long inner dimension (the transposed form is several times slower)
-    return torch.addmm(bias, cols, filters.t().contiguous()).view(*size, -1).permute(0, 3, 1, 2)
+    operand = filters.t().contiguous()
+    product = cols @ operand if bias is None else torch.addmm(bias, cols, operand)
+    return product.view(*size, -1).permute(0, 3, 1, 2)
 
 
 def first_block(x: Tensor, weight: Tensor, bias: Tensor, norm_weight: Tensor, norm_bias: Tensor, eps: float,
@@ -101,12 +104,15 @@ def first_block(x: Tensor, weight: Tensor, bias: Tensor, norm_weight: Tensor, no
         offset = bias
     else:
         offset = statistics[0]
-    mean_free_bias = bias - offset  # the product's bias: z - mean comes out of it (zero with batch statistics)
     sign = torch.where(norm_weight >= 0, 1.0, -1.0).to(norm_weight.dtype)  # piecewise constant: no gradient
-    centred = _conv_of_patches(cols, filters * sign.unsqueeze(1), mean_free_bias * sign, size)  # sign * (z - mean)
+    # the product is sign * (W p) for patches p: sign * (z - bias) for raw patches, sign * (z - mean) for centred ones;
+    # sign * (z - offset) adds the per-channel constant sign * (bias - offset) (zero with batch statistics), which
+    # commutes with the max-pool: it joins batch norm's shift instead of being added to the full-resolution product
+    product = _conv_of_patches(cols, filters * sign.unsqueeze(1), None, size)
     slope = norm_weight * sign * torch.rsqrt(statistics[1] + eps)  # (channels,) or (groups, channels)
-    scaled = (F.max_pool2d(centred, 2).unflatten(0, (groups, -1)) * slope.view(groups, 1, -1, 1, 1)
-              + norm_bias.view(1, 1, -1, 1, 1))
+    shift = norm_bias + (bias - offset) * sign * slope
+    scaled = (F.max_pool2d(product, 2).unflatten(0, (groups, -1)) * slope.view(groups, 1, -1, 1, 1)
+              + shift.view(groups, 1, -1, 1, 1))
     return F.relu(scaled.flatten(0, 1)), statistics
 
 
