@@ -16,7 +16,9 @@ their rows measure that nothing changes); the max-pooling MAML step is timed by
 Per preset: the algorithm is built (metalab's default Conv4 layout: channels-last with
 max-pooling, channels-first when strided; before 2026-12-06 always channels-first), a twin is
 deep-copied with ``allow_closed_form = False`` on every ``ConvBlock`` (the block as written:
-``F.conv2d``, batch norm, pool, ReLU, same layout), and a third copy is laid out the other way
+``F.conv2d``, batch norm, pool, ReLU, same layout; the switch also turns off batch norm behind
+the pool in the later channels-last blocks, ``ConvBlock.norm_behind_pool``, so records from the
+commit that added it on measure both together), and a third copy is laid out the other way
 (``metalab.nn.backbones.use_channels_last``; closed-form first block). First all three compute
 the meta-gradient of the same batch in float64; if the others differ from the block as written
 by more than 1e-8 (relative norm, all parameters; Reptile's many inner Adam steps carry the two

@@ -12,7 +12,8 @@ is measured for:
 
 - ``maml``: metalab's default, the closed-form first block
   (``metalab.nn.backbones.first_block``), activations channels-last, batch norm statistics as
-  column means of the channels-last matrix view, in float32 (before 2026-12-06 the default was
+  column means of the channels-last matrix view (in the later blocks behind the max-pool since
+  ``ConvBlock.norm_behind_pool`` was added), in float32 (before 2026-12-06 the default was
   channels-first: its records are ``maml-channels-first``'s, and ``maml-channels-last``
   records are this variant then);
 - ``maml-as-written``: every block as written, channels-first, in float32;

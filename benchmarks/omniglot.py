@@ -123,7 +123,8 @@ def main() -> None:
     p.add_argument("--autocast", choices=sorted(AUTOCAST_DTYPES), default=None,
                    help="train under torch.autocast with this dtype (TrainConfig.autocast); evaluation runs as is")
     p.add_argument("--first-block", choices=["closed-form", "as-written"], default="closed-form",
-                   help="Conv4's first block as metalab computes it by default, or as written "
+                   help="Conv4's blocks as metalab computes them by default (the first in closed form, batch norm "
+                        "behind the pool in the later channels-last ones), or as written "
                         "(metalab.nn.backbones.allow_closed_form; benchmarks/meta_gradient_precision.py)")
     p.add_argument("--layout", choices=["default", "channels-last", "channels-first"], default="default",
                    help="Conv4's memory layout: metalab's default (channels-last with max-pooling, channels-first "

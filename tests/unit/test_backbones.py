@@ -31,13 +31,19 @@ def _plain_conv4(in_channels: int, hidden: int, n_out: int, downsample: str = "p
     return nn.Sequential(*layers, nn.Flatten(), nn.Linear(hidden * side * side, n_out))
 
 
-def _pair(in_channels=1, hidden=8, n_out=5, channels_last=False, arch=ARCHS[0], track_running_stats=False):
+def _pair(in_channels=1, hidden=8, n_out=5, channels_last=False, arch=ARCHS[0], track_running_stats=False,
+          negative_scales=False):
+    """The plain conv4 and Conv4 with the same weights; ``negative_scales``: every third batch-norm scale of
+    every block negated (the fast forms flip those channels' filters)."""
     torch.manual_seed(0)
     plain = _plain_conv4(in_channels, hidden, n_out, *arch, track_running_stats=track_running_stats).double()
     fast = Conv4(in_channels, image_size=28, hidden=hidden, out_features=n_out, channels_last=channels_last,
                  downsample=arch[0], readout=arch[1], track_running_stats=track_running_stats).double()
     assert [p.shape for p in plain.parameters()] == [p.shape for p in fast.parameters()]
     with torch.no_grad():
+        for m in plain.modules():
+            if negative_scales and isinstance(m, nn.BatchNorm2d):
+                m.weight[::3] *= -1
         for p, q in zip(plain.parameters(), fast.parameters()):
             q.copy_(p)
     return plain, fast
@@ -53,9 +59,9 @@ def _images(n=6, in_channels=1):
 
 @pytest.mark.parametrize("arch", ARCHS)
 @pytest.mark.parametrize("channels_last", [False, True])
-@pytest.mark.parametrize("in_channels", [1, 3])
-def test_fast_conv4_equals_the_plain_sequential_conv4(in_channels, channels_last, arch):
-    plain, fast = _pair(in_channels, channels_last=channels_last, arch=arch)
+@pytest.mark.parametrize("in_channels,negative_scales", [(1, False), (3, False), (1, True)])
+def test_fast_conv4_equals_the_plain_sequential_conv4(in_channels, negative_scales, channels_last, arch):
+    plain, fast = _pair(in_channels, channels_last=channels_last, arch=arch, negative_scales=negative_scales)
     _assert_same_outputs_and_gradients(plain, fast, _images(in_channels=in_channels))
 
 
@@ -71,9 +77,10 @@ def _assert_same_outputs_and_gradients(plain, fast, x, grad_atol=1e-12):
 
 @pytest.mark.parametrize("arch", ARCHS)
 @pytest.mark.parametrize("channels_last", [False, True])
-def test_fast_conv4_second_order_equals_the_plain_conv4(channels_last, arch):
+@pytest.mark.parametrize("negative_scales", [False, True])
+def test_fast_conv4_second_order_equals_the_plain_conv4(negative_scales, channels_last, arch):
     """MAML's meta-gradient through one inner step: Hessian-vector products included."""
-    plain, fast = _pair(channels_last=channels_last, arch=arch)
+    plain, fast = _pair(channels_last=channels_last, arch=arch, negative_scales=negative_scales)
     sx, qx, y = _images(5), _images(10), torch.arange(10) % 5
 
     def meta_grad(model):
@@ -409,20 +416,36 @@ def test_conv4_computes_its_first_block_in_closed_form_when_it_pools(kwargs, clo
         [closed_form, False, False, False]
 
 
-def test_closed_form_first_block_with_running_statistics_is_the_plain_block_in_training_and_evaluation():
+def test_later_blocks_give_the_conv_bias_an_exact_zero_gradient_with_batch_statistics():
+    """Batch norm behind the pool (channels-last blocks 2-4): the convolution's bias cancels exactly, as in
+    the closed-form first block, in float32; with running statistics in evaluation it counts."""
+    x = _images(6).float()
+    model = Conv4(1, image_size=28, hidden=8, out_features=5)
+    assert [model.body[i].norm_behind_pool(torch.zeros(1, 8, 14, 14)) for i in (2, 3, 4)] == [True] * 3
+    biases = [model.body[i].conv.bias for i in (2, 3, 4)]
+    for g in torch.autograd.grad(model(x).square().sum(), biases):
+        assert torch.equal(g, torch.zeros_like(g))
+    tracked = Conv4(1, image_size=28, hidden=8, out_features=5, track_running_stats=True).eval()
+    biases = [tracked.body[i].conv.bias for i in (2, 3, 4)]
+    assert all((g != 0).any() for g in torch.autograd.grad(tracked(x).square().sum(), biases))
+
+
+@pytest.mark.parametrize("channels_last", [False, True])
+def test_closed_form_first_block_with_running_statistics_is_the_plain_block_in_training_and_evaluation(channels_last):
     """Metric methods' Conv4: batch statistics and a running-average update while training (the
-    unbiased variance, as nn.BatchNorm2d), the running averages in evaluation."""
-    plain, fast = _pair(track_running_stats=True)
-    with torch.no_grad():
-        fast.body[1].norm.weight[::3] *= -1  # negative scales too
-        plain[1].weight[::3] *= -1
+    unbiased variance, as nn.BatchNorm2d), the running averages in evaluation; the first block in closed
+    form, the others with batch norm behind the pool where channels-last (the default with max-pooling)."""
+    plain, fast = _pair(track_running_stats=True, negative_scales=True, channels_last=channels_last)
+    norms = [m for m in plain if isinstance(m, nn.BatchNorm2d)]
+    assert [fast.body[i].norm_behind_pool(torch.zeros(1, 8, 14, 14)) for i in (2, 3, 4)] == [channels_last] * 3
     for step in range(3):
         for model in (plain, fast):
             model.train(step < 2)
         x = _images(6) if step < 2 else 0.5 * _images(6).flip(-1)
         _assert_same_outputs_and_gradients(plain, fast, x, grad_atol=1e-11)
-        torch.testing.assert_close(fast.body[1].norm.running_mean, plain[1].running_mean, rtol=1e-12, atol=1e-14)
-        torch.testing.assert_close(fast.body[1].norm.running_var, plain[1].running_var, rtol=1e-12, atol=1e-14)
+        for i, plain_norm in enumerate(norms, start=1):
+            torch.testing.assert_close(fast.body[i].norm.running_mean, plain_norm.running_mean, rtol=1e-12, atol=1e-14)
+            torch.testing.assert_close(fast.body[i].norm.running_var, plain_norm.running_var, rtol=1e-12, atol=1e-14)
 
 
 def test_allow_closed_form_switches_every_block_and_counts_them():

@@ -9,7 +9,8 @@ import torch.nn.functional as F
 from torch import Tensor, nn
 
 from metalab._types import Params
-from metalab.nn.batchnorm import BatchNorm, batch_statistics_norm, grouped_batch_statistics_norm
+from metalab.nn.batchnorm import (BatchNorm, batch_statistics_norm, channels_last_statistics,
+                                  grouped_batch_statistics_norm)
 
 
 DOWNSAMPLE = ("pool", "stride")
@@ -144,9 +145,10 @@ def _centred_statistics(cols: Tensor, filters: Tensor, bias: Tensor,
 def allow_closed_form(module: nn.Module, allowed: bool) -> int:
     """Set :attr:`ConvBlock.allow_closed_form` on every block in ``module``; returns how many.
 
-    ``allow_closed_form(model, False)`` computes Conv4's first block as written (``F.conv2d``,
-    batch norm, pool, ReLU) instead of :func:`first_block`: the same function, slower, with
-    other float32 rounding (benchmarks/meta_gradient_precision.py compares them).
+    ``allow_closed_form(model, False)`` computes Conv4's blocks as written (``F.conv2d``, batch
+    norm, pool, ReLU) instead of :func:`first_block` for the first and batch norm behind the pool
+    for the others (:meth:`ConvBlock.norm_behind_pool`): the same function, slower, with other
+    float32 rounding (benchmarks/meta_gradient_precision.py compares them).
     """
     blocks = [m for m in module.modules() if isinstance(m, ConvBlock)]
     for block in blocks:
@@ -186,7 +188,8 @@ class ConvBlock(nn.Module):
     ``channels_last`` the first convolution of few channels runs as im2col + matmul and
     the block keeps the channels-last layout (see :class:`Conv4`). A first block (1-3 input
     channels) that pools runs as :func:`first_block` (:meth:`closed_form`), in either layout
-    and with batch or running statistics.
+    and with batch or running statistics; a later channels-last block that pools normalises
+    the pooled map (:meth:`norm_behind_pool`).
     """
 
     def __init__(self, in_channels: int, out_channels: int, track_running_stats: bool, vmap_safe: bool,
@@ -209,6 +212,8 @@ class ConvBlock(nn.Module):
             if norm.track_running_stats and norm.training:
                 norm.update_running_stats(mean, var, x.numel() // x.shape[1])
             return out if self.channels_last else out.contiguous()
+        if self.norm_behind_pool(x):
+            return self._norm_behind_pool(params, x)
         return self.after_conv(params, self._conv(params, x))
 
     def closed_form(self, x: Tensor) -> bool:
@@ -217,6 +222,38 @@ class ConvBlock(nn.Module):
         ``allow_closed_form`` (True unless set otherwise)."""
         return (self.allow_closed_form and x.shape[1] <= 3 and self.pool and self.stride == 1
                 and not self.norm.vmap_safe)
+
+    def norm_behind_pool(self, x: Tensor) -> bool:
+        """Whether :meth:`functional` pools before batch norm on ``x``: a later block (more than 3 input
+        channels) that max-pools, channels-last, not ``vmap_safe``, ``allow_closed_form``."""
+        return (self.allow_closed_form and x.shape[1] > 3 and self.pool and self.channels_last
+                and not self.norm.vmap_safe)
+
+    def _norm_behind_pool(self, params: Params, x: Tensor) -> Tensor:
+        """The block with batch norm moved behind the max-pool, as :func:`first_block` does.
+
+        Batch norm is, per channel, the affine map ``z -> slope * z + shift``; where ``gamma < 0``
+        the channel's filter is negated, so every slope is ``|gamma| / sigma >= 0`` and the map
+        commutes with the max-pool. Only the convolution, its statistics (two column means of the
+        channels-last output, as :func:`~metalab.nn.batchnorm.batch_statistics_norm`) and the
+        pool's gradient run at full resolution; the normalisation and its gradient run on the
+        pooled map, a quarter of the positions. With batch statistics the convolution's bias
+        cancels (exactly zero gradient); the running averages move with the batch's statistics
+        of the block as written; evaluation normalises with them.
+        """
+        norm, bias, gamma = self.norm, params["conv.bias"], params["norm.weight"]
+        sign = torch.where(gamma >= 0, 1.0, -1.0).to(gamma.dtype)  # piecewise constant: no gradient
+        signed = F.conv2d(x, params["conv.weight"] * sign.view(-1, 1, 1, 1), None, padding=1)  # sign * (z - bias)
+        if norm.track_running_stats and not norm.training:
+            mean, var = norm.running_mean, norm.running_var
+        else:
+            signed_mean, var = channels_last_statistics(signed)
+            mean = sign * signed_mean + bias  # z's
+            if norm.track_running_stats:
+                norm.update_running_stats(mean, var, signed.numel() // signed.shape[1])
+        slope = gamma * sign * torch.rsqrt(var + norm.eps)
+        shift = params["norm.bias"] + slope * sign * (bias - mean)  # batch norm of z = slope * signed + shift
+        return F.relu(torch.addcmul(shift.view(1, -1, 1, 1), F.max_pool2d(signed, 2), slope.view(1, -1, 1, 1)))
 
     def _conv(self, params: Params, x: Tensor) -> Tensor:
         weight, bias = params["conv.weight"], params["conv.bias"]

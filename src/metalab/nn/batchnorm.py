@@ -57,17 +57,29 @@ def _channels_last_norm(x: Tensor, weight: Tensor, bias: Tensor, eps: float,
     float16 ``x`` (a convolution's output under ``torch.autocast``) is normalised in float32: the
     statistics, the output and the running averages they move are float32.
     """
-    channels = x.shape[1]
     rows = x.movedim(1, -1)  # (N, *, C): a contiguous view of channels-last memory
-    matrix = rows.reshape(groups, -1, channels)
+    centred, mean, var = _centred_columns(rows, groups)
+    out = centred * (torch.rsqrt(var + eps) * weight) + bias
+    shape = (x.shape[1],) if groups == 1 else (groups, x.shape[1])
+    return out.view(rows.shape).movedim(-1, 1), mean.view(shape), var.view(shape)
+
+
+def channels_last_statistics(x: Tensor) -> tuple[Tensor, Tensor]:
+    """The mean and biased variance ``(C,)`` of a channels-last ``x`` ``(N, C, *)`` over every dim but ``C``,
+    computed as :func:`batch_statistics_norm` computes them (float32 for a bfloat16 or float16 ``x``)."""
+    _, mean, var = _centred_columns(x.movedim(1, -1), 1)
+    return mean.view(-1), var.view(-1)
+
+
+def _centred_columns(rows: Tensor, groups: int) -> tuple[Tensor, Tensor, Tensor]:
+    """``rows`` ``(N, *, C)`` as ``(groups, rows per group, C)`` minus its column means, the column means and the
+    mean centred squares (``(groups, 1, C)``); in float32 for bfloat16 / float16 ``rows`` (autocast)."""
+    matrix = rows.reshape(groups, -1, rows.shape[-1])
     if matrix.element_size() < 4:  # bfloat16 / float16 under autocast: normalise in float32
         matrix = matrix.float()
     mean = matrix.mean(1, keepdim=True)
     centred = matrix - mean
-    var = (centred * centred).mean(1, keepdim=True)
-    out = centred * (torch.rsqrt(var + eps) * weight) + bias
-    shape = (channels,) if groups == 1 else (groups, channels)
-    return out.view(rows.shape).movedim(-1, 1), mean.view(shape), var.view(shape)
+    return centred, mean, (centred * centred).mean(1, keepdim=True)
 
 
 def grouped_batch_statistics_norm(x: Tensor, groups: int, weight: Tensor, bias: Tensor, eps: float) -> Tensor:
