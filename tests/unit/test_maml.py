@@ -137,6 +137,22 @@ def test_auto_task_mode_is_the_loop_for_images_and_vmap_for_vectors():
     assert _mlp_maml(1, mode="auto").task_mode == "vmap"
 
 
+def test_auto_task_mode_batches_the_default_strided_conv4_where_the_method_can():
+    from metalab.algorithms import ANIL, MetaSGD, Reptile
+
+    spec = TaskSpec((1, 28, 28), 5, True)
+
+    def mode(cls, **hparams):
+        return cls(spec, make_config(cls.name, task_mode="auto", **hparams)).task_mode
+
+    assert [mode(MAML, downsample="stride"), mode(MAML, downsample="stride", first_order=True),
+            mode(MetaSGD, downsample="stride")] == ["batched"] * 3
+    assert mode(MAML, downsample="pool") == "loop"  # the max-pooling Conv4: the loop (benchmarks/throughput.py)
+    assert mode(MAML, downsample="stride", inner_grad_clip=1.0) == "loop"  # one clipping norm per task
+    assert mode(ANIL, downsample="stride") == "loop"  # its batched form is slower on the CPU (task_modes.py)
+    assert mode(Reptile, downsample="stride") == "loop"
+
+
 def test_channels_last_option_gives_the_same_meta_gradient():
     data = image_batch(tasks=3, k_shot=1, n_query=4)
     grads = []

@@ -60,15 +60,23 @@ class GradientConfig:
             its own and one backward pass through all the inner loops (see
             :meth:`GradientMethod._meta_gradient_batched`; MAML and Meta-SGD with a
             backbone that has ``functional_tasks``; ANIL embeds all tasks in one pass of
-            the shared body, see :mod:`metalab.algorithms.anil`); ``auto``: vmap for vector inputs
-            and the loop for images. Measured by ``benchmarks/task_modes.py`` and
+            the shared body, see :mod:`metalab.algorithms.anil`); ``auto``: vmap for vector inputs,
+            batched for the default Conv4 with ``downsample="stride"`` where the method can
+            batch (MAML, first-order MAML and Meta-SGD without inner gradient clipping: the
+            Omniglot presets' model), the loop for other images. Measured by ``benchmarks/task_modes.py`` and
             ``benchmarks/throughput.py`` on a 2-core CPU: vmap is 12x faster than the
             loop for the sinusoid MLP (batched 0.8x: one query pass per task); for
             conv4 on Omniglot, batched with ``channels_last`` is 0.9-1.5x the plain
             loop with 1.1-2.3x its peak memory, batched in the default layout
             0.86-1.23x (the ``maml`` records of commit 4847887 in
             ``benchmarks/results/throughput*.jsonl``, when it was the default), so the
-            default stays the loop.
+            loop stays the default there. With the strided Conv4 (channels-first, its
+            default layout) batched took 228 ms per 5-way 1-shot iteration of 8 tasks on one
+            thread against the loop's 253 (``maml-*-channels-first-strided`` records of commit
+            cc827c1, ``python benchmarks/task_modes.py --methods maml,anil --modes loop,batched
+            --settings conv4-5w1s-mb8 --threads 1 --iters 5 --downsample pool,stride
+            --channels-first``), hence ``auto``'s choice; ANIL's batched form took 355 ms
+            against its loop's 179, so ANIL keeps the loop.
         channels_last: the default Conv4's layout: ``True`` channels-last (its batch norm then
             computes the statistics as column means of the channels-last matrix view,
             :func:`metalab.nn.batchnorm.batch_statistics_norm`), ``False`` channels-first,
@@ -142,13 +150,15 @@ class GradientMethod(MetaAlgorithm):
         if conv_options and len(spec.input_shape) != 3:
             raise MetalabError(f"{', '.join(conv_options)}: Conv4 options for images; this benchmark's inputs "
                                f"have shape {tuple(spec.input_shape)}")
+        strided_default = model is None and config.downsample == "stride"  # the default Conv4, strided
         if model is None:
             model = make_backbone(spec.input_shape, spec.output_dim, vmap_safe=mode == "vmap",
                                   channels_last=config.channels_last, downsample=config.downsample,
                                   readout=config.readout)
         self.model = model
-        if mode == "auto":
-            mode = unbatched
+        if mode == "auto":  # batched for the default strided Conv4 where the method allows it, else unbatched
+            batch = strided_default and self.task_batched and self._batchable() is None
+            mode = "batched" if batch else unbatched
         elif mode == "batched" and (reason := self._batchable()) is not None:
             raise MetalabError(f"{self.name} cannot run task_mode=batched: {reason}; use task_mode=loop or auto")
         self.task_mode = mode
