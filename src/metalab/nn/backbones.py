@@ -105,16 +105,31 @@ def first_block(x: Tensor, weight: Tensor, bias: Tensor, norm_weight: Tensor, no
         offset = bias
     else:
         offset = statistics[0]
-    sign = torch.where(norm_weight >= 0, 1.0, -1.0).to(norm_weight.dtype)  # piecewise constant: no gradient
-    # the product is sign * (W p) for patches p: sign * (z - bias) for raw patches, sign * (z - mean) for centred ones;
-    # sign * (z - offset) adds the per-channel constant sign * (bias - offset) (zero with batch statistics), which
-    # commutes with the max-pool: it joins batch norm's shift instead of being added to the full-resolution product
+    sign = _signs(norm_weight)
+    # the product is sign * (W p) for patches p: sign * (z - bias) for raw patches, and for centred ones
+    # sign * (z - mean), i.e. sign * (z - bias) with ``offset`` = bias standing for the mean
     product = _conv_of_patches(cols, filters * sign.unsqueeze(1), None, size)
-    slope = norm_weight * sign * torch.rsqrt(statistics[1] + eps)  # (channels,) or (groups, channels)
-    shift = norm_bias + (bias - offset) * sign * slope
-    scaled = (F.max_pool2d(product, 2).unflatten(0, (groups, -1)) * slope.view(groups, 1, -1, 1, 1)
-              + shift.view(groups, 1, -1, 1, 1))
-    return F.relu(scaled.flatten(0, 1)), statistics
+    return _pool_norm_relu(product, sign, bias, offset, statistics[1], norm_weight, norm_bias, eps, groups), statistics
+
+
+def _signs(gamma: Tensor) -> Tensor:
+    """+1 / -1 per channel by the sign of batch norm's scale: piecewise constant, no gradient."""
+    return torch.where(gamma >= 0, 1.0, -1.0).to(gamma.dtype)
+
+
+def _pool_norm_relu(signed: Tensor, sign: Tensor, bias: Tensor, mean: Tensor, var: Tensor, gamma: Tensor,
+                    beta: Tensor, eps: float, groups: int = 1) -> Tensor:
+    """ReLU(max-pool(batch norm of z)) from ``signed`` = ``sign * (z - bias)`` (channels flipped where ``gamma < 0``).
+
+    Batch norm of z is ``slope * signed + shift`` with ``slope = |gamma| / sigma >= 0`` per channel, which commutes
+    with the max-pool, so it runs on the pooled map; ``bias - mean`` (zero with batch statistics) joins the shift
+    instead of a pass over the full-resolution map. ``mean`` and ``var`` are ``(channels,)`` or, with ``groups``
+    equal blocks of images, ``(groups, channels)``.
+    """
+    slope = gamma * sign * torch.rsqrt(var + eps)
+    shift = beta + slope * sign * (bias - mean)
+    pooled = F.max_pool2d(signed, 2).unflatten(0, (groups, -1))
+    return F.relu(torch.addcmul(shift.view(groups, 1, -1, 1, 1), pooled, slope.view(groups, 1, -1, 1, 1)).flatten(0, 1))
 
 
 def _centred_statistics(cols: Tensor, filters: Tensor, bias: Tensor,
@@ -242,7 +257,7 @@ class ConvBlock(nn.Module):
         of the block as written; evaluation normalises with them.
         """
         norm, bias, gamma = self.norm, params["conv.bias"], params["norm.weight"]
-        sign = torch.where(gamma >= 0, 1.0, -1.0).to(gamma.dtype)  # piecewise constant: no gradient
+        sign = _signs(gamma)
         signed = F.conv2d(x, params["conv.weight"] * sign.view(-1, 1, 1, 1), None, padding=1)  # sign * (z - bias)
         if norm.track_running_stats and not norm.training:
             mean, var = norm.running_mean, norm.running_var
@@ -251,9 +266,7 @@ class ConvBlock(nn.Module):
             mean = sign * signed_mean + bias  # z's
             if norm.track_running_stats:
                 norm.update_running_stats(mean, var, signed.numel() // signed.shape[1])
-        slope = gamma * sign * torch.rsqrt(var + norm.eps)
-        shift = params["norm.bias"] + slope * sign * (bias - mean)  # batch norm of z = slope * signed + shift
-        return F.relu(torch.addcmul(shift.view(1, -1, 1, 1), F.max_pool2d(signed, 2), slope.view(1, -1, 1, 1)))
+        return _pool_norm_relu(signed, sign, bias, mean, var, gamma, params["norm.bias"], norm.eps)
 
     def _conv(self, params: Params, x: Tensor) -> Tensor:
         weight, bias = params["conv.weight"], params["conv.bias"]
