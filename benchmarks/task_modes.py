@@ -5,7 +5,8 @@
         --threads 1 [--channels-first] [--downsample pool,stride]
 
 Settings: sinusoid (1-40-40-1 MLP, meta-batch 25, 5-shot, 10 query points) and Omniglot-
-shaped conv4 (28x28, 5-way 1-shot or 5-shot, 15 queries per class, meta-batch 8), second
+shaped conv4 (28x28, 5-way 1-shot or 5-shot, 15 queries per class, meta-batch 8, or 32 as
+in the MAML presets), second
 order, one inner step. One iteration is ``algo.meta_gradient(batch)``, what the trainer
 calls. The fastest mode per learner is metalab's default (`task_mode="auto"`, measured on the
 CPU; with `--device cuda` the settings are named `<setting>-cuda`, to choose the GPU's
@@ -51,17 +52,19 @@ def seconds_per_iter(algo, batch, iters: int) -> float:
     return (time.perf_counter() - start) / iters
 
 
-def _omniglot_like(k_shot: int):
+def _omniglot_like(k_shot: int, meta_batch: int):
     images = torch.rand(50, 20, 1, 28, 28, generator=torch.Generator().manual_seed(0))
     data = ClassDataset(images, tuple(range(50)), tuple(map(str, range(50))))
-    return TaskSpec((1, 28, 28), 5, True), EpisodeSampler(data, 5, k_shot, 15).batch(0, 8), 0.4, 1
+    return TaskSpec((1, 28, 28), 5, True), EpisodeSampler(data, 5, k_shot, 15).batch(0, meta_batch), 0.4, 1
 
 
 # setting -> (spec, batch, inner lr, iterations per --iters)
 SETTINGS = {
     "sinusoid-mlp-mb25": lambda: (TaskSpec((1,), 1, False), SinusoidTasks(5, 10).batch(0, 25), 0.01, 10),
-    "conv4-5w1s-mb8": lambda: _omniglot_like(1),
-    "conv4-5w5s-mb8": lambda: _omniglot_like(5),
+    "conv4-5w1s-mb8": lambda: _omniglot_like(1, 8),
+    "conv4-5w5s-mb8": lambda: _omniglot_like(5, 8),
+    "conv4-5w1s-mb32": lambda: _omniglot_like(1, 32),  # the MAML presets' meta-batch
+    "conv4-5w5s-mb32": lambda: _omniglot_like(5, 32),
 }
 
 
