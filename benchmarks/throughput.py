@@ -18,9 +18,13 @@ implementations compute the same meta-gradient in one process:
   (first order) `higher` detaches the fast weights, so the query gradient of the fast
   weights is added to the model's gradients by hand (first-order MAML);
 - ``metalab`` (record method ``maml``): ``metalab.algorithms.MAML`` with its defaults
-  through ``algo.meta_gradient(batch)`` (task loop, per-task backward, default Conv4, which
-  is channels-last since 2026-12-06 (the ``maml`` records before that date are
-  the channels-first layout, and ``maml-channels-last`` records are this layout then);
+  through ``algo.meta_gradient(batch)`` (default Conv4, which is channels-last since
+  2026-12-06: the ``maml`` records before that date are the channels-first layout, and
+  ``maml-channels-last`` records are this layout then; ``task_mode="auto"``, which is
+  ``threads`` since 2026-12-07: the tasks dealt to one thread per intra-op thread, each on
+  one core, per-task backward; the ``maml`` records before that date are the task loop);
+- ``metalab loop`` (record method ``maml-loop``): the same with ``task_mode="loop"``, one
+  task after another on all the intra-op threads (the default before 2026-12-07);
 - ``metalab channels-first`` (record method ``maml-channels-first``): the same with
   ``channels_last=False`` (``Conv4(channels_last=False)``, the default before);
 - ``metalab batched channels-last`` (record method ``maml-batched-channels-last``):
@@ -253,8 +257,8 @@ class Implementation:
         return torch.cat([(torch.zeros_like(p) if p.grad is None else p.grad).reshape(-1) for p in self.params]).double()
 
 
-IMPLEMENTATIONS = ("reference", "higher", "metalab", "metalab channels-first", "metalab batched channels-last",
-                   "metalab bfloat16")  # the names of what implementations() returns, in its order
+IMPLEMENTATIONS = ("reference", "higher", "metalab", "metalab loop", "metalab channels-first",
+                   "metalab batched channels-last", "metalab bfloat16")  # the names of what implementations() returns, in its order
 
 
 def implementations(row: Row, batch: EpisodeBatch, dtype: torch.dtype = torch.float32) -> list[Implementation]:
@@ -264,11 +268,12 @@ def implementations(row: Row, batch: EpisodeBatch, dtype: torch.dtype = torch.fl
     twin = copy.deepcopy(model)
     spec = metalab.TaskSpec((1, 28, 28), row.n_way, True)
     config = make_config("maml", inner_lr=INNER_LR, inner_steps=row.inner_steps, first_order=row.first_order)
-    algo = MAML(spec, config)  # the defaults: task_mode auto (the loop for images), default Conv4
+    algo = MAML(spec, config)  # the defaults: task_mode auto (threads for the default Conv4), default Conv4
+    loop = MAML(spec, dataclasses.replace(config, task_mode="loop"))
     channels_first = MAML(spec, dataclasses.replace(config, channels_last=False))
     batched = MAML(spec, dataclasses.replace(config, channels_last=True, task_mode="batched"))
     src = list(model.parameters())
-    for learner in (algo, channels_first, batched):
+    for learner in (algo, loop, channels_first, batched):
         learner.to(dtype).train()
         dst = list(learner.parameters())
         assert len(src) == len(dst), f"reference has {len(src)} parameter tensors, metalab {len(dst)}"
@@ -280,6 +285,7 @@ def implementations(row: Row, batch: EpisodeBatch, dtype: torch.dtype = torch.fl
         Implementation("reference", "loop-reference", lambda: reference_step(model, batch, row), src),
         Implementation("higher", "higher", lambda: higher_step(twin, batch, row), list(twin.parameters())),
         Implementation("metalab", "maml", lambda: algo.meta_gradient(batch), list(algo.parameters())),
+        Implementation("metalab loop", "maml-loop", lambda: loop.meta_gradient(batch), list(loop.parameters())),
         Implementation("metalab channels-first", "maml-channels-first", lambda: channels_first.meta_gradient(batch),
                        list(channels_first.parameters())),
         Implementation("metalab batched channels-last", "maml-batched-channels-last",

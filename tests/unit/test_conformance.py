@@ -119,6 +119,7 @@ def test_meta_gradient_of_a_batch_is_the_mean_over_its_halves(name):
 
 DEVICE_CASES = [(name, {}) for name in names("supervised")] + [
     ("maml", {"task_mode": "batched"}), ("meta_sgd", {"task_mode": "batched"}), ("anil", {"task_mode": "batched"}),
+    ("maml", {"task_mode": "threads"}), ("maml", {"task_mode": "loop"}),
     ("maml", {"channels_last": True}), ("mann", {"add_vector": True}),
     ("matching_net", {"fce": True}), ("mann", {"key_strength": True}), ("siamese", {"pairs": "all"})]
 VECTOR_CASES = ["maml", "anil", "meta_sgd", "reptile", "meta_lstm"]  # the vmapped path of regression tasks

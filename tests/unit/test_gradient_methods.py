@@ -710,7 +710,7 @@ def test_meta_sgd_loop_equals_vmap(first_order):
     ("inner_grad_clip", 0.0),
     ("inner_grad_clip", -1.0),
     ("inner_grad_clip", math.nan),
-    ("task_mode", "threads"),
+    ("task_mode", "parallel"),
     ("downsample", "avg"),
     ("readout", "max"),
 ])

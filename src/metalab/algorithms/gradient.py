@@ -11,6 +11,7 @@ from __future__ import annotations
 
 import math
 from dataclasses import dataclass
+from functools import partial
 from typing import Callable
 
 import torch
@@ -26,12 +27,16 @@ from metalab.func import (
     Clipped,
     UpdateRule,
     forward,
+    in_task_order,
     inner_loop,
     map_tasks,
     metric_name,
+    on_threads,
     params_of,
+    runs_pure,
     task_loss,
     task_metric,
+    task_shares,
 )
 from metalab.nn import make_backbone
 from metalab.nn.backbones import DOWNSAMPLE, READOUT
@@ -54,29 +59,23 @@ class GradientConfig:
         inner_grad_clip: rescale each inner gradient to at most this global L2 norm
             (``None``: no clipping).
         task_mode: how the tasks of a meta-batch are run (all give the same result):
-            ``loop`` one task after another; ``vmap`` through ``torch.func.vmap``;
+            ``loop`` one task after another; ``threads`` the loop's tasks dealt round-robin to
+            one thread per intra-op thread (``torch.get_num_threads()``), each running its
+            tasks on one core (:func:`metalab.func.on_threads`; on a GPU, the loop; the model
+            must run as a pure function, as metalab.nn's backbones do, and keep no batch-norm
+            running statistics); ``vmap`` through ``torch.func.vmap``;
             ``batched`` the inner loops of all tasks in one pass of the backbone's
-            ``functional_tasks`` (grouped convolutions), then each task's query pass on
-            its own and one backward pass through all the inner loops (see
-            :meth:`GradientMethod._meta_gradient_batched`; MAML and Meta-SGD with a
-            backbone that has ``functional_tasks``; ANIL embeds all tasks in one pass of
-            the shared body, see :mod:`metalab.algorithms.anil`); ``auto``: vmap for vector inputs,
-            batched for the default Conv4 with ``downsample="stride"`` where the method can
-            batch (MAML, first-order MAML and Meta-SGD without inner gradient clipping: the
-            Omniglot presets' model), the loop for other images. Measured by ``benchmarks/task_modes.py`` and
-            ``benchmarks/throughput.py`` on a 2-core CPU: vmap is 12x faster than the
-            loop for the sinusoid MLP (batched 0.8x: one query pass per task); for
-            conv4 on Omniglot, batched with ``channels_last`` is 0.9-1.5x the plain
-            loop with 1.1-2.3x its peak memory, batched in the default layout
-            0.86-1.23x (the ``maml`` records of commit 4847887 in
-            ``benchmarks/results/throughput*.jsonl``, when it was the default), so the
-            loop stays the default there. With the strided Conv4 (channels-first, its
-            default layout) batched took 228 ms per 5-way 1-shot iteration of 8 tasks on one
-            thread against the loop's 253 (``maml-*-channels-first-strided`` records of commit
-            cc827c1, ``python benchmarks/task_modes.py --methods maml,anil --modes loop,batched
-            --settings conv4-5w1s-mb8 --threads 1 --iters 5 --downsample pool,stride
-            --channels-first``), hence ``auto``'s choice; ANIL's batched form took 355 ms
-            against its loop's 179, so ANIL keeps the loop.
+            ``functional_tasks`` (grouped convolutions), then each task's query pass on its own
+            and one backward pass through all the inner loops (see
+            :meth:`GradientMethod._meta_gradient_batched`; MAML and Meta-SGD with a backbone
+            that has ``functional_tasks``; ANIL embeds all tasks in one pass of the shared body,
+            see :mod:`metalab.algorithms.anil`); ``auto``: vmap for vector inputs; for the
+            default Conv4, batched with ``downsample="stride"`` where the method can batch
+            (MAML, first-order MAML and Meta-SGD without inner gradient clipping: the Omniglot
+            presets' model) and threads otherwise; the loop for a model you pass. Measured by
+            ``benchmarks/task_modes.py`` and ``benchmarks/throughput.py`` on a 2-core CPU (see
+            "Loop, vmap, threads or batched over tasks" in docs/speed_and_exactness.md): vmap
+            is 12x faster than the loop for the sinusoid MLP.
         channels_last: the default Conv4's layout: ``True`` channels-last (its batch norm then
             computes the statistics as column means of the channels-last matrix view,
             :func:`metalab.nn.batchnorm.batch_statistics_norm`), ``False`` channels-first,
@@ -123,6 +122,13 @@ class GradientConfig:
             raise MetalabError(f"inner_grad_clip must be positive or None, got {self.inner_grad_clip}")
 
 
+def _add(total: Tensor | None, g: Tensor | None) -> Tensor | None:
+    """``total + g``, where either may be missing (``None``)."""
+    if g is None or total is None:
+        return total if g is None else g
+    return total + g
+
+
 class GradientMethod(MetaAlgorithm):
     """Meta-loss and adaptation of an inner-loop method; subclasses override the hooks.
 
@@ -150,17 +156,24 @@ class GradientMethod(MetaAlgorithm):
         if conv_options and len(spec.input_shape) != 3:
             raise MetalabError(f"{', '.join(conv_options)}: Conv4 options for images; this benchmark's inputs "
                                f"have shape {tuple(spec.input_shape)}")
-        strided_default = model is None and config.downsample == "stride"  # the default Conv4, strided
+        default_model = model is None
+        strided_default = default_model and config.downsample == "stride"  # the default Conv4, strided
         if model is None:
             model = make_backbone(spec.input_shape, spec.output_dim, vmap_safe=mode == "vmap",
                                   channels_last=config.channels_last, downsample=config.downsample,
                                   readout=config.readout)
         self.model = model
-        if mode == "auto":  # batched for the default strided Conv4 where the method allows it, else unbatched
-            batch = strided_default and self.task_batched and self._batchable() is None
-            mode = "batched" if batch else unbatched
+        if mode == "auto":  # see GradientConfig.task_mode
+            if strided_default and self.task_batched and self._batchable() is None:
+                mode = "batched"
+            elif default_model and unbatched == "loop" and self._threadable() is None:
+                mode = "threads"
+            else:
+                mode = unbatched
         elif mode == "batched" and (reason := self._batchable()) is not None:
             raise MetalabError(f"{self.name} cannot run task_mode=batched: {reason}; use task_mode=loop or auto")
+        elif mode == "threads" and (reason := self._threadable()) is not None:
+            raise MetalabError(f"{self.name} cannot run task_mode=threads: {reason}; use task_mode=loop or auto")
         self.task_mode = mode
 
     # hooks -----------------------------------------------------------------------------
@@ -188,6 +201,14 @@ class GradientMethod(MetaAlgorithm):
             return "it adapts part of the network or maps the inputs first"
         if self.config.inner_grad_clip is not None:
             return "inner_grad_clip takes one norm per task"
+        return self._running_statistics()
+
+    def _threadable(self) -> str | None:
+        """Why the tasks cannot run side by side on threads (``None`` if they can)."""
+        if not runs_pure(self.model):
+            return (f"its model {type(self.model).__name__} runs through torch.func.functional_call, which swaps "
+                    "the module's parameters in place (give it a functional(params, x) method, as metalab.nn's "
+                    "backbones have)")
         return self._running_statistics()
 
     def _running_statistics(self) -> str | None:
@@ -302,12 +323,48 @@ class GradientMethod(MetaAlgorithm):
             torch.autograd.backward([adapted[name] for name in connected], [grads[name] for name in connected])
         return self._output(torch.stack(losses).mean(), torch.stack(metrics), batch.is_classification)
 
+    def _meta_gradient_threads(self, batch: EpisodeBatch) -> MetaOutput:
+        """The loop's meta-gradient with the tasks shared out among threads, one core each.
+
+        :func:`metalab.func.task_shares` deals the tasks to the threads; each thread sums
+        its tasks' gradients in task order, and the threads' sums are added to ``.grad`` in
+        thread order, so the result does not depend on which thread finishes first. Peak
+        memory holds one task's graph per thread.
+        """
+        one_task, n = self._task_fn(), len(batch)
+        leaves = [p for p in self.parameters() if p.requires_grad]
+
+        def share_gradient(share: range) -> tuple[list[Tensor | None], list[tuple[Tensor, Tensor]]]:
+            total: list[Tensor | None] = [None] * len(leaves)
+            outputs = []
+            for t in share:
+                loss, metric = one_task(batch.support_x[t], batch.support_y[t], batch.query_x[t], batch.query_y[t])
+                grads = torch.autograd.grad(finite(loss, f"{self.name}.meta_gradient") / n, leaves, allow_unused=True)
+                total = [_add(a, b) for a, b in zip(total, grads)]
+                outputs.append((loss.detach(), metric))
+            return total, outputs
+
+        shares = task_shares(n)
+        per_share = on_threads([partial(share_gradient, share) for share in shares])
+        for leaf, *sums in zip(leaves, *(total for total, _ in per_share)):
+            for g in sums:  # added to .grad as backward() adds: in place, in the parameter's layout
+                if g is not None and leaf.grad is None:
+                    leaf.grad = torch.empty_like(leaf).copy_(g)
+                elif g is not None:
+                    leaf.grad.add_(g)
+        losses, metrics = zip(*in_task_order(shares, [outputs for _, outputs in per_share]))
+        return self._output(torch.stack(losses).mean(), torch.stack(metrics), batch.is_classification)
+
     def meta_gradient(self, batch: EpisodeBatch) -> MetaOutput:
-        """Back-propagate task by task (loop), or in three passes (batched); each query graph is freed at once."""
+        """Back-propagate task by task (loop, threads), or in three passes (batched); each query graph is
+        freed at once."""
         if self.task_mode == "batched":
             self.check_head(batch.metas[0].n_way, batch.is_classification)
             return self._meta_gradient_batched(batch)
-        if self.task_mode != "loop":
+        if self.task_mode == "threads" and batch.support_x.device.type == "cpu":
+            self.check_head(batch.metas[0].n_way, batch.is_classification)
+            return self._meta_gradient_threads(batch)
+        if self.task_mode not in ("loop", "threads"):
             return super().meta_gradient(batch)
         self.check_head(batch.metas[0].n_way, batch.is_classification)
         one_task, n = self._task_fn(), len(batch)

@@ -1,6 +1,6 @@
 """L1 functional core: pure functions over parameter dicts."""
 
-from metalab.func.functional import forward, params_of
+from metalab.func.functional import forward, params_of, runs_pure
 from metalab.func.inner import inner_loop
 from metalab.func.losses import metric_name, task_loss, task_metric
 from metalab.func.meta_lstm import MetaLSTM, MetaLSTMState, preprocess
@@ -13,7 +13,7 @@ from metalab.func.prototypes import (
     squared_euclidean,
 )
 from metalab.func.rules import SGD, Adam, Clipped, PerParameterSGD, UpdateRule, global_norm
-from metalab.func.tasks import TASK_MODES, map_tasks
+from metalab.func.tasks import TASK_MODES, in_task_order, map_tasks, on_threads, task_shares
 
 __all__ = [
     "SGD",
@@ -29,14 +29,18 @@ __all__ = [
     "class_sums",
     "cosine_similarity",
     "forward",
+    "in_task_order",
     "inner_loop",
     "map_tasks",
     "metric_name",
+    "on_threads",
     "one_hot",
     "params_of",
     "preprocess",
     "reduce_by_class",
+    "runs_pure",
     "squared_euclidean",
     "task_loss",
     "task_metric",
+    "task_shares",
 ]

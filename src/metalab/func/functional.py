@@ -21,10 +21,15 @@ def forward(module: nn.Module, params: Params, x: Tensor) -> Tensor:
     are run as pure functions (no attribute swapping: cheaper, and safe in threads);
     others through ``torch.func.functional_call``.
     """
-    pure = getattr(module, "functional", None)
-    if pure is not None:
-        return pure(params, x)
     if type(module) is nn.Linear:
         return F.linear(x, params["weight"], params.get("bias"))
+    if runs_pure(module):
+        return module.functional(params, x)
     return functional_call(module, params, (x,))
+
+
+def runs_pure(module: nn.Module) -> bool:
+    """Whether :func:`forward` runs ``module`` as a pure function (no parameter swapping,
+    so several threads may run it at once with different parameters)."""
+    return type(module) is nn.Linear or callable(getattr(module, "functional", None))
 
