@@ -99,6 +99,25 @@ def test_threads_give_the_loops_meta_gradient_loss_and_metrics(cls, hparams, tas
     torch.testing.assert_close(t_grad, grad, rtol=1e-10, atol=1e-13)
 
 
+@pytest.mark.parametrize("tasks", [1, 5])
+@pytest.mark.parametrize("cls, hparams", [(MAML, {}), (MAML, {"first_order": True, "inner_steps": 2}), (MetaSGD, {})],
+                         ids=lambda v: v.__name__ if isinstance(v, type) else str(v))
+def test_batched_groups_dealt_to_threads_give_the_loops_meta_gradient(cls, hparams, tasks, two_threads):
+    """With two intra-op threads, task_mode=batched deals the tasks to two threads and runs each share
+    in groups: 5 queries per class over 1 shot make groups of 2 tasks, so the shares of 5 tasks
+    (tasks 0, 2, 4 and 1, 3) run as groups of 2 and 1 and of 2."""
+    data = image_batch(tasks=tasks, k_shot=1, n_query=5)
+    results = []
+    for mode in ("loop", "batched"):
+        algo = _build(cls, mode, **hparams)
+        out = algo.meta_gradient(data)
+        results.append((out.loss, out.metrics, flat_grad(algo)))
+    (loss, metrics, grad), (b_loss, b_metrics, b_grad) = results
+    torch.testing.assert_close(b_loss, loss, rtol=1e-12, atol=0)
+    assert b_metrics == pytest.approx(metrics, rel=1e-12)
+    torch.testing.assert_close(b_grad, grad, rtol=1e-10, atol=1e-13)
+
+
 def test_threads_add_to_existing_gradients_as_backward_does_and_repeat_bit_for_bit(two_threads):
     data = image_batch(tasks=5, k_shot=1, n_query=3)
     grads = []

@@ -67,7 +67,7 @@ class GradientConfig:
             ``batched`` the inner loops of all tasks in one pass of the backbone's
             ``functional_tasks`` (grouped convolutions), then each task's query pass on its own
             and one backward pass through all the inner loops (see
-            :meth:`GradientMethod._meta_gradient_batched`; MAML and Meta-SGD with a backbone
+            :meth:`GradientMethod._batched_share`; MAML and Meta-SGD with a backbone
             that has ``functional_tasks``; ANIL embeds all tasks in one pass of the shared body,
             see :mod:`metalab.algorithms.anil`); ``auto``: vmap for vector inputs; for the
             default Conv4, batched with ``downsample="stride"`` where the method can batch
@@ -127,6 +127,10 @@ def _add(total: Tensor | None, g: Tensor | None) -> Tensor | None:
     if g is None or total is None:
         return total if g is None else g
     return total + g
+
+
+#: a share's summed gradient per meta-parameter (``None``: none reached it) and its tasks' (loss, metric)
+ShareResult = tuple[list[Tensor | None], list[tuple[Tensor, Tensor]]]
 
 
 class GradientMethod(MetaAlgorithm):
@@ -287,15 +291,15 @@ class GradientMethod(MetaAlgorithm):
 
         return inner_loop(support_loss, stacked, self._rule(), cfg.inner_steps, cfg.first_order)
 
-    def _meta_gradient_batched(self, batch: EpisodeBatch) -> MetaOutput:
-        """The meta-gradient in three passes per group of tasks, the same as the task loop's (tested).
+    def _batched_share(self, batch: EpisodeBatch, share: range, leaves: list[Tensor]) -> ShareResult:
+        """A share's part of the meta-gradient in three passes per group of its tasks, the loop's (tested).
 
         1. the inner loops of the group's tasks at once (:meth:`_adapted_tasks`), keeping
            their graph;
         2. task by task, the query loss at the adapted parameters (detached) and its
            gradient ``g_t`` with respect to them; each query graph is freed at once;
         3. one backward pass of ``sum_t <adapted_t, g_t>`` through the inner loops, which
-           adds ``sum_t (d adapted_t / d theta)^T g_t`` to the meta-parameters' gradients.
+           gives ``sum_t (d adapted_t / d theta)^T g_t`` with respect to the meta-parameters.
 
         A group's support sets hold half as many examples as one query set (at least one
         task per group), so the inner-loop graph kept alive (with its second-order terms)
@@ -303,49 +307,56 @@ class GradientMethod(MetaAlgorithm):
         measured 1.2-1.6x the plain loop's peak memory at one inner step
         (``benchmarks/throughput.py``); larger groups are somewhat faster and use more.
         """
-        tasks = len(batch)
+        tasks, share = len(batch), list(share)
         group = max(1, batch.query_x.shape[1] // (2 * max(batch.support_x.shape[1], 1)))
-        losses, metrics = [], []
-        for start in range(0, tasks, group):
-            end = min(start + group, tasks)
-            adapted = self._adapted_tasks(batch.support_x[start:end], batch.support_y[start:end])
+        total: list[Tensor | None] = [None] * len(leaves)
+        outputs = []
+        for start in range(0, len(share), group):
+            members = share[start:start + group]
+            adapted = self._adapted_tasks(batch.support_x[members], batch.support_y[members])
             grads = {name: torch.empty_like(p) for name, p in adapted.items()}
-            for t in range(end - start):
-                qx, qy = batch.query_x[start + t], batch.query_y[start + t]
-                leaves = {name: p[t].detach().requires_grad_() for name, p in adapted.items()}
-                pred = self.predict(leaves, qx)
+            for i, t in enumerate(members):
+                qx, qy = batch.query_x[t], batch.query_y[t]
+                fast = {name: p[i].detach().requires_grad_() for name, p in adapted.items()}
+                pred = self.predict(fast, qx)
                 loss = finite(task_loss(pred, qy), f"{self.name}.meta_gradient")
-                for name, g in zip(leaves, torch.autograd.grad(loss / tasks, list(leaves.values()))):
-                    grads[name][t] = g
-                losses.append(loss.detach())
-                metrics.append(task_metric(pred.detach(), qy))
+                for name, g in zip(fast, torch.autograd.grad(loss / tasks, list(fast.values()))):
+                    grads[name][i] = g
+                outputs.append((loss.detach(), task_metric(pred.detach(), qy)))
             connected = [name for name, p in adapted.items() if p.requires_grad]
-            torch.autograd.backward([adapted[name] for name in connected], [grads[name] for name in connected])
-        return self._output(torch.stack(losses).mean(), torch.stack(metrics), batch.is_classification)
+            if connected:
+                back = torch.autograd.grad([adapted[name] for name in connected], leaves,
+                                           [grads[name] for name in connected], allow_unused=True)
+                total = [_add(a, b) for a, b in zip(total, back)]
+        return total, outputs
 
-    def _meta_gradient_threads(self, batch: EpisodeBatch) -> MetaOutput:
-        """The loop's meta-gradient with the tasks shared out among threads, one core each.
-
-        :func:`metalab.func.task_shares` deals the tasks to the threads; each thread sums
-        its tasks' gradients in task order, and the threads' sums are added to ``.grad`` in
-        thread order, so the result does not depend on which thread finishes first. Peak
-        memory holds one task's graph per thread.
-        """
+    def _task_share(self, batch: EpisodeBatch, share: range, leaves: list[Tensor]) -> ShareResult:
+        """A share's part of the meta-gradient, task by task (the loop's arithmetic)."""
         one_task, n = self._task_fn(), len(batch)
+        total: list[Tensor | None] = [None] * len(leaves)
+        outputs = []
+        for t in share:
+            loss, metric = one_task(batch.support_x[t], batch.support_y[t], batch.query_x[t], batch.query_y[t])
+            grads = torch.autograd.grad(finite(loss, f"{self.name}.meta_gradient") / n, leaves, allow_unused=True)
+            total = [_add(a, b) for a, b in zip(total, grads)]
+            outputs.append((loss.detach(), metric))
+        return total, outputs
+
+    def _meta_gradient_by_shares(self, batch: EpisodeBatch,
+                                 share_gradient: Callable[[EpisodeBatch, range, list[Tensor]], ShareResult]
+                                 ) -> MetaOutput:
+        """The meta-gradient with the tasks dealt to threads, one core each (on a CPU; one share on a GPU).
+
+        :func:`metalab.func.task_shares` deals the tasks; ``share_gradient`` sums its
+        tasks' gradients in order, and the shares' sums are added to ``.grad`` in share
+        order, so the result does not depend on which thread finishes first. Peak memory
+        holds one share's graph per thread.
+        """
+        self.check_head(batch.metas[0].n_way, batch.is_classification)
         leaves = [p for p in self.parameters() if p.requires_grad]
-
-        def share_gradient(share: range) -> tuple[list[Tensor | None], list[tuple[Tensor, Tensor]]]:
-            total: list[Tensor | None] = [None] * len(leaves)
-            outputs = []
-            for t in share:
-                loss, metric = one_task(batch.support_x[t], batch.support_y[t], batch.query_x[t], batch.query_y[t])
-                grads = torch.autograd.grad(finite(loss, f"{self.name}.meta_gradient") / n, leaves, allow_unused=True)
-                total = [_add(a, b) for a, b in zip(total, grads)]
-                outputs.append((loss.detach(), metric))
-            return total, outputs
-
-        shares = task_shares(n)
-        per_share = on_threads([partial(share_gradient, share) for share in shares])
+        tasks = len(batch)
+        shares = task_shares(tasks) if batch.support_x.device.type == "cpu" else [range(tasks)]
+        per_share = on_threads([partial(share_gradient, batch, share, leaves) for share in shares])
         for leaf, *sums in zip(leaves, *(total for total, _ in per_share)):
             for g in sums:  # added to .grad as backward() adds: in place, in the parameter's layout
                 if g is not None and leaf.grad is None:
@@ -356,14 +367,12 @@ class GradientMethod(MetaAlgorithm):
         return self._output(torch.stack(losses).mean(), torch.stack(metrics), batch.is_classification)
 
     def meta_gradient(self, batch: EpisodeBatch) -> MetaOutput:
-        """Back-propagate task by task (loop, threads), or in three passes (batched); each query graph is
-        freed at once."""
+        """Back-propagate task by task (loop, threads), or in three passes per group of tasks (batched,
+        its groups dealt to threads on a CPU); each query graph is freed at once."""
         if self.task_mode == "batched":
-            self.check_head(batch.metas[0].n_way, batch.is_classification)
-            return self._meta_gradient_batched(batch)
+            return self._meta_gradient_by_shares(batch, self._batched_share)
         if self.task_mode == "threads" and batch.support_x.device.type == "cpu":
-            self.check_head(batch.metas[0].n_way, batch.is_classification)
-            return self._meta_gradient_threads(batch)
+            return self._meta_gradient_by_shares(batch, self._task_share)
         if self.task_mode not in ("loop", "threads"):
             return super().meta_gradient(batch)
         self.check_head(batch.metas[0].n_way, batch.is_classification)
