@@ -371,9 +371,9 @@ class GradientMethod(MetaAlgorithm):
         its groups dealt to threads on a CPU); each query graph is freed at once."""
         if self.task_mode == "batched":
             return self._meta_gradient_by_shares(batch, self._batched_share)
-        if self.task_mode == "threads" and batch.support_x.device.type == "cpu":
+        if self.task_mode == "threads":
             return self._meta_gradient_by_shares(batch, self._task_share)
-        if self.task_mode not in ("loop", "threads"):
+        if self.task_mode != "loop":
             return super().meta_gradient(batch)
         self.check_head(batch.metas[0].n_way, batch.is_classification)
         one_task, n = self._task_fn(), len(batch)

@@ -37,7 +37,8 @@ def in_task_order(shares: Sequence[range], per_share: Sequence[Sequence[T]]) -> 
 
 
 def on_threads(jobs: Sequence[Callable[[], T]]) -> list[T]:
-    """Run every job on its own thread, each thread's torch operators on one core; results in order.
+    """Run every job on its own thread, each thread's torch operators on one core; results in order
+    (a single job runs on the calling thread, with its intra-op threads).
 
     The tasks of a meta-batch are small for a CPU's cores: a 5-image support pass or a
     75-image query pass of Conv4 splits poorly over intra-op threads. Running whole tasks
