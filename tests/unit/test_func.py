@@ -61,18 +61,18 @@ def test_sgd_per_step_rates():
     assert rule(p, g, None, 5)[0]["w"].item() == pytest.approx(0.98)
 
 
-def test_map_tasks_loop_equals_vmap():
+def test_map_tasks_loop_equals_vmap_and_threads():
     x = torch.randn(3, 4, 2)
 
     def fn(t):
         return t.sum(0), (t ** 2).mean()
 
     loop = map_tasks(fn, (x,), "loop")
-    vmap = map_tasks(fn, (x,), "vmap")
-    for a, b in zip(loop, vmap):
-        torch.testing.assert_close(a, b)
+    for mode in ("vmap", "threads"):
+        for a, b in zip(loop, map_tasks(fn, (x,), mode)):
+            torch.testing.assert_close(a, b)
     with pytest.raises(ValueError, match="task mode"):
-        map_tasks(fn, (x,), "threads")
+        map_tasks(fn, (x,), "parallel")
 
 
 def test_mean_ci95_analytic():
