@@ -76,9 +76,9 @@ class GradientConfig:
             ``benchmarks/task_modes.py`` and ``benchmarks/throughput.py`` on a 2-core CPU (see
             "Loop, vmap, threads or batched over tasks" in docs/speed_and_exactness.md): vmap
             is 12x faster than the loop for the sinusoid MLP; for Conv4 at meta-batch 32 on two
-            threads, threads were 1.05-1.48x faster than the loop for MAML, Meta-SGD, ANIL and
+            threads, threads were 1.05-1.56x faster than the loop for MAML, Meta-SGD, ANIL and
             Reptile, batched (its groups on threads) as fast as threads or 8% faster with the
-            strided Conv4 and slower with max-pooling, and ANIL's batched form 1.2-2.8x slower
+            strided Conv4 and slower with max-pooling, and ANIL's batched form 1.2-2.3x slower
             than its loop.
         channels_last: the default Conv4's layout: ``True`` channels-last (its batch norm then
             computes the statistics as column means of the channels-last matrix view,
