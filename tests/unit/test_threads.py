@@ -39,9 +39,10 @@ def _build(cls, mode, spec=IMAGES, model=None, **hparams):
 
 def test_task_shares_deal_the_tasks_round_robin(two_threads):
     assert task_shares(5) == [range(0, 5, 2), range(1, 5, 2)]
-    assert task_shares(5, 3) == [range(0, 5, 3), range(1, 5, 3), range(2, 5, 3)]
+    assert task_shares(5, workers=3) == [range(0, 5, 3), range(1, 5, 3), range(2, 5, 3)]
     assert task_shares(1) == [range(0, 1, 1)]  # never more workers than tasks
     assert task_shares(0) == [range(0, 0, 1)]
+    assert task_shares(5, torch.device("meta")) == [range(5)]  # off the CPU: one share, a loop
 
 
 def test_on_threads_runs_each_job_on_its_own_thread_with_one_core_and_returns_in_order(two_threads):

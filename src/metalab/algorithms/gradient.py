@@ -359,7 +359,7 @@ class GradientMethod(MetaAlgorithm):
         self.check_head(batch.metas[0].n_way, batch.is_classification)
         leaves = [p for p in self.parameters() if p.requires_grad]
         tasks = len(batch)
-        shares = task_shares(tasks) if batch.support_x.device.type == "cpu" else [range(tasks)]
+        shares = task_shares(tasks, batch.support_x.device)
         per_share = on_threads([partial(share_gradient, batch, share, leaves) for share in shares])
         for leaf, *sums in zip(leaves, *(total for total, _ in per_share)):
             for g in sums:  # added to .grad as backward() adds: in place, in the parameter's layout

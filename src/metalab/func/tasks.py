@@ -19,10 +19,13 @@ TASK_MODES = ("loop", "vmap", "threads")
 T = TypeVar("T")
 
 
-def task_shares(tasks: int, workers: int | None = None) -> list[range]:
+def task_shares(tasks: int, device: torch.device | None = None, workers: int | None = None) -> list[range]:
     """Tasks ``0..tasks-1`` dealt round-robin to ``workers`` (default: torch's intra-op thread
     count, at most one per task): worker ``w`` gets ``w, w + workers, ...``. A fixed deal, so
-    sums over each share, then over the shares in order, round the same way every time."""
+    sums over each share, then over the shares in order, round the same way every time. On a
+    device other than the CPU (``device``), one share: the tasks run in a loop there."""
+    if device is not None and torch.device(device).type != "cpu":
+        return [range(tasks)]
     workers = max(1, min(torch.get_num_threads() if workers is None else workers, tasks))
     return [range(w, tasks, workers) for w in range(workers)]
 
@@ -103,9 +106,6 @@ def map_tasks(fn: Callable[..., tuple[Tensor, ...]], tensors: Sequence[Tensor], 
     def run(share: Sequence[int]) -> list[tuple[Tensor, ...]]:
         return [fn(*(t[i] for t in tensors)) for i in share]
 
-    if mode == "threads" and tensors[0].device.type == "cpu":
-        shares = task_shares(tasks)
-        outputs = in_task_order(shares, on_threads([partial(run, share) for share in shares]))
-    else:
-        outputs = run(range(tasks))
+    shares = task_shares(tasks, tensors[0].device) if mode == "threads" else [range(tasks)]
+    outputs = in_task_order(shares, on_threads([partial(run, share) for share in shares]))
     return tuple(torch.stack(column) for column in zip(*outputs))
