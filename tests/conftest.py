@@ -6,6 +6,7 @@ import os
 from pathlib import Path
 
 import pytest
+import torch
 
 REPO_ROOT = Path(__file__).resolve().parents[1]
 
@@ -39,3 +40,22 @@ def omniglot_images(omniglot_dir, omniglot_cache):
     from metalab.data.omniglot import load_omniglot
 
     return load_omniglot(omniglot_dir, cache_dir=omniglot_cache)
+
+
+@pytest.fixture(scope="session")
+def omniglot_5w1s(omniglot_dir, omniglot_images, omniglot_cache):
+    """Real Omniglot, Vinyals split, 5-way 1-shot with 5 queries per class (training and test)."""
+    from metalab import BenchmarkConfig, make_benchmark
+
+    return make_benchmark(BenchmarkConfig(
+        "omniglot", data_dir=str(omniglot_dir), cache_dir=str(omniglot_cache), n_way=5, k_shot=1, n_query=5,
+        train_n_way=5, train_k_shot=1, train_n_query=5))
+
+
+@pytest.fixture
+def two_threads():
+    """torch on two intra-op threads for the test (restored after)."""
+    before = torch.get_num_threads()
+    torch.set_num_threads(2)
+    yield
+    torch.set_num_threads(before)

@@ -262,3 +262,25 @@ def test_mann_instance_benchmark_fine_tunes_from_another_runs_weights(tmp_path, 
     assert other.returncode == 2 and "other settings" in other.stderr
     missing = run("none", "--init-from", str(tmp_path / "nothing.pt"))
     assert missing.returncode == 2 and "no such checkpoint" in missing.stderr
+
+
+def test_evaluation_times_both_ways_checks_they_agree_and_records_the_speedup(tmp_path, omniglot_dir, omniglot_images,
+                                                                              omniglot_cache):
+    common = ("--data-dir", str(omniglot_dir), "--cache-dir", str(omniglot_cache), "--results-dir", str(tmp_path))
+    done = run_script("evaluation.py", "--methods", "maml,protonet", "--settings", "5w1s", "--episodes", "3",
+                      "--reps", "1", "--threads", "2", *common)
+    assert done.returncode == 0, done.stderr
+    rows = read_records(tmp_path / "evaluation.jsonl")
+    by_key = {(r["method"], r["metric"]): r["value"] for r in rows}
+    assert len(rows) == len(by_key) == 6 and {r["setting"] for r in rows} == {"5w1s"}
+    for method in ("maml", "protonet"):
+        loop, threads = by_key[f"{method}-loop", "seconds_per_episode"], by_key[f"{method}-threads", "seconds_per_episode"]
+        assert loop > 0 and threads > 0 and by_key[method, "speedup"] == pytest.approx(loop / threads)
+    for bad_args, message in [(("--settings", "5x1"), "--settings 5x1: write each as <n>w<k>s"),
+                              (("--methods", "mann"), "mann does not score episodes on threads"),
+                              (("--methods", "mamll"), "unknown algorithm 'mamll'"),
+                              (("--threads", "1"), "threads need at least two cores")]:
+        bad = run_script("evaluation.py", "--episodes", "1", "--reps", "1", "--threads", "2", *common[:4], "--results-dir",
+                         str(tmp_path / "bad"), *bad_args)
+        assert bad.returncode == 2 and message in bad.stderr, bad.stderr
+    assert not (tmp_path / "bad").exists()

@@ -5,7 +5,6 @@ from dataclasses import replace
 import pytest
 import torch
 
-import metalab
 from metalab.algorithms import build
 from metalab.algorithms.siamese import PAIR_STREAM
 from metalab.data import Episode, EpisodeBatch, TaskSpec, balanced_pairs
@@ -270,13 +269,6 @@ def test_regression_task_spec_is_rejected():
 
 
 # ---------------------------------------------------------------------------- real Omniglot
-
-
-@pytest.fixture(scope="module")
-def omniglot_5w1s(omniglot_dir, omniglot_images, omniglot_cache):
-    return metalab.make_benchmark(metalab.BenchmarkConfig(
-        "omniglot", data_dir=str(omniglot_dir), cache_dir=str(omniglot_cache), n_way=5, k_shot=1, n_query=5,
-        train_n_way=5, train_k_shot=1, train_n_query=5))
 
 
 def test_training_on_real_omniglot_beats_chance_on_held_out_characters(omniglot_5w1s):

@@ -22,14 +22,6 @@ from .helpers import flat_grad, image_batch, sinusoid_batch
 IMAGES = TaskSpec((1, 16, 16), 3, True)
 
 
-@pytest.fixture
-def two_threads():
-    before = torch.get_num_threads()
-    torch.set_num_threads(2)
-    yield
-    torch.set_num_threads(before)
-
-
 def _build(cls, mode, spec=IMAGES, model=None, **hparams):
     torch.manual_seed(0)
     if model is None:

@@ -83,6 +83,14 @@ class MetaAlgorithm(nn.Module):
         """Adapt to one episode's support set; ``steps`` overrides test-time inner steps."""
         raise NotImplementedError
 
+    @property
+    def evaluates_on_threads(self) -> bool:
+        """Whether :func:`metalab.evaluate` may adapt to several episodes at once on threads: only
+        where adapting and predicting read the method's state and never write it (no module
+        whose parameters are swapped in, no recurrent memory kept between calls). Off unless a
+        method says so."""
+        return False
+
     def evaluate_episode(self, episode: Episode, steps: int | None = None) -> float:
         """Query accuracy (classification) or MSE (regression) after adapting."""
         predictor = self.adapt(episode, steps)

@@ -184,6 +184,12 @@ class GradientMethod(MetaAlgorithm):
             raise MetalabError(f"{self.name} cannot run task_mode=threads: {reason}; use task_mode=loop or auto")
         self.task_mode = mode
 
+    @property
+    def evaluates_on_threads(self) -> bool:
+        """Adapting reads the meta-parameters and writes only new tensors; the model must run as a
+        pure function of its parameters (:func:`metalab.func.runs_pure`)."""
+        return runs_pure(self.model)
+
     # hooks -----------------------------------------------------------------------------
     def fast_params(self) -> Params:
         return params_of(self.model)

@@ -19,7 +19,7 @@ from torch import Tensor, nn
 from metalab.algorithms.base import MetaAlgorithm, MetaOutput, Predictor, check_support, finite
 from metalab.data.benchmarks import TaskSpec
 from metalab.data.episode import Episode, EpisodeBatch
-from metalab.func import map_tasks
+from metalab.func import map_tasks, runs_pure
 from metalab.nn import make_backbone
 from metalab.utils.errors import MetalabError
 
@@ -41,6 +41,12 @@ class MetricMethod(MetaAlgorithm):
         # running statistics: batch statistics in training, running averages in evaluation
         self.encoder = encoder if encoder is not None else make_backbone(spec.input_shape, None,
                                                                          track_running_stats=True)
+
+    @property
+    def evaluates_on_threads(self) -> bool:
+        """Evaluation only reads the networks (batch norm uses its running statistics); a metalab
+        backbone as the encoder (a user's module might keep state between calls)."""
+        return runs_pure(self.encoder)
 
     def scores(self, support: Tensor, support_y: Tensor, query: Tensor, n_way: int) -> Tensor:
         """Embeddings ``(n, d)``, labels ``(n,)``, ``(m, d)`` -> ``(m, n_way)`` class scores (argmax = prediction)."""

@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+import threading
 from dataclasses import asdict, dataclass
 
 from tqdm.auto import tqdm
@@ -9,7 +10,8 @@ from tqdm.auto import tqdm
 from metalab.algorithms.base import MetaAlgorithm
 from metalab.data.sampler import TaskSource
 from metalab.engine.distributed import SINGLE, Distributed
-from metalab.utils.errors import require_positive
+from metalab.func.tasks import in_task_order, on_threads, task_shares
+from metalab.utils.errors import MetalabError, require_positive
 from metalab.utils.stats import mean_ci95
 
 
@@ -54,6 +56,7 @@ def evaluate(
     progress: bool = False,
     desc: str = "eval",
     distributed: Distributed = SINGLE,
+    threads: bool | None = None,
 ) -> EvalResult:
     """Adapt to each of the first ``episodes`` episodes of ``source`` and score its query set.
 
@@ -61,16 +64,49 @@ def evaluate(
     statistics uses them) and restored afterwards; episodes are moved to the algorithm's
     device. In a data-parallel run every rank scores
     its share of the episodes and all ranks return the result over all of them.
+
+    ``threads``: score episodes side by side, one per core (:func:`metalab.func.on_threads`;
+    the episodes are dealt round-robin to torch's intra-op thread count, each thread's
+    operators on one core). ``None`` (default): when the method allows it
+    (:attr:`MetaAlgorithm.evaluates_on_threads`); on a GPU the episodes always run one after
+    another. Each episode's value is computed as alone, so the result is the same either way
+    up to the rounding of the operators' thread count. Episodes are drawn from ``source`` one
+    at a time (a source need not be thread-safe). After an error in one episode the other
+    threads stop at their next episode and the error is raised.
     """
     require_positive(episodes=episodes)
+    if threads and not algorithm.evaluates_on_threads:
+        raise MetalabError(
+            f"{algorithm.name} cannot score episodes on threads: its adaptation may change shared state (only "
+            "methods whose networks run as pure functions can); use threads=False or None")
+    indices = distributed.episode_indices(episodes)
+    workers = None if (algorithm.evaluates_on_threads if threads is None else threads) else 1
+    shares = task_shares(len(indices), algorithm.device, workers)
+    lock, failed = threading.Lock(), threading.Event()
+    bar = tqdm(total=len(indices), desc=desc, disable=not progress, leave=False)
+
+    def score(position: int) -> float:
+        with lock:
+            episode = source.episode(indices[position])
+        try:
+            value = algorithm.evaluate_episode(algorithm.on_device(episode), steps)
+        except BaseException:
+            failed.set()
+            raise
+        with lock:
+            bar.update()
+        return value
+
+    def share_values(share: range) -> list[float]:
+        return [score(position) for position in share if not failed.is_set()]
+
     was_training = algorithm.training
     algorithm.eval()
-    values = []
     try:
-        for index in tqdm(distributed.episode_indices(episodes), desc=desc, disable=not progress, leave=False):
-            values.append(algorithm.evaluate_episode(algorithm.on_device(source.episode(index)), steps))
+        values = in_task_order(shares, on_threads([lambda share=share: share_values(share) for share in shares]))
     finally:
         algorithm.train(was_training)
+        bar.close()
     values = distributed.gather_values(values, episodes)
     mean, ci = mean_ci95(values)
     # a meta-RL stream may score by another measure than the method's default (Meta-World: success)
