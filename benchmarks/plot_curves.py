@@ -35,15 +35,16 @@ from metalab.utils.errors import MetalabError  # noqa: E402
 
 
 def chosen_records(directory: Path, benchmark: str, setting: str, budget: str, val_setting: str | None = None,
-                   each_budget: bool = False, skip: Sequence[str] = ()) -> list[dict]:
-    """The records of ``benchmark``/``setting`` whose budget label starts with ``budget`` (and contains none
-    of the texts in ``skip``) and that carry a validation curve measured on ``val_setting`` (default:
+                   each_budget: bool = False, skip: Sequence[str] = (), require: Sequence[str] = ()) -> list[dict]:
+    """The records of ``benchmark``/``setting`` whose budget label starts with ``budget`` (contains none
+    of the texts in ``skip`` and every text in ``require``) and that carry a validation curve measured on ``val_setting`` (default:
     ``setting``), one per method (the newest), by method name; with ``each_budget``, one per method and
     budget label (variants of one method side by side)."""
     val_setting = val_setting or setting
 
     def wanted(label: str) -> bool:
-        return label.startswith(budget) and not any(text in label for text in skip)
+        return (label.startswith(budget) and not any(text in label for text in skip)
+                and all(text in label for text in require))
 
     rows = [r for r in results.load(directory)
             if r["benchmark"] == benchmark and r["setting"] == setting and wanted(r.get("budget") or "")
@@ -67,6 +68,9 @@ def main() -> int:
     p.add_argument("--skip-budget", action="append", default=[], metavar="TEXT",
                    help="with --records: leave out the records whose budget label contains TEXT (repeatable), e.g. "
                         "' + 15 min' for fine-tuning runs that share a prefix with the runs they started from")
+    p.add_argument("--budget-contains", action="append", default=[], metavar="TEXT",
+                   help="with --records: keep only the records whose budget label contains TEXT (repeatable), e.g. "
+                        "'random character split' for every method's run on that split, whatever its model")
     p.add_argument("--val-setting", help="with --records: the setting the curves were validated on, where it is not "
                                          "--setting (mann-instance records: 5class-all-steps)")
     p.add_argument("--each-budget", action="store_true",
@@ -82,7 +86,7 @@ def main() -> int:
     try:
         if args.records:
             chosen = chosen_records(args.records, args.benchmark, args.setting, args.budget, args.val_setting,
-                                    args.each_budget, args.skip_budget)
+                                    args.each_budget, args.skip_budget, args.budget_contains)
             print(plot_record_curves(chosen, args.out, args.title, command()))
         else:
             print(plot_curves(args.runs, args.out, args.title, command()))

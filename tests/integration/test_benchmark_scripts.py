@@ -102,11 +102,15 @@ def test_plot_curves_draws_the_newest_matching_record_per_method_and_stores_its_
                                                               ("maml", "120min batched")]
     unbatched = chosen_records(tmp_path, "omniglot", "5w1s", "120min", each_budget=True, skip=("batched", "x"))
     assert [(r["method"], r["budget"]) for r in unbatched] == [("anil", "120min"), ("maml", "120min")]
+    only_batched = chosen_records(tmp_path, "omniglot", "5w1s", "120min", each_budget=True, require=("batched",))
+    assert [(r["method"], r["budget"]) for r in only_batched] == [("maml", "120min batched")]
     out = tmp_path / "c.png"
     args = ("--records", str(tmp_path), "--setting", "5w1s", "--budget", "120min", "--out", str(out))
     done = run_script("plot_curves.py", *args)
     assert done.returncode == 0, done.stderr
     assert figure_command(out) == "python benchmarks/plot_curves.py " + " ".join(args)
+    narrowed = run_script("plot_curves.py", *args, "--budget-contains", "batched")
+    assert narrowed.returncode == 0, narrowed.stderr
     missing = run_script("plot_curves.py", "--records", str(tmp_path), "--setting", "20w1s", "--out", str(tmp_path / "n.png"))
     assert missing.returncode == 2 and "no result records" in missing.stderr and not (tmp_path / "n.png").exists()
     both = run_script("plot_curves.py", "runs/x", "--records", str(tmp_path), "--out", str(tmp_path / "n.png"))
