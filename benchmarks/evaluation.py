@@ -10,7 +10,10 @@ not depend on what was learned), and scores the first ``--episodes`` test episod
 Vinyals split (15 queries per class), once with ``threads=False`` (one episode at a time, on
 torch's ``--threads`` intra-op threads) and once with ``threads=True`` (one episode per thread,
 one core each), alternating, ``--reps`` times; the median is kept. Both must give the same
-accuracy (checked: the script stops otherwise). Appends ``evaluation`` records (method
+accuracy up to rounding (checked: the script stops if the means differ by more than 0.5 points).
+An episode's operators round differently on one core than on several, and over Reptile's 50
+test steps that can flip a near-tie prediction (seen: 2 of 7500 query images); the records
+carry both means (``accuracy_loop``, ``accuracy_threads``). Appends ``evaluation`` records (method
 ``<method>-loop`` / ``<method>-threads``, metric ``seconds_per_episode``; method ``<method>``,
 metric ``speedup`` = loop time / threads time) to results/evaluation.jsonl.
 """
@@ -72,19 +75,20 @@ def main() -> None:
                 p.error(f"--methods: {method} does not score episodes on threads (it may keep state between them)")
             evaluate(algo, bench.test, 4, threads=False)  # warm-up
             times: dict[bool, list[float]] = {False: [], True: []}
-            means = set()
+            means: dict[bool, float] = {}
             for _ in range(args.reps):
                 for threads in (False, True):
                     start = time.perf_counter()
-                    result = evaluate(algo, bench.test, args.episodes, threads=threads)
+                    means[threads] = evaluate(algo, bench.test, args.episodes, threads=threads).mean
                     times[threads].append((time.perf_counter() - start) / args.episodes)
-                    means.add(round(result.mean, 9))
-            if len(means) != 1:
-                sys.exit(f"{method} {setting}: threads and the loop gave different accuracies {sorted(means)}")
+            if abs(means[True] - means[False]) > 0.005:
+                sys.exit(f"{method} {setting}: threads and the loop gave different accuracies: {means[True]:.4f} "
+                         f"and {means[False]:.4f}")
             loop, threaded = (statistics.median(times[t]) for t in (False, True))
             print(f"{setting} {method}: loop {loop * 1000:.1f} ms/episode, threads {threaded * 1000:.1f} "
-                  f"({loop / threaded:.2f}x)", flush=True)
-            common = dict(episodes=args.episodes, reps=args.reps, threads=torch.get_num_threads())
+                  f"({loop / threaded:.2f}x; accuracy {means[False]:.4f} / {means[True]:.4f})", flush=True)
+            common = dict(episodes=args.episodes, reps=args.reps, threads=torch.get_num_threads(),
+                          accuracy_loop=means[False], accuracy_threads=means[True])
             rows += [records.record("evaluation", f"{method}-loop", setting, "seconds_per_episode", loop, None, None,
                                     None, None, **common),
                      records.record("evaluation", f"{method}-threads", setting, "seconds_per_episode", threaded, None,

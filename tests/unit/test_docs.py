@@ -14,6 +14,7 @@ BUDGETS = {
     ("strided", "Vinyals"): {"120min strided"},
     ("strided", "random"): {"120min strided, random character split"},
     ("max-pooling", "Vinyals"): {"120min", "120min batched channels-last", "120min persistent Adam"},
+    ("max-pooling", "random"): {"120min persistent Adam, random character split"},
 }
 
 
