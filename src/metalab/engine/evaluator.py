@@ -75,12 +75,13 @@ def evaluate(
     threads stop at their next episode and the error is raised.
     """
     require_positive(episodes=episodes)
-    if threads and not algorithm.evaluates_on_threads:
+    allowed = algorithm.evaluates_on_threads
+    if threads and not allowed:
         raise MetalabError(
             f"{algorithm.name} cannot score episodes on threads: its adaptation may change shared state (only "
             "methods whose networks run as pure functions can); use threads=False or None")
     indices = distributed.episode_indices(episodes)
-    workers = None if (algorithm.evaluates_on_threads if threads is None else threads) else 1
+    workers = None if (allowed if threads is None else threads) else 1
     shares = task_shares(len(indices), algorithm.device, workers)
     lock, failed = threading.Lock(), threading.Event()
     bar = tqdm(total=len(indices), desc=desc, disable=not progress, leave=False)
