@@ -7,7 +7,7 @@ the meta-parameters; no outer optimiser step) of MAML on the conv4 of Finn et al
 (4 x [conv 3x3 64, batch norm with batch statistics, ReLU, max-pool 2], linear head),
 28x28 Omniglot training episodes (1 shot, 15 queries per class, from
 ``metalab.make_benchmark``), inner SGD with step 0.4, for 8 rows: 5-way with meta-batch 32
-and 20-way with meta-batch 16, second and first order, 1 and 5 inner steps. Six
+and 20-way with meta-batch 16, second and first order, 1 and 5 inner steps. Eight
 implementations compute the same meta-gradient in one process:
 
 - ``reference`` (record method ``loop-reference``): the per-task loop a user writes with
@@ -17,6 +17,8 @@ implementations compute the same meta-gradient in one process:
   library's documented MAML usage, per-task backward. With ``track_higher_grads=False``
   (first order) `higher` detaches the fast weights, so the query gradient of the fast
   weights is added to the model's gradients by hand (first-order MAML);
+- ``reference retained`` (record method ``loop-reference-retained``): the reference again,
+  timed after ``metalab.utils.retain_freed_memory()`` (below);
 - ``metalab`` (record method ``maml``): ``metalab.algorithms.MAML`` with its defaults
   through ``algo.meta_gradient(batch)`` (default Conv4, which is channels-last since
   2026-12-06: the ``maml`` records before that date are the channels-first layout, and
@@ -51,6 +53,17 @@ other side; several inner steps at rate 0.4 carry the jump further. Measured (th
 records, commit 2965f9f): the reference 1.6e-6 to 1.5e-4 at one step, 4.6e-5 to 2.9e-3 at
 five; metalab's default 1.2e-6 to 1.5e-4 at one step, 2.6e-3 to 6.5e-2 at five; channels-last
 1.1e-5 to 2.9e-4 and up to 4.4e-3; batched channels-last 9.4e-6 to 3.1e-4 and up to 3.8e-2.
+
+Freed memory: the reference and `higher` are timed first, for every row, with glibc's malloc
+as the process has it (blocks above an adaptive threshold come from ``mmap`` and go back on
+``free``, and freed heap memory is trimmed back to the system); then
+``metalab.utils.retain_freed_memory()`` is called, as ``metalab.train`` and ``metalab train`` /
+``eval`` do first (``TrainConfig.release_freed_memory`` turns it off), and every metalab
+implementation and the reference again are timed with freed blocks of up to 32 MB kept for
+reuse (process-wide and permanent, hence the order). Records say which in
+``config.freed_memory_retained``; the ``maml*`` records' ``speedup_over_retained_reference`` is
+``reference retained`` / their time, what is left of the ratio when the loop keeps its memory too.
+Records before 2026-12-07 08:00 UTC timed everything with glibc's defaults.
 
 Then per row and implementation: one warm-up iteration and ``--reps`` timed iterations (zero the gradients, forward/backward of the whole meta-batch); the median is
 reported, with ``x reference`` = reference median / median, measured in the same run.
@@ -87,10 +100,14 @@ to the system (``mmap``/``munmap`` above an adaptive size, heap trimming), so an
 implementation whose big temporaries are allocated and freed in a pattern that defeats that
 adaptation pays for every page of them again each iteration. Measured with all 8 rows: the
 reference at 556k-760k faults per 20-way iteration (2-3 GB of pages), metalab at 35k-55k.
+With freed memory retained the ``malloc_trim(0)`` before the timed iterations (see peak memory)
+hands the kept blocks back too, so the first timed iteration faults them in again: that is in
+the count, and in the median time only with fewer than 3 ``--reps``.
 
 Appends ``throughput`` records to results/throughput*.jsonl (``--results-dir``): per row, setting
 like ``2nd-order-1step-5w1s``, metrics ``seconds_per_iter``, ``gflops_per_s``, ``peak_mib``
-``minor_faults_per_iter`` for every implementation and ``speedup`` (reference / metalab) for the four ``maml*`` ones. Quick checks with
+``minor_faults_per_iter`` for every implementation, ``speedup`` (reference / metalab) and
+``speedup_over_retained_reference`` for the ``maml*`` ones. Quick checks with
 ``--tasks`` are recorded under settings ending in ``-mb<tasks>``.
 This is a benchmark run by hand: nothing is timed in the test suite.
 """
@@ -125,6 +142,7 @@ import metalab  # noqa: E402
 from metalab import EpisodeBatch  # noqa: E402
 from metalab.algorithms import MAML, make_config  # noqa: E402
 from metalab.engine.trainer import precision  # noqa: E402
+from metalab.utils.allocator import retain_freed_memory  # noqa: E402
 
 try:
     import higher
@@ -246,6 +264,7 @@ class Implementation:
     method: str  # as recorded
     step: Callable[[], None]  # forward/backward of the whole meta-batch
     params: list[Tensor]  # whose .grad is the meta-gradient
+    retained: bool  # timed after retain_freed_memory(), as metalab's trainer runs (the others before it)
 
     def iteration(self) -> None:
         for p in self.params:
@@ -257,7 +276,7 @@ class Implementation:
         return torch.cat([(torch.zeros_like(p) if p.grad is None else p.grad).reshape(-1) for p in self.params]).double()
 
 
-IMPLEMENTATIONS = ("reference", "higher", "metalab", "metalab loop", "metalab channels-first",
+IMPLEMENTATIONS = ("reference", "higher", "reference retained", "metalab", "metalab loop", "metalab channels-first",
                    "metalab batched channels-last", "metalab bfloat16")  # the names of what implementations() returns, in its order
 
 
@@ -282,16 +301,18 @@ def implementations(row: Row, batch: EpisodeBatch, dtype: torch.dtype = torch.fl
                 assert a.shape == b.shape, f"parameter shapes differ: reference {tuple(a.shape)}, metalab {tuple(b.shape)}"
                 b.copy_(a)
     impls = [
-        Implementation("reference", "loop-reference", lambda: reference_step(model, batch, row), src),
-        Implementation("higher", "higher", lambda: higher_step(twin, batch, row), list(twin.parameters())),
-        Implementation("metalab", "maml", lambda: algo.meta_gradient(batch), list(algo.parameters())),
-        Implementation("metalab loop", "maml-loop", lambda: loop.meta_gradient(batch), list(loop.parameters())),
+        Implementation("reference", "loop-reference", lambda: reference_step(model, batch, row), src, False),
+        Implementation("higher", "higher", lambda: higher_step(twin, batch, row), list(twin.parameters()), False),
+        Implementation("reference retained", "loop-reference-retained", lambda: reference_step(model, batch, row),
+                       src, True),
+        Implementation("metalab", "maml", lambda: algo.meta_gradient(batch), list(algo.parameters()), True),
+        Implementation("metalab loop", "maml-loop", lambda: loop.meta_gradient(batch), list(loop.parameters()), True),
         Implementation("metalab channels-first", "maml-channels-first", lambda: channels_first.meta_gradient(batch),
-                       list(channels_first.parameters())),
+                       list(channels_first.parameters()), True),
         Implementation("metalab batched channels-last", "maml-batched-channels-last",
-                       lambda: batched.meta_gradient(batch), list(batched.parameters())),
+                       lambda: batched.meta_gradient(batch), list(batched.parameters()), True),
         Implementation("metalab bfloat16", "maml-bf16", lambda: bfloat16(algo.meta_gradient, batch),
-                       list(algo.parameters())),
+                       list(algo.parameters()), True),
     ]
     assert tuple(impl.name for impl in impls) == IMPLEMENTATIONS
     return impls
@@ -467,34 +488,42 @@ def main() -> None:
 
     table = ["| row | implementation | s/iter | x reference | GFLOP/s | peak MiB | page faults/iter | float32 grad error |",
              "|---|---|---|---|---|---|---|---|"]
+    # glibc's allocator as the process starts for the reference and `higher`; then freed memory retained
+    # (process-wide, permanent), as metalab's trainer runs, for metalab and the reference again
+    flops, results = {}, {}
+    for retained in (False, True):
+        if retained and not retain_freed_memory():
+            print("not glibc: freed memory is not retained; the retained rows run as the others", file=sys.stderr)
+        for row in rows:
+            impls = [impl for impl in implementations(row, batches[row]) if impl.retained == retained]
+            if not retained:
+                flops[row] = count_flops(impls[0])
+            results.update({(row, impl.name): measure(impl, args.reps) for impl in impls})
     for row in rows:
-        impls = implementations(row, batches[row])
-        flops = count_flops(impls[0])
-        results = {impl.name: measure(impl, args.reps) for impl in impls}
-        ref_seconds = results["reference"][0]
-        setting = row_setting(row, args.tasks)
-        for impl in impls:
-            seconds, mib, faults = results[impl.name]
+        ref_seconds, setting = results[row, "reference"][0], row_setting(row, args.tasks)
+        for impl in implementations(row, batches[row]):
+            seconds, mib, faults = results[row, impl.name]
             err = errors[row].get(impl.name, 0.0)
             table.append(f"| {row.name} | {impl.name} | {seconds:.3f} | {ref_seconds / seconds:.2f} | "
-                         f"{flops / seconds / 1e9:.1f} | {mib:.0f} | {faults:.0f} | {err:.1e} |")
+                         f"{flops[row] / seconds / 1e9:.1f} | {mib:.0f} | {faults:.0f} | {err:.1e} |")
             print(table[-1], flush=True)
-            config = {**row_config(row, args.reps), "gflop_per_iter": flops / 1e9, "grad_rel_err_float32": err,
-                      "max_rel_err_float64": MAX_REL_ERR_F64}
-            metrics = {"seconds_per_iter": seconds, "gflops_per_s": flops / seconds / 1e9, "peak_mib": mib,
+            config = {**row_config(row, args.reps), "gflop_per_iter": flops[row] / 1e9, "grad_rel_err_float32": err,
+                      "max_rel_err_float64": MAX_REL_ERR_F64, "freed_memory_retained": impl.retained}
+            metrics = {"seconds_per_iter": seconds, "gflops_per_s": flops[row] / seconds / 1e9, "peak_mib": mib,
                        "minor_faults_per_iter": faults}
             if impl.method.startswith("maml"):
                 metrics["speedup"] = ref_seconds / seconds
+                metrics["speedup_over_retained_reference"] = results[row, "reference retained"][0] / seconds
             out += [records.record("throughput", impl.method, setting, metric, value, None, None, None, None,
                                    config=config) for metric, value in metrics.items()]
         # the reference's FLOPs all at the convolution's rate: nothing but arithmetic at the best rate measured
-        bound = ref_seconds / (flops / (conv * 1e9))
-        table.append(f"| {row.name} | float32 conv bound | {flops / (conv * 1e9):.3f} | "
-                     f"{bound:.2f} | {conv:.1f} | – | – | – |")
+        seconds = flops[row] / (conv * 1e9)
+        table.append(f"| {row.name} | float32 conv bound | {seconds:.3f} | {ref_seconds / seconds:.2f} | {conv:.1f} | "
+                     "– | – | – |")
         print(table[-1], flush=True)
-        out.append(records.record("throughput", "conv-bound", setting, "speedup", bound, None, None, None, None,
-                                  config={"gflop_per_iter": flops / 1e9,
-                                          "conv_gflops_per_s": conv, "threads": torch.get_num_threads()}))
+        out.append(records.record("throughput", "conv-bound", setting, "speedup", ref_seconds / seconds, None, None,
+                                  None, None, config={"gflop_per_iter": flops[row] / 1e9, "conv_gflops_per_s": conv,
+                                                      "threads": torch.get_num_threads()}))
     print("\n" + "\n".join(table))
     if not args.no_record:
         print(records.append("throughput", out, args.results_dir))

@@ -23,6 +23,7 @@ from metalab.experiment import ALL_BENCHMARKS, TABLES, build_benchmark, reproduc
 from metalab.data.benchmarks import BenchmarkConfig
 from metalab.engine import TrainConfig, evaluate, load_checkpoint
 from metalab.engine.distributed import DEFAULT_TIMEOUT, DEVICES, Distributed, backend_for, resolve_device
+from metalab.utils.allocator import retain_freed_memory
 from metalab.utils.errors import MetalabError
 from metalab.utils.io import atomic_write_text
 from metalab.utils.seeding import derive_seed
@@ -166,6 +167,9 @@ def _build_parser() -> argparse.ArgumentParser:
     e.add_argument("--data-dir", help="override the Omniglot folder stored in the checkpoint")
     e.add_argument("--cache-dir", help="override the cache folder stored in the checkpoint")
     e.add_argument("--out", help="write the results JSON here")
+    e.add_argument("--release-freed-memory", action="store_true",
+                   help="leave glibc handing freed memory back to the system at once (default: keep blocks of up to "
+                        "32 MB for reuse, as training does)")
     e.add_argument("--quiet", action="store_true", help="no progress bar")
     _device_flag(e)
 
@@ -345,6 +349,8 @@ def _reproduce(args: argparse.Namespace) -> int:
 
 def _eval(args: argparse.Namespace) -> int:
     device = resolve_device(args.device)
+    if not args.release_freed_memory:
+        retain_freed_memory()
     algorithm, record = load_checkpoint(args.checkpoint)
     algorithm.to(device)  # a meta-RL method refuses anything but the CPU when it evaluates
     fields = dict(record["benchmark"])

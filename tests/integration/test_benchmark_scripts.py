@@ -127,8 +127,16 @@ def test_throughput_checks_then_times_and_records_the_conv_bound(tmp_path, omnig
     assert done.returncode == 0, done.stderr
     rows = read_records(tmp_path / "throughput.jsonl")
     methods = {r["method"] for r in rows}
-    assert {"loop-reference", "higher", "maml", "maml-loop", "maml-channels-first", "maml-bf16", "matmul", "conv",
-            "conv-bound"} <= methods
+    assert {"loop-reference", "higher", "loop-reference-retained", "maml", "maml-loop", "maml-channels-first",
+            "maml-bf16", "matmul", "conv", "conv-bound"} <= methods
+    retained = {r["method"]: r["config"]["freed_memory_retained"] for r in rows if r["metric"] == "seconds_per_iter"}
+    assert retained == {"loop-reference": False, "higher": False, "loop-reference-retained": True, "maml": True,
+                        "maml-loop": True, "maml-channels-first": True, "maml-batched-channels-last": True,
+                        "maml-bf16": True}
+    seconds = {r["method"]: r["value"] for r in rows if r["metric"] == "seconds_per_iter"}
+    over_retained = next(r["value"] for r in rows if r["method"] == "maml" and
+                         r["metric"] == "speedup_over_retained_reference")
+    assert over_retained == pytest.approx(seconds["loop-reference-retained"] / seconds["maml"])
     error = {r["method"]: r["config"]["grad_rel_err_float32"] for r in rows if r["metric"] == "seconds_per_iter"}
     assert error["maml"] < 1e-3 < error["maml-bf16"] < 1  # bfloat16 rounding, not a different meta-gradient
     bound = next(r for r in rows if r["method"] == "conv-bound")
@@ -136,7 +144,7 @@ def test_throughput_checks_then_times_and_records_the_conv_bound(tmp_path, omnig
     conv = next(r for r in rows if r["method"] == "conv")
     assert bound["config"]["conv_gflops_per_s"] == conv["value"] > 0
     faults = [r["value"] for r in rows if r["metric"] == "minor_faults_per_iter"]
-    assert len(faults) == 7 and all(f >= 0 for f in faults)
+    assert len(faults) == 8 and all(f >= 0 for f in faults)
 
 
 def test_profile_step_files_every_operator_under_a_kind_and_records_the_shares(tmp_path, omniglot_dir,

@@ -130,6 +130,10 @@ def test_mann_on_real_omniglot_sequences_end_to_end(tmp_path, omniglot_dir, omni
     again = metalab("eval", str(run / "best.pt"), "--episodes", "30", "--out", str(tmp_path / "eval.json"))
     assert again.returncode == 0, again.stderr
     assert json.loads((tmp_path / "eval.json").read_text())["test"][0]["mean"] == pytest.approx(test["mean"], rel=1e-6)
+    released = metalab("eval", str(run / "best.pt"), "--episodes", "30", "--release-freed-memory", "--out",
+                       str(tmp_path / "released.json"))  # the allocator changes no number
+    assert released.returncode == 0, released.stderr
+    assert json.loads((tmp_path / "released.json").read_text()) == json.loads((tmp_path / "eval.json").read_text())
 
 
 def test_a_preset_with_overrides_and_the_preset_list(tmp_path):

@@ -18,6 +18,7 @@ from metalab.data.benchmarks import Benchmark
 from metalab.engine.checkpoint import read_checkpoint, save_checkpoint
 from metalab.engine.distributed import SINGLE, Distributed
 from metalab.engine.evaluator import EvalResult, evaluate
+from metalab.utils.allocator import retain_freed_memory
 from metalab.utils.errors import MetalabError, NonFiniteError, require_non_negative, require_positive
 from metalab.utils.io import atomic_write_text
 
@@ -55,6 +56,11 @@ class TrainConfig:
             meta-gradients about 1e-1 away from float64 for MAML on Omniglot conv4, ``python
             benchmarks/throughput.py``). ``None``: the parameters' dtype. Validation and test
             always run in the parameters' dtype.
+        release_freed_memory: leave glibc's malloc handing freed memory back to the system
+            at once. By default training first calls
+            :func:`metalab.utils.allocator.retain_freed_memory` (process-wide): freed blocks
+            of up to 32 MB stay in the process for reuse instead of coming back, task after
+            task, as freshly zeroed pages (see "Freed memory" in docs/speed_and_exactness.md).
     """
 
     steps: int = 1000
@@ -72,6 +78,7 @@ class TrainConfig:
     max_seconds: float | None = None
     seed: int = 0
     autocast: str | None = None
+    release_freed_memory: bool = False
 
     def __post_init__(self) -> None:
         require_positive(steps=self.steps, meta_batch_size=self.meta_batch_size, val_episodes=self.val_episodes,
@@ -167,7 +174,8 @@ class _MetricLog:
         atomic_write_text(self.path, "".join(line + "\n" for line in kept))
 
 
-RESUMABLE = ("steps", "max_seconds")  # a resumed run may be given more steps or more time
+# what a resumed run may change: more steps or more time, the allocator
+RESUMABLE = ("steps", "max_seconds", "release_freed_memory")
 
 
 def _restore(run_path: Path, algorithm: MetaAlgorithm, optimizer, scheduler, log: _MetricLog,
@@ -237,6 +245,8 @@ def train(
     run_path = Path(run_dir) if run_dir is not None else None
     if resume and run_path is None:
         raise MetalabError("resume needs the run folder of the run to continue")
+    if not config.release_freed_memory:
+        retain_freed_memory()
     first_task, tasks = distributed.shard(config.meta_batch_size)
     if run_path is not None and distributed.is_main:
         run_path.mkdir(parents=True, exist_ok=True)

@@ -1,5 +1,6 @@
 """L0 utilities: seeding, statistics, atomic IO, dict-of-tensor ops."""
 
+from metalab.utils.allocator import retain_freed_memory
 from metalab.utils.errors import MetalabError, NonFiniteError
 from metalab.utils.io import atomic_write_bytes, atomic_write_text, atomic_torch_save
 from metalab.utils.seeding import derive_seed, make_generator
@@ -14,4 +15,5 @@ __all__ = [
     "derive_seed",
     "make_generator",
     "mean_ci95",
+    "retain_freed_memory",
 ]

@@ -1,0 +1,64 @@
+"""Keep freed memory in the process instead of handing it back to the system (glibc's malloc).
+
+A meta-training step on a CPU allocates and frees the same large activations task after
+task (a 5-way 15-query Conv4 pass holds 15 MB maps). glibc serves blocks above its mmap
+threshold with fresh ``mmap`` pages and returns them on ``free``, and trims freed memory
+at the top of its heaps back to the system: every task then pays the kernel for zeroed
+pages again (tens of thousands of minor page faults per meta-iteration). Raising both
+thresholds keeps those blocks for reuse, as a caching allocator does, at the cost of a
+resident size that stays near the process's high-water mark.
+"""
+
+from __future__ import annotations
+
+import ctypes
+import ctypes.util
+import functools
+
+from metalab.utils.errors import MetalabError
+
+#: glibc's ``mallopt`` parameters (malloc.h)
+M_TRIM_THRESHOLD = -1
+M_MMAP_THRESHOLD = -3
+#: the largest mmap threshold glibc accepts on 64-bit systems (``HEAP_MAX_SIZE / 2``)
+MAX_MMAP_THRESHOLD = 32 * 2**20
+#: freed memory at the top of a heap kept before glibc trims it
+TRIM_THRESHOLD = 1 << 30
+
+
+@functools.lru_cache(maxsize=1)
+def _glibc() -> ctypes.CDLL | None:
+    """The C library when it is glibc (it has ``mallopt``), else ``None``."""
+    name = ctypes.util.find_library("c")
+    if name is None:
+        return None
+    try:
+        libc = ctypes.CDLL(name)
+        libc.gnu_get_libc_version  # noqa: B018 - only glibc has it
+        libc.mallopt.argtypes = (ctypes.c_int, ctypes.c_int)
+        return libc
+    except (OSError, AttributeError):
+        return None
+
+
+def retain_freed_memory(mmap_threshold: int = MAX_MMAP_THRESHOLD, trim_threshold: int = TRIM_THRESHOLD) -> bool:
+    """Make glibc keep freed blocks of up to ``mmap_threshold`` bytes and up to ``trim_threshold``
+    bytes of free heap for reuse; process-wide and permanent (``mallopt``).
+
+    What :func:`metalab.train` and ``metalab train`` / ``metalab eval`` do first unless told
+    not to (``TrainConfig.retain_freed_memory``, ``--release-freed-memory``); measured by
+    ``benchmarks/throughput.py`` (see docs/speed_and_exactness.md). Blocks larger than
+    ``mmap_threshold`` still come from and go back to the system. Returns ``False`` (and
+    changes nothing) where the C library is not glibc.
+    """
+    if not 0 < mmap_threshold <= MAX_MMAP_THRESHOLD:
+        raise MetalabError(f"mmap_threshold must be between 1 and {MAX_MMAP_THRESHOLD} bytes (glibc's limit), "
+                           f"got {mmap_threshold}")
+    if not 0 < trim_threshold < 2**31:
+        raise MetalabError(f"trim_threshold must be between 1 and {2**31 - 1} bytes, got {trim_threshold}")
+    libc = _glibc()
+    if libc is None:
+        return False
+    if not (libc.mallopt(M_MMAP_THRESHOLD, mmap_threshold) and libc.mallopt(M_TRIM_THRESHOLD, trim_threshold)):
+        raise MetalabError(f"glibc refused mallopt(mmap_threshold={mmap_threshold}, trim_threshold={trim_threshold})")
+    return True

@@ -1,0 +1,78 @@
+"""Freed memory kept for reuse (glibc's mallopt), by hand and by the trainer: measured in fresh processes as
+the minor page faults of a repeated Conv4 forward/backward pass."""
+
+import subprocess
+import sys
+
+import pytest
+
+from metalab.utils import MetalabError, retain_freed_memory
+from metalab.utils.allocator import MAX_MMAP_THRESHOLD, _glibc
+
+glibc = pytest.mark.skipif(_glibc() is None, reason="mallopt is glibc's")
+
+PROBE = r"""
+import resource
+import torch
+import torch.nn.functional as F
+import metalab
+from metalab.nn import Conv4
+
+torch.set_num_threads(1)
+torch.manual_seed(0)
+model = Conv4(1, 28, out_features=5)
+x, y = torch.randn(75, 1, 28, 28), torch.arange(5).repeat(15)  # a 5-way 15-query set: 15 MB maps
+
+
+def faults_per_pass():
+    def run():
+        torch.autograd.grad(F.cross_entropy(model(x), y), list(model.parameters()))
+    for _ in range(5):
+        run()
+    start = resource.getrusage(resource.RUSAGE_SELF).ru_minflt
+    for _ in range(10):
+        run()
+    return (resource.getrusage(resource.RUSAGE_SELF).ru_minflt - start) / 10
+
+
+before = faults_per_pass()
+{action}
+print(before, faults_per_pass())
+"""
+
+TRAIN = """
+bench = metalab.make_benchmark(metalab.BenchmarkConfig("sinusoid", k_shot=5))
+config = metalab.TrainConfig(steps=1, meta_batch_size=2, val_every=0, val_episodes=1{extra})
+metalab.train(metalab.build("maml", bench.spec), bench, config, progress=False)
+"""
+
+
+def faults(action: str) -> tuple[float, float]:
+    """Minor page faults per pass before and after ``action``, in a fresh process."""
+    done = subprocess.run([sys.executable, "-c", PROBE.replace("{action}", action)], capture_output=True, text=True,
+                          timeout=300)
+    assert done.returncode == 0, done.stderr
+    before, after = map(float, done.stdout.split())
+    return before, after
+
+
+@glibc
+def test_retained_memory_is_reused_instead_of_faulted_in_again():
+    before, after = faults("assert metalab.utils.retain_freed_memory()")
+    assert before > 1000  # glibc's default: the pass's large blocks come back as fresh pages every time
+    assert after < before / 10, (before, after)
+
+
+@glibc
+def test_training_retains_freed_memory_unless_told_not_to():
+    before, after = faults(TRAIN.replace("{extra}", ""))
+    assert after < before / 10, (before, after)
+    before, after = faults(TRAIN.replace("{extra}", ", release_freed_memory=True"))
+    assert after > before / 4, (before, after)
+
+
+def test_thresholds_out_of_glibcs_range_are_refused():
+    with pytest.raises(MetalabError, match=r"mmap_threshold must be between 1 and 33554432 bytes.*got 33554433"):
+        retain_freed_memory(mmap_threshold=MAX_MMAP_THRESHOLD + 1)
+    with pytest.raises(MetalabError, match="trim_threshold must be between 1 and .* got 0"):
+        retain_freed_memory(trim_threshold=0)
