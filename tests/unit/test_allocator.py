@@ -1,5 +1,5 @@
 """Freed memory kept for reuse (glibc's mallopt), by hand and by the trainer: measured in fresh processes as
-the minor page faults of a repeated Conv4 forward/backward pass."""
+the minor page faults of a repeated Conv4 forward/backward pass on two threads (as task_mode="threads" runs)."""
 
 import subprocess
 import sys
@@ -16,17 +16,21 @@ import resource
 import torch
 import torch.nn.functional as F
 import metalab
+from metalab.func import on_threads
 from metalab.nn import Conv4
 
-torch.set_num_threads(1)
+torch.set_num_threads(2)
 torch.manual_seed(0)
 model = Conv4(1, 28, out_features=5)
 x, y = torch.randn(75, 1, 28, 28), torch.arange(5).repeat(15)  # a 5-way 15-query set: 15 MB maps
 
 
 def faults_per_pass():
-    def run():
+    def one():
         torch.autograd.grad(F.cross_entropy(model(x), y), list(model.parameters()))
+
+    def run():  # each thread allocates from its own glibc heap
+        on_threads([one, one])
     for _ in range(5):
         run()
     start = resource.getrusage(resource.RUSAGE_SELF).ru_minflt

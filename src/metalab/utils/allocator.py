@@ -2,11 +2,12 @@
 
 A meta-training step on a CPU allocates and frees the same large activations task after
 task (a 5-way 15-query Conv4 pass holds 15 MB maps). glibc serves blocks above its mmap
-threshold with fresh ``mmap`` pages and returns them on ``free``, and trims freed memory
-at the top of its heaps back to the system: every task then pays the kernel for zeroed
-pages again (tens of thousands of minor page faults per meta-iteration). Raising both
-thresholds keeps those blocks for reuse, as a caching allocator does, at the cost of a
-resident size that stays near the process's high-water mark.
+threshold with fresh ``mmap`` pages and returns them on ``free``, trims freed memory at the
+top of its heaps back to the system, and unmaps a thread's whole heap once it is empty:
+every task then pays the kernel for zeroed pages again (tens of thousands of minor page
+faults per meta-iteration). Raising the thresholds and the top padding keeps those blocks
+for reuse, as a caching allocator does, at the cost of a resident size that stays near the
+process's high-water mark.
 """
 
 from __future__ import annotations
@@ -19,11 +20,15 @@ from metalab.utils.errors import MetalabError
 
 #: glibc's ``mallopt`` parameters (malloc.h)
 M_TRIM_THRESHOLD = -1
+M_TOP_PAD = -2
 M_MMAP_THRESHOLD = -3
 #: the largest mmap threshold glibc accepts on 64-bit systems (``HEAP_MAX_SIZE / 2``)
 MAX_MMAP_THRESHOLD = 32 * 2**20
 #: freed memory at the top of a heap kept before glibc trims it
 TRIM_THRESHOLD = 1 << 30
+#: extra room requested whenever a heap grows (address space only until it is used); glibc keeps
+#: an empty thread heap mapped while this much is to spare, i.e. always at 64 MB (``HEAP_MAX_SIZE``)
+TOP_PAD = 64 * 2**20
 
 
 @functools.lru_cache(maxsize=1)
@@ -42,8 +47,9 @@ def _glibc() -> ctypes.CDLL | None:
 
 
 def retain_freed_memory(mmap_threshold: int = MAX_MMAP_THRESHOLD, trim_threshold: int = TRIM_THRESHOLD) -> bool:
-    """Make glibc keep freed blocks of up to ``mmap_threshold`` bytes and up to ``trim_threshold``
-    bytes of free heap for reuse; process-wide and permanent (``mallopt``).
+    """Make glibc keep freed blocks of up to ``mmap_threshold`` bytes, up to ``trim_threshold``
+    bytes of free heap and its threads' empty heaps for reuse; process-wide and permanent
+    (``mallopt``; the top padding is :data:`TOP_PAD`).
 
     What :func:`metalab.train` and ``metalab train`` / ``metalab eval`` do first unless told
     not to (``TrainConfig.retain_freed_memory``, ``--release-freed-memory``); measured by
@@ -59,6 +65,8 @@ def retain_freed_memory(mmap_threshold: int = MAX_MMAP_THRESHOLD, trim_threshold
     libc = _glibc()
     if libc is None:
         return False
-    if not (libc.mallopt(M_MMAP_THRESHOLD, mmap_threshold) and libc.mallopt(M_TRIM_THRESHOLD, trim_threshold)):
-        raise MetalabError(f"glibc refused mallopt(mmap_threshold={mmap_threshold}, trim_threshold={trim_threshold})")
+    settings = {M_MMAP_THRESHOLD: mmap_threshold, M_TRIM_THRESHOLD: trim_threshold, M_TOP_PAD: TOP_PAD}
+    if not all(libc.mallopt(param, value) for param, value in settings.items()):
+        raise MetalabError(f"glibc refused mallopt(mmap_threshold={mmap_threshold}, trim_threshold={trim_threshold}, "
+                           f"top_pad={TOP_PAD})")
     return True
