@@ -59,11 +59,12 @@ as the process has it (blocks above an adaptive threshold come from ``mmap`` and
 ``free``, and freed heap memory is trimmed back to the system); then
 ``metalab.utils.retain_freed_memory()`` is called, as ``metalab.train`` and ``metalab train`` /
 ``eval`` do first (``TrainConfig.release_freed_memory`` turns it off), and every metalab
-implementation and the reference again are timed with freed blocks of up to 32 MB kept for
-reuse (process-wide and permanent, hence the order). Records say which in
-``config.freed_memory_retained``; the ``maml*`` records' ``speedup_over_retained_reference`` is
-``reference retained`` / their time, what is left of the ratio when the loop keeps its memory too.
-Records before 2026-12-07 08:00 UTC timed everything with glibc's defaults.
+implementation and the reference again are timed with freed blocks of up to 32 MB, free heap
+and emptied thread heaps kept for reuse (process-wide and permanent, hence the order). Records
+say which in ``config.freed_memory_retained``; records without that field (before commit
+057a2b8) timed everything with glibc's defaults. The ``maml*`` records'
+``speedup_over_retained_reference`` is ``reference retained`` / their time: what is left of the
+ratio when the loop keeps its memory too.
 
 Then per row and implementation: one warm-up iteration and ``--reps`` timed iterations (zero the gradients, forward/backward of the whole meta-batch); the median is
 reported, with ``x reference`` = reference median / median, measured in the same run.
