@@ -118,7 +118,6 @@ from __future__ import annotations
 import argparse
 import copy
 import dataclasses
-import ctypes
 import gc
 import os
 import resource
@@ -143,7 +142,7 @@ import metalab  # noqa: E402
 from metalab import EpisodeBatch  # noqa: E402
 from metalab.algorithms import MAML, make_config  # noqa: E402
 from metalab.engine.trainer import precision  # noqa: E402
-from metalab.utils.allocator import retain_freed_memory  # noqa: E402
+from metalab.utils.allocator import retain_freed_memory, trim_freed_memory  # noqa: E402
 
 try:
     import higher
@@ -357,10 +356,6 @@ def count_flops(impl: Implementation) -> int:
 
 
 PAGE = os.sysconf("SC_PAGE_SIZE")
-try:
-    _malloc_trim = ctypes.CDLL("libc.so.6").malloc_trim
-except (OSError, AttributeError):  # not glibc: the baseline may include freed, cached memory
-    _malloc_trim = None
 
 
 def rss() -> int:
@@ -373,8 +368,7 @@ class PeakRSS:
 
     def __enter__(self) -> "PeakRSS":
         gc.collect()
-        if _malloc_trim is not None:
-            _malloc_trim(0)
+        trim_freed_memory()  # not glibc: the baseline may include freed, cached memory
         self.base = self.peak = rss()
         self._stop = threading.Event()
         self._thread = threading.Thread(target=self._sample, daemon=True)

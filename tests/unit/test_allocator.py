@@ -25,7 +25,7 @@ model = Conv4(1, 28, out_features=5)
 x, y = torch.randn(75, 1, 28, 28), torch.arange(5).repeat(15)  # a 5-way 15-query set: 15 MB maps
 
 
-def faults_per_pass():
+def faults_per_pass(between=lambda: None):  # between: run before every counted pass
     def one():
         torch.autograd.grad(F.cross_entropy(model(x), y), list(model.parameters()))
 
@@ -35,13 +35,15 @@ def faults_per_pass():
         run()
     start = resource.getrusage(resource.RUSAGE_SELF).ru_minflt
     for _ in range(10):
+        between()
         run()
     return (resource.getrusage(resource.RUSAGE_SELF).ru_minflt - start) / 10
 
 
 before = faults_per_pass()
+between = lambda: None
 {action}
-print(before, faults_per_pass())
+print(before, faults_per_pass(between))
 """
 
 TRAIN = """
@@ -80,3 +82,11 @@ def test_thresholds_out_of_glibcs_range_are_refused():
         retain_freed_memory(mmap_threshold=MAX_MMAP_THRESHOLD + 1)
     with pytest.raises(MetalabError, match="trim_threshold must be between 1 and .* got 0"):
         retain_freed_memory(trim_threshold=0)
+
+
+
+@glibc
+def test_trimming_hands_the_kept_memory_back():
+    before, after = faults("assert metalab.utils.retain_freed_memory()\n"
+                           "between = metalab.utils.allocator.trim_freed_memory")
+    assert after > before / 4, (before, after)  # every pass takes its pages from the system again

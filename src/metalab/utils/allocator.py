@@ -70,3 +70,13 @@ def retain_freed_memory(mmap_threshold: int = MAX_MMAP_THRESHOLD, trim_threshold
         raise MetalabError(f"glibc refused mallopt(mmap_threshold={mmap_threshold}, trim_threshold={trim_threshold}, "
                            f"top_pad={TOP_PAD})")
     return True
+
+
+def trim_freed_memory() -> bool:
+    """Hand the free memory of every glibc heap back to the system now (``malloc_trim(0)``), the
+    kept blocks of :func:`retain_freed_memory` included; ``False`` where the C library is not glibc."""
+    libc = _glibc()
+    if libc is None:
+        return False
+    libc.malloc_trim(0)
+    return True
