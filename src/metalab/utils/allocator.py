@@ -52,7 +52,7 @@ def retain_freed_memory(mmap_threshold: int = MAX_MMAP_THRESHOLD, trim_threshold
     (``mallopt``; the top padding is :data:`TOP_PAD`).
 
     What :func:`metalab.train` and ``metalab train`` / ``metalab eval`` do first unless told
-    not to (``TrainConfig.retain_freed_memory``, ``--release-freed-memory``); measured by
+    not to (``TrainConfig.release_freed_memory``, ``--release-freed-memory``); measured by
     ``benchmarks/throughput.py`` (see docs/speed_and_exactness.md). Blocks larger than
     ``mmap_threshold`` still come from and go back to the system. Returns ``False`` (and
     changes nothing) where the C library is not glibc.
