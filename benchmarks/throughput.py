@@ -293,13 +293,7 @@ def implementations(row: Row, batch: EpisodeBatch, dtype: torch.dtype = torch.fl
     batched = MAML(spec, dataclasses.replace(config, channels_last=True, task_mode="batched"))
     src = list(model.parameters())
     for learner in (algo, loop, channels_first, batched):
-        learner.to(dtype).train()
-        dst = list(learner.parameters())
-        assert len(src) == len(dst), f"reference has {len(src)} parameter tensors, metalab {len(dst)}"
-        with torch.no_grad():
-            for a, b in zip(src, dst):
-                assert a.shape == b.shape, f"parameter shapes differ: reference {tuple(a.shape)}, metalab {tuple(b.shape)}"
-                b.copy_(a)
+        start_from(learner.to(dtype).train(), model)
     impls = [
         Implementation("reference", "loop-reference", lambda: reference_step(model, batch, row), src, False),
         Implementation("higher", "higher", lambda: higher_step(twin, batch, row), list(twin.parameters()), False),
@@ -316,6 +310,16 @@ def implementations(row: Row, batch: EpisodeBatch, dtype: torch.dtype = torch.fl
     ]
     assert tuple(impl.name for impl in impls) == IMPLEMENTATIONS
     return impls
+
+
+def start_from(learner: nn.Module, model: nn.Module) -> None:
+    """Copy the reference model's weights into a metalab learner (same parameters in the same order)."""
+    src, dst = list(model.parameters()), list(learner.parameters())
+    assert len(src) == len(dst), f"reference has {len(src)} parameter tensors, metalab {len(dst)}"
+    with torch.no_grad():
+        for a, b in zip(src, dst):
+            assert a.shape == b.shape, f"parameter shapes differ: reference {tuple(a.shape)}, metalab {tuple(b.shape)}"
+            b.copy_(a)
 
 
 def bfloat16(step: Callable[[EpisodeBatch], object], batch: EpisodeBatch) -> None:

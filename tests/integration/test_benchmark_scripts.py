@@ -147,6 +147,29 @@ def test_throughput_checks_then_times_and_records_the_conv_bound(tmp_path, omnig
     assert len(faults) == 8 and all(f >= 0 for f in faults)
 
 
+def test_step_ab_times_each_variant_in_fresh_processes_and_records_the_rounds(tmp_path, omniglot_dir,
+                                                                              omniglot_images, omniglot_cache):
+    done = run_script("step_ab.py", "--rows", "5w1s-2nd-1step", "--variants", "reference,default,released",
+                      "--tasks", "1", "--rounds", "2", "--reps", "1", "--threads", "1", "--data-dir", str(omniglot_dir),
+                      "--cache-dir", str(omniglot_cache), "--results-dir", str(tmp_path))
+    assert done.returncode == 0, done.stderr
+    rows = read_records(tmp_path / "throughput.jsonl")
+    seconds = {r["method"]: r for r in rows if r["metric"] == "seconds_per_iter"}
+    assert set(seconds) == {"fresh-reference", "fresh-default", "fresh-released"}
+    assert {m: r["config"]["freed_memory_retained"] for m, r in seconds.items()} == {
+        "fresh-reference": False, "fresh-default": True, "fresh-released": False}
+    for r in seconds.values():
+        assert r["setting"] == "2nd-order-1step-5w1s-mb1" and len(r["config"]["seconds_per_round"]) == 2
+        assert r["value"] == pytest.approx(sorted(r["config"]["seconds_per_round"])[0] / 2
+                                           + sorted(r["config"]["seconds_per_round"])[1] / 2)
+    speedup = {r["method"]: r["value"] for r in rows if r["metric"] == "speedup"}
+    assert speedup == pytest.approx({m: seconds["fresh-reference"]["value"] / seconds[m]["value"]
+                                     for m in ("fresh-default", "fresh-released")})
+    assert all(r["value"] > 0 for r in rows if r["metric"] == "max_rss_mib")
+    bad = run_script("step_ab.py", "--variants", "default,fastest", "--no-record")
+    assert bad.returncode == 2 and "unknown variants ['fastest']" in bad.stderr
+
+
 def test_profile_step_files_every_operator_under_a_kind_and_records_the_shares(tmp_path, omniglot_dir,
                                                                                omniglot_images, omniglot_cache):
     done = run_script("profile_step.py", "--rows", "5w1s-2nd-1step", "--tasks", "1", "--reps", "1", "--threads", "1",
