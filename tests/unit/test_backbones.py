@@ -371,6 +371,34 @@ def test_closed_form_first_block_is_the_plain_block_to_second_order(in_channels,
                                  params)
 
 
+@pytest.mark.parametrize("groups", [1, 3])
+def test_closed_form_first_block_in_chunks_of_images_is_the_whole_block_to_second_order(groups):
+    """Chunks of one, two and four images (the last chunk shorter) give the same output, gradients and
+    Hessian-vector products as the whole batch in one chunk, with batch statistics (per group of tasks) and
+    with running statistics."""
+    g = torch.Generator().manual_seed(5)
+    x = _images(6, 1)
+    params = _first_block_params(1, g)
+    per_image = 28 * 28 * 6 * 8  # bytes of one image's full-resolution output (6 channels, float64)
+    running = (torch.randn(6, generator=g, dtype=torch.float64), torch.rand(6, generator=g, dtype=torch.float64) + 0.5)
+    weights = torch.randn(6, 6, 14, 14, generator=g, dtype=torch.float64)
+    for statistics in (None, running):
+        kwargs = {"statistics": statistics} if statistics is not None else {"groups": groups}
+
+        def grads(chunk_bytes):
+            out = first_block(x, *params, eps=1e-5, chunk_bytes=chunk_bytes, **kwargs)[0]
+            first = torch.autograd.grad((out * weights).sum(), params, create_graph=True, allow_unused=True)
+            first = [torch.zeros_like(p) if f is None else f for f, p in zip(first, params)]
+            second = torch.autograd.grad(sum((f * torch.cos(p)).sum() for f, p in zip(first, params)), params,
+                                         allow_unused=True)
+            return [out, *first, *(torch.zeros_like(p) if s is None else s for s, p in zip(second, params))]
+
+        whole = grads(6 * per_image)
+        for images in (1, 2, 4):
+            for a, b in zip(grads(images * per_image), whole, strict=True):
+                torch.testing.assert_close(a, b, rtol=1e-12, atol=1e-12)
+
+
 def test_closed_form_first_block_gives_the_conv_bias_an_exact_zero_gradient_with_batch_statistics():
     """Batch norm with the batch's statistics subtracts the convolution's bias again, so its
     gradient is exactly zero (the block as written leaves rounding noise, any optimiser's

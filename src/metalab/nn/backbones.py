@@ -11,6 +11,7 @@ from torch import Tensor, nn
 from metalab._types import Params
 from metalab.nn.batchnorm import (BatchNorm, batch_statistics_norm, channels_last_statistics,
                                   grouped_batch_statistics_norm)
+from metalab.nn.pooling import max_pool2x2
 
 
 DOWNSAMPLE = ("pool", "stride")
@@ -66,8 +67,8 @@ def _conv_of_patches(cols: Tensor, filters: Tensor, bias: Tensor | None, size: t
 
 
 def first_block(x: Tensor, weight: Tensor, bias: Tensor, norm_weight: Tensor, norm_bias: Tensor, eps: float,
-                statistics: tuple[Tensor, Tensor] | None = None,
-                groups: int = 1) -> tuple[Tensor, tuple[Tensor, Tensor]]:
+                statistics: tuple[Tensor, Tensor] | None = None, groups: int = 1,
+                chunk_bytes: int | None = None) -> tuple[Tensor, tuple[Tensor, Tensor]]:
     """conv 3x3 (padding 1) -> batch norm -> 2x2 max-pool -> ReLU, for 1-3 input channels.
 
     Batch norm normalises with ``statistics`` ``(mean, var)`` per channel when given (running
@@ -92,6 +93,10 @@ def first_block(x: Tensor, weight: Tensor, bias: Tensor, norm_weight: Tensor, no
       the ReLU then run at a quarter of the positions. (At ``gamma = 0`` exactly the block is
       not differentiable in ``gamma``: the plain block pools a constant map and picks any
       element of a window; this takes the ``gamma > 0`` side.)
+    - the convolution and max-pool run in chunks of whole images, each at most ``chunk_bytes``
+      of full-resolution output (default :data:`CHUNK_BYTES`), and the pool keeps only its
+      indices for the backward pass (:func:`metalab.nn.pooling.max_pool2x2`): the full-resolution
+      map of a large batch never exists at once, and none is kept for the backward pass.
 
     Differentiable to any order in the parameters (not in ``x``: the first layer's input
     is data). Equal to the plain block in float64 to rounding (tested).
@@ -108,8 +113,23 @@ def first_block(x: Tensor, weight: Tensor, bias: Tensor, norm_weight: Tensor, no
     sign = _signs(norm_weight)
     # the product is sign * (W p) for patches p: sign * (z - bias) for raw patches, and for centred ones
     # sign * (z - mean), i.e. sign * (z - bias) with ``offset`` = bias standing for the mean
-    product = _conv_of_patches(cols, filters * sign.unsqueeze(1), None, size)
-    return _pool_norm_relu(product, sign, bias, offset, statistics[1], norm_weight, norm_bias, eps, groups), statistics
+    pooled = _pooled_conv_of_patches(cols, filters * sign.unsqueeze(1), size, chunk_bytes or CHUNK_BYTES)
+    return _norm_relu(pooled, sign, bias, offset, statistics[1], norm_weight, norm_bias, eps, groups), statistics
+
+
+#: the default ``chunk_bytes`` of :func:`first_block`: a 5-way 15-query set's map (15 MB) in one piece, a 20-way
+#: one's (60 MB) in four, each under glibc's largest mmap threshold (32 MB), so that with
+#: :func:`metalab.utils.retain_freed_memory` they are reused rather than mapped afresh every pass
+CHUNK_BYTES = 16 * 2**20
+
+
+def _pooled_conv_of_patches(cols: Tensor, filters: Tensor, size: tuple[int, int, int], chunk_bytes: int) -> Tensor:
+    """2x2 max-pool of :func:`_conv_of_patches` (no bias), in chunks of whole images of at most ``chunk_bytes``
+    of full-resolution output each (one image at least)."""
+    n, h, w = size
+    images = max(1, chunk_bytes // (h * w * filters.shape[0] * cols.element_size()))
+    return torch.cat([max_pool2x2(_conv_of_patches(chunk, filters, None, (len(chunk) // (h * w), h, w)))
+                      for chunk in cols.split(images * h * w)])
 
 
 def _signs(gamma: Tensor) -> Tensor:
@@ -117,9 +137,10 @@ def _signs(gamma: Tensor) -> Tensor:
     return torch.where(gamma >= 0, 1.0, -1.0).to(gamma.dtype)
 
 
-def _pool_norm_relu(signed: Tensor, sign: Tensor, bias: Tensor, mean: Tensor, var: Tensor, gamma: Tensor,
-                    beta: Tensor, eps: float, groups: int = 1) -> Tensor:
-    """ReLU(max-pool(batch norm of z)) from ``signed`` = ``sign * (z - bias)`` (channels flipped where ``gamma < 0``).
+def _norm_relu(pooled: Tensor, sign: Tensor, bias: Tensor, mean: Tensor, var: Tensor, gamma: Tensor,
+               beta: Tensor, eps: float, groups: int = 1) -> Tensor:
+    """ReLU(max-pool(batch norm of z)) from ``pooled`` = the 2x2 max-pool of ``sign * (z - bias)`` (channels flipped
+    where ``gamma < 0``).
 
     Batch norm of z is ``slope * signed + shift`` with ``slope = |gamma| / sigma >= 0`` per channel, which commutes
     with the max-pool, so it runs on the pooled map; ``bias - mean`` (zero with batch statistics) joins the shift
@@ -128,7 +149,7 @@ def _pool_norm_relu(signed: Tensor, sign: Tensor, bias: Tensor, mean: Tensor, va
     """
     slope = gamma * sign * torch.rsqrt(var + eps)
     shift = beta + slope * sign * (bias - mean)
-    pooled = F.max_pool2d(signed, 2).unflatten(0, (groups, -1))
+    pooled = pooled.unflatten(0, (groups, -1))
     return F.relu(torch.addcmul(shift.view(groups, 1, -1, 1, 1), pooled, slope.view(groups, 1, -1, 1, 1)).flatten(0, 1))
 
 
@@ -266,7 +287,7 @@ class ConvBlock(nn.Module):
             mean = sign * signed_mean + bias  # z's
             if norm.track_running_stats:
                 norm.update_running_stats(mean, var, signed.numel() // signed.shape[1])
-        return _pool_norm_relu(signed, sign, bias, mean, var, gamma, params["norm.bias"], norm.eps)
+        return _norm_relu(F.max_pool2d(signed, 2), sign, bias, mean, var, gamma, params["norm.bias"], norm.eps)
 
     def _conv(self, params: Params, x: Tensor) -> Tensor:
         weight, bias = params["conv.weight"], params["conv.bias"]
