@@ -110,7 +110,8 @@ like ``2nd-order-1step-5w1s``, metrics ``seconds_per_iter``, ``gflops_per_s``, `
 ``minor_faults_per_iter`` for every implementation, ``speedup`` (reference / metalab) and
 ``speedup_over_retained_reference`` for the ``maml*`` ones. Quick checks with
 ``--tasks`` are recorded under settings ending in ``-mb<tasks>``.
-This is a benchmark run by hand: nothing is timed in the test suite.
+This is a benchmark run by hand: nothing is timed in the test suite. For metalab's step and the reference each
+timed in fresh processes (no implementation inheriting another's heap), see ``benchmarks/step_ab.py``.
 """
 
 from __future__ import annotations

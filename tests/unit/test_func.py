@@ -86,3 +86,37 @@ def test_derive_seed_is_stable_and_distinct():
     assert len({derive_seed(0, i) for i in range(1000)}) == 1000
     assert derive_seed(1, 0) != derive_seed(0, 1)
     assert derive_seed(5) == 1754367730389710213  # pinned: streams must not change between versions
+
+
+@pytest.mark.parametrize("first_order", [False, True])
+def test_inner_loop_autograd_gradients_equal_torch_func_ones_to_second_order(first_order):
+    """``torch.autograd.grad`` (loop, threads) and ``torch.func.grad_and_value`` (``under_vmap``) adapt a float64
+    Conv4 to the same parameters and give the same meta-gradient; under ``torch.no_grad`` both still adapt; a
+    parameter the loss does not use gets a zero gradient from both."""
+    from metalab.func import forward, inner_loop, params_of, task_loss
+
+    g = torch.Generator().manual_seed(0)
+    model = Conv4(hidden=8, out_features=5).double()
+    x, y = torch.rand(10, 1, 28, 28, generator=g, dtype=torch.float64), torch.arange(10) % 5
+    qx = torch.rand(10, 1, 28, 28, generator=g, dtype=torch.float64)
+    unused = torch.ones(3, dtype=torch.float64, requires_grad=True)
+    theta = {**params_of(model), "unused": unused}
+
+    def support_loss(p):
+        return task_loss(forward(model, {k: v for k, v in p.items() if k != "unused"}, x), y)
+
+    def run(under_vmap):
+        adapted = inner_loop(support_loss, theta, SGD(0.3), 2, first_order, under_vmap=under_vmap)
+        query = task_loss(forward(model, {k: v for k, v in adapted.items() if k != "unused"}, qx), y)
+        meta = torch.autograd.grad(query, list(theta.values()), allow_unused=True)
+        with torch.no_grad():
+            evaluated = inner_loop(support_loss, theta, SGD(0.3), 2, first_order, under_vmap=under_vmap)
+        return [*adapted.values(), *(m for m in meta if m is not None), *evaluated.values()], adapted["unused"]
+
+    ours, ours_unused = run(False)
+    theirs, theirs_unused = run(True)
+    assert len(ours) == len(theirs)
+    for a, b in zip(ours, theirs):
+        torch.testing.assert_close(a, b, rtol=1e-10, atol=1e-12)
+    assert torch.equal(ours_unused, unused) and torch.equal(theirs_unused, unused)  # zero gradient: unchanged
+    assert not ours[-1].requires_grad  # no graph under torch.no_grad

@@ -241,7 +241,7 @@ class GradientMethod(MetaAlgorithm):
         def support_loss(p: Params) -> Tensor:
             return task_loss(self.predict(p, support), support_y)
 
-        return inner_loop(support_loss, params, self._rule(), steps, first_order)
+        return inner_loop(support_loss, params, self._rule(), steps, first_order, under_vmap=self.task_mode == "vmap")
 
     def test_steps(self, steps: int | None) -> int:
         if steps is not None:
