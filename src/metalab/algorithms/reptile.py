@@ -53,7 +53,7 @@ from metalab.algorithms.gradient import GradientConfig, GradientMethod
 from metalab.algorithms.registry import register
 from metalab.data.benchmarks import TaskSpec
 from metalab.data.episode import Episode, EpisodeBatch
-from metalab.func import SGD, Adam, UpdateRule, map_tasks, task_loss, task_metric
+from metalab.func import SGD, Adam, UpdateRule, grad_and_value, map_tasks, task_loss, task_metric
 from metalab.utils.errors import MetalabError, require_positive
 from metalab.utils.seeding import make_generator
 
@@ -177,14 +177,15 @@ class Reptile(GradientMethod):
             batches: ``(steps, b)`` int64 indices, e.g. from :func:`minibatches`.
             state: the rule's state to start from; ``None``: a fresh one.
         """
-        grad_fn = torch.func.grad(lambda p, xb, yb: task_loss(self.predict(p, xb), yb))
         rule = self._rule()
         params = {name: p.detach() for name, p in params.items()}
         if state is None:
             state = rule.init(params)
         for step in range(batches.shape[0]):
-            index = batches[step]
-            params, state = rule(params, grad_fn(params, x[index], y[index]), state, step)
+            xb, yb = x[batches[step]], y[batches[step]]
+            grads, _ = grad_and_value(lambda p: task_loss(self.predict(p, xb), yb), params,
+                                      under_vmap=self.task_mode == "vmap")
+            params, state = rule(params, grads, state, step)
         return params, state
 
     def meta_loss(self, batch: EpisodeBatch) -> MetaOutput:

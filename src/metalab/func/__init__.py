@@ -1,7 +1,7 @@
 """L1 functional core: pure functions over parameter dicts."""
 
 from metalab.func.functional import forward, params_of, runs_pure
-from metalab.func.inner import inner_loop
+from metalab.func.inner import grad_and_value, inner_loop
 from metalab.func.losses import metric_name, task_loss, task_metric
 from metalab.func.meta_lstm import MetaLSTM, MetaLSTMState, preprocess
 from metalab.func.prototypes import (
@@ -30,6 +30,7 @@ __all__ = [
     "cosine_similarity",
     "forward",
     "in_task_order",
+    "grad_and_value",
     "inner_loop",
     "map_tasks",
     "metric_name",

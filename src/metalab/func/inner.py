@@ -45,7 +45,7 @@ def inner_loop(
         first_order: drop second-order terms.
         under_vmap: the call runs inside ``torch.func.vmap`` (``torch.autograd.grad`` cannot).
     """
-    grad_fn = torch.func.grad_and_value(loss_fn) if under_vmap else partial(_grad_and_value, loss_fn)
+    grad_fn = partial(grad_and_value, loss_fn, under_vmap=under_vmap)
     state = rule.init(params)
     for step in range(steps):
         if first_order:  # constants: no graph to theta through params or through the inputs
@@ -57,9 +57,14 @@ def inner_loop(
     return params
 
 
-def _grad_and_value(loss_fn: Callable[[Params], Tensor], params: Params) -> tuple[Params, Tensor]:
-    """``torch.func.grad_and_value(loss_fn)(params)`` through ``torch.autograd.grad``: a graph of the gradients
-    (``create_graph``) where the parameters carry one, the gradients at detached copies of those that do not."""
+def grad_and_value(loss_fn: Callable[[Params], Tensor], params: Params,
+                   under_vmap: bool = False) -> tuple[Params, Tensor]:
+    """``torch.func.grad_and_value(loss_fn)(params)``; outside ``torch.func.vmap`` (``under_vmap=False``) through
+    ``torch.autograd.grad``: a graph of the gradients (``create_graph``) where the parameters carry one, the
+    gradients at detached copies of those that do not (all of them under ``torch.no_grad``), zeros for parameters
+    the loss does not use."""
+    if under_vmap:
+        return torch.func.grad_and_value(loss_fn)(params)
     outer = torch.is_grad_enabled()  # under torch.no_grad nothing is connected
     with torch.enable_grad():
         inputs = {name: p if p.requires_grad and outer else p.detach().requires_grad_() for name, p in params.items()}
