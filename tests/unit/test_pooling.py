@@ -47,3 +47,15 @@ def test_max_pool2x2_keeps_only_the_indices_for_its_backward_pass():
 
     assert kept(max_pool2x2) == [(torch.int64, (3, 4, 3, 3))]
     assert (torch.float64, (3, 4, 7, 6)) in kept(lambda t: F.max_pool2d(t, 2))  # the built-in keeps its input
+
+
+def test_max_pool2x2_runs_under_vmap_to_second_order_like_max_pool2d():
+    x = torch.randn(3, 2, 4, 6, 6, dtype=torch.float64, generator=torch.Generator().manual_seed(2))
+
+    def per_sample_curvature(pool):
+        inner = torch.func.grad(lambda u: pool(u).pow(3).sum())
+        return torch.func.vmap(torch.func.grad(lambda t: inner(t).pow(2).sum()))(x)
+
+    assert torch.equal(torch.func.vmap(max_pool2x2)(x), torch.func.vmap(lambda t: F.max_pool2d(t, 2))(x))
+    torch.testing.assert_close(per_sample_curvature(max_pool2x2), per_sample_curvature(lambda t: F.max_pool2d(t, 2)),
+                               rtol=1e-12, atol=1e-12)

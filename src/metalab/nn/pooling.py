@@ -8,7 +8,8 @@ full-resolution output, four times the pooled map). :func:`max_pool2x2` keeps th
 the input's shape and layout instead, and hands the gradient kernel an uninitialised tensor of that shape and layout (it is
 never written, so its pages are never touched). The backward pass is the same kernel, and is
 itself differentiable (its double backward is PyTorch's), so second-order MAML runs through it.
-Equal to ``F.max_pool2d(x, 2)`` in value and in first and second derivatives (tested in float64).
+Equal to ``F.max_pool2d(x, 2)`` in value and in first and second derivatives, also under
+``torch.func.vmap`` (tested in float64).
 """
 
 from __future__ import annotations
@@ -30,6 +31,8 @@ def _layout(x: Tensor) -> torch.memory_format:
 
 
 class _MaxPool2x2(torch.autograd.Function):
+    generate_vmap_rule = True  # runs under torch.func.vmap too (forward and backward are batched aten ops)
+
     @staticmethod
     def forward(x: Tensor) -> tuple[Tensor, Tensor]:
         return torch.ops.aten.max_pool2d_with_indices(x, _WINDOW, _WINDOW)
