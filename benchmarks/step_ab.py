@@ -58,7 +58,7 @@ from metalab.utils.allocator import retain_freed_memory  # noqa: E402
 @dataclass(frozen=True)
 class Variant:
     retain: bool  # retain_freed_memory() before anything else
-    overrides: dict  # GradientConfig fields over MAML's defaults (None: throughput.py's reference loop)
+    overrides: dict | None  # GradientConfig fields over MAML's defaults (None: throughput.py's reference loop)
 
 
 VARIANTS = {
@@ -132,9 +132,7 @@ def main() -> None:
     for name, value in (("--rounds", args.rounds), ("--reps", args.reps)):
         if value < 1:
             p.error(f"{name} must be at least 1, got {value}")
-    rows = throughput.selected_rows(p, args.rows)
-    if args.tasks is not None:
-        rows = [throughput.Row(r.n_way, args.tasks, r.first_order, r.inner_steps) for r in rows]
+    rows = throughput.sized_rows(p, args)
     runs: dict[tuple[throughput.Row, str], list[dict]] = {(row, v): [] for row in rows for v in variants}
     for r in range(args.rounds):
         for row in rows:

@@ -197,12 +197,18 @@ def add_tasks_flag(parser: argparse.ArgumentParser) -> None:
     parser.add_argument("--tasks", type=int, default=None, help="override the meta-batch size (quick checks)")
 
 
+def sized_rows(parser: argparse.ArgumentParser, args: argparse.Namespace) -> list[Row]:
+    """The rows of ``--rows``, with meta-batch ``--tasks`` where given."""
+    rows = selected_rows(parser, args.rows)
+    if args.tasks is None:
+        return rows
+    return [Row(r.n_way, args.tasks, r.first_order, r.inner_steps) for r in rows]
+
+
 def row_batches(parser: argparse.ArgumentParser, args: argparse.Namespace) -> dict[Row, EpisodeBatch]:
     """The rows of ``--rows`` (meta-batch ``--tasks`` where given), each with its training batch of Omniglot
     episodes (1 shot, 15 queries per class; one benchmark per way)."""
-    rows = selected_rows(parser, args.rows)
-    if args.tasks is not None:
-        rows = [Row(r.n_way, args.tasks, r.first_order, r.inner_steps) for r in rows]
+    rows = sized_rows(parser, args)
     benches = {n_way: metalab.make_benchmark(metalab.BenchmarkConfig(
         "omniglot", data_dir=args.data_dir, cache_dir=args.cache_dir, n_way=n_way, k_shot=1, n_query=15,
         train_n_way=n_way, train_k_shot=1, train_n_query=15)) for n_way in sorted({r.n_way for r in rows})}

@@ -185,6 +185,11 @@ class GradientMethod(MetaAlgorithm):
         self.task_mode = mode
 
     @property
+    def under_vmap(self) -> bool:
+        """The tasks run inside ``torch.func.vmap`` (inner gradients then come from ``torch.func``)."""
+        return self.task_mode == "vmap"
+
+    @property
     def evaluates_on_threads(self) -> bool:
         """Adapting reads the meta-parameters and writes only new tensors; the model must run as a
         pure function of its parameters (:func:`metalab.func.runs_pure`)."""
@@ -241,7 +246,7 @@ class GradientMethod(MetaAlgorithm):
         def support_loss(p: Params) -> Tensor:
             return task_loss(self.predict(p, support), support_y)
 
-        return inner_loop(support_loss, params, self._rule(), steps, first_order, under_vmap=self.task_mode == "vmap")
+        return inner_loop(support_loss, params, self._rule(), steps, first_order, under_vmap=self.under_vmap)
 
     def test_steps(self, steps: int | None) -> int:
         if steps is not None:

@@ -183,8 +183,7 @@ class Reptile(GradientMethod):
             state = rule.init(params)
         for step in range(batches.shape[0]):
             xb, yb = x[batches[step]], y[batches[step]]
-            grads, _ = grad_and_value(lambda p: task_loss(self.predict(p, xb), yb), params,
-                                      under_vmap=self.task_mode == "vmap")
+            grads, _ = grad_and_value(lambda p: task_loss(self.predict(p, xb), yb), params, self.under_vmap)
             params, state = rule(params, grads, state, step)
         return params, state
 

@@ -32,12 +32,12 @@ def batch_statistics_norm(x: Tensor, weight: Tensor, bias: Tensor, eps: float) -
     float64, the channels-first ones 8.3e-6..1.5e-4 (``grad_rel_err_float32`` of commit
     df3c604's records in ``benchmarks/results/throughput*.jsonl``).
     """
-    if not _channels_last(x):
+    if not is_channels_last(x):
         return F.batch_norm(x, None, None, weight, bias, True, 0.0, eps)
     return _channels_last_norm(x, weight, bias, eps)[0]
 
 
-def _channels_last(x: Tensor) -> bool:
+def is_channels_last(x: Tensor) -> bool:
     """Whether ``x`` ``(N, C, *)`` is laid out channels-last (and not also contiguous, as with one channel)."""
     return x.dim() >= 3 and not x.is_contiguous() and x.is_contiguous(memory_format=torch.channels_last)
 
@@ -90,7 +90,7 @@ def grouped_batch_statistics_norm(x: Tensor, groups: int, weight: Tensor, bias: 
     with its own statistics, as it would be alone (channels-last: two column means per block
     as in :func:`batch_statistics_norm`; otherwise ``var_mean`` and element-wise arithmetic).
     """
-    if _channels_last(x):
+    if is_channels_last(x):
         return _channels_last_norm(x, weight, bias, eps, groups)[0]
     blocks = x.unflatten(0, (groups, -1))
     var, mean = torch.var_mean(blocks, dim=[1, *range(3, blocks.dim())], keepdim=True, correction=0)
@@ -132,7 +132,7 @@ class BatchNorm(nn.Module):
         if not self.vmap_safe:
             if not self.track_running_stats:
                 return batch_statistics_norm(x, weight, bias, self.eps)
-            if self.training and _channels_last(x):  # the kernel's channels-last statistics are imprecise (above)
+            if self.training and is_channels_last(x):  # the kernel's channels-last statistics are imprecise (above)
                 out, mean, var = _channels_last_norm(x, weight, bias, self.eps)
                 self.update_running_stats(mean, var, x.numel() // x.shape[1])
                 return out
