@@ -14,7 +14,8 @@ one warm-up and ``--reps`` timed iterations (throughput.py's ``measure``) and re
 median; rounds go over all rows and variants, in an order rotated every round, so a drift of
 the machine falls on all variants alike. Reported per row and variant: the median over the
 rounds of the per-process medians, its min-max over the rounds, the peak memory above the
-level before the timed iterations (``peak_mib``, as throughput.py), and the process's
+level before the timed iterations (``peak_mib``, as throughput.py), the peak of the live allocations above
+theirs (``peak_live_mib``, as throughput.py), and the process's
 high-water resident set (``max_rss_mib``: the dataset, the model and the step together).
 
 Variants (``--variants``, comma-separated):
@@ -27,7 +28,7 @@ Variants (``--variants``, comma-separated):
   and ``channels_last`` set explicitly (cl: channels-last, cf: channels-first), memory retained.
 
 Appends ``throughput`` records (method ``fresh-<variant>``, setting as throughput.py's rows,
-metrics ``seconds_per_iter``, ``peak_mib``, ``max_rss_mib`` and, with ``reference`` among the
+metrics ``seconds_per_iter``, ``peak_mib``, ``peak_live_mib``, ``max_rss_mib`` and, with ``reference`` among the
 variants, ``speedup`` = reference / variant) to results/throughput*.jsonl. A benchmark run
 by hand: nothing is timed in the test suite.
 """
@@ -91,9 +92,10 @@ def child(parser: argparse.ArgumentParser, args: argparse.Namespace) -> None:
         throughput.start_from(algo.train(), model)
         impl = throughput.Implementation(args.variant, "", lambda: algo.meta_gradient(batch), list(algo.parameters()),
                                          variant.retain)
-    seconds, mib, _ = throughput.measure(impl, args.reps)
+    measured = throughput.measure(impl, args.reps)
     max_rss = resource.getrusage(resource.RUSAGE_SELF).ru_maxrss / 1024  # KiB on Linux
-    print(json.dumps({"seconds": seconds, "peak_mib": mib, "max_rss_mib": max_rss}))
+    print(json.dumps({"seconds": measured.seconds, "peak_mib": measured.peak_mib, "peak_live_mib": measured.live_mib,
+                      "max_rss_mib": max_rss}))
 
 
 def run_child(args: argparse.Namespace, row: throughput.Row, variant: str) -> dict:
@@ -140,8 +142,8 @@ def main() -> None:
                 runs[row, v].append(run_child(args, row, v))
                 print(f"round {r + 1}: {row.name} {v}: {runs[row, v][-1]['seconds']:.3f} s", flush=True)
 
-    table = ["| row | variant | s/iter (median of rounds) | min-max | x reference | peak MiB | max RSS MiB |",
-             "|---|---|---|---|---|---|---|"]
+    table = ["| row | variant | s/iter (median of rounds) | min-max | x reference | peak MiB | peak live MiB | "
+             "max RSS MiB |", "|---|---|---|---|---|---|---|---|"]
     out = []
     for row in rows:
         medians = {v: statistics.median(run["seconds"] for run in runs[row, v]) for v in variants}
@@ -150,11 +152,14 @@ def main() -> None:
             metrics = {"seconds_per_iter": medians[v],
                        "peak_mib": statistics.median(run["peak_mib"] for run in runs[row, v]),
                        "max_rss_mib": statistics.median(run["max_rss_mib"] for run in runs[row, v])}
+            if all(run["peak_live_mib"] is not None for run in runs[row, v]):
+                metrics["peak_live_mib"] = statistics.median(run["peak_live_mib"] for run in runs[row, v])
             if "reference" in medians and v != "reference":
                 metrics["speedup"] = medians["reference"] / medians[v]
             ratio = f"{metrics['speedup']:.2f}" if "speedup" in metrics else "–"
             table.append(f"| {row.name} | {v} | {medians[v]:.3f} | {min(seconds):.3f}-{max(seconds):.3f} | {ratio} | "
-                         f"{metrics['peak_mib']:.0f} | {metrics['max_rss_mib']:.0f} |")
+                         f"{metrics['peak_mib']:.0f} | {throughput.mib_cell(metrics.get('peak_live_mib'))} | "
+                         f"{metrics['max_rss_mib']:.0f} |")
             config = {**throughput.row_config(row, args.reps), "rounds": args.rounds, "fresh_processes": True,
                       "freed_memory_retained": VARIANTS[v].retain, "overrides": VARIANTS[v].overrides,
                       "seconds_per_round": seconds}

@@ -95,6 +95,15 @@ iterations back to the system, so the baseline is the live memory, not the alloc
 cache. Spikes shorter than 1 ms can be missed; the sampler costs the timed code about one
 file read per millisecond (the same for every implementation).
 
+Peak live memory (``peak_live_mib``, since 2026-12-07): the same sampler reads what glibc's malloc
+has handed out and not taken back (``mallinfo2``, :func:`metalab.utils.allocator.allocated_bytes`),
+the peak above the level before the timed iterations. It counts the tensors alive at once and
+nothing of what the allocator keeps of freed memory (its caches, a heap fragmented by the
+implementations timed earlier in the process, ``retain_freed_memory``), so unlike the resident
+peak it does not depend on what ran before; it does count allocated but never touched memory
+(none of the implementations here allocates such blocks). Each read walks malloc's free lists
+under its locks, a small cost to the timed code that grows with the number of free blocks.
+
 Page faults: the minor page faults of the process per timed iteration (``getrusage``). A
 fault is the kernel handing the process a fresh zeroed page; glibc returns large freed blocks
 to the system (``mmap``/``munmap`` above an adaptive size, heap trimming), so an
@@ -106,7 +115,7 @@ hands the kept blocks back too, so the first timed iteration faults them in agai
 the count, and in the median time only with fewer than 3 ``--reps``.
 
 Appends ``throughput`` records to results/throughput*.jsonl (``--results-dir``): per row, setting
-like ``2nd-order-1step-5w1s``, metrics ``seconds_per_iter``, ``gflops_per_s``, ``peak_mib``
+like ``2nd-order-1step-5w1s``, metrics ``seconds_per_iter``, ``gflops_per_s``, ``peak_mib``, ``peak_live_mib``,
 ``minor_faults_per_iter`` for every implementation, ``speedup`` (reference / metalab) and
 ``speedup_over_retained_reference`` for the ``maml*`` ones. Quick checks with
 ``--tasks`` are recorded under settings ending in ``-mb<tasks>``.
@@ -128,7 +137,7 @@ import threading
 import time
 from dataclasses import dataclass
 from pathlib import Path
-from typing import Callable
+from typing import Callable, NamedTuple
 
 import torch
 import torch.nn.functional as F
@@ -143,7 +152,7 @@ import metalab  # noqa: E402
 from metalab import EpisodeBatch  # noqa: E402
 from metalab.algorithms import MAML, make_config  # noqa: E402
 from metalab.engine.trainer import precision  # noqa: E402
-from metalab.utils.allocator import retain_freed_memory, trim_freed_memory  # noqa: E402
+from metalab.utils.allocator import allocated_bytes, retain_freed_memory, trim_freed_memory  # noqa: E402
 
 try:
     import higher
@@ -375,38 +384,56 @@ def rss() -> int:
 
 
 class PeakRSS:
-    """Peak resident memory above the level at entry, sampled every 1 ms by a background thread."""
+    """Peak resident memory and peak live allocations above their levels at entry, sampled every 1 ms by a
+    background thread (live allocations: :func:`metalab.utils.allocator.allocated_bytes`; ``None`` without glibc)."""
 
     def __enter__(self) -> "PeakRSS":
         gc.collect()
         trim_freed_memory()  # not glibc: the baseline may include freed, cached memory
         self.base = self.peak = rss()
+        self.live_base = self.live_peak = allocated_bytes()
         self._stop = threading.Event()
         self._thread = threading.Thread(target=self._sample, daemon=True)
         self._thread.start()
         return self
 
+    def _read(self) -> None:
+        self.peak = max(self.peak, rss())
+        if self.live_peak is not None:
+            self.live_peak = max(self.live_peak, allocated_bytes())
+
     def _sample(self) -> None:
         while not self._stop.wait(0.001):
-            self.peak = max(self.peak, rss())
+            self._read()
 
     def __exit__(self, *exc) -> None:
         self._stop.set()
         self._thread.join()
-        self.peak = max(self.peak, rss())
+        self._read()
 
     @property
     def mib(self) -> float:
         return (self.peak - self.base) / 2**20
+
+    @property
+    def live_mib(self) -> float | None:
+        return None if self.live_peak is None else (self.live_peak - self.live_base) / 2**20
 
 
 def minor_faults() -> int:
     return resource.getrusage(resource.RUSAGE_SELF).ru_minflt
 
 
-def measure(impl: Implementation, reps: int) -> tuple[float, float, float]:
-    """Median seconds per iteration, peak MiB and minor page faults per iteration over ``reps``
-    timed iterations after one warm-up."""
+class Measured(NamedTuple):
+    seconds: float  # median per iteration
+    peak_mib: float  # resident set, above the level before the timed iterations
+    live_mib: float | None  # live allocations (malloc's), above the level before them; None without glibc
+    faults: float  # minor page faults per iteration
+
+
+def measure(impl: Implementation, reps: int) -> Measured:
+    """Median seconds per iteration, peak MiB (resident and live) and minor page faults per iteration over
+    ``reps`` timed iterations after one warm-up."""
     impl.iteration()
     times = []
     with PeakRSS() as memory:
@@ -416,7 +443,11 @@ def measure(impl: Implementation, reps: int) -> tuple[float, float, float]:
             impl.iteration()
             times.append(time.perf_counter() - start)
         faults = minor_faults() - faults
-    return statistics.median(times), memory.mib, faults / reps
+    return Measured(statistics.median(times), memory.mib, memory.live_mib, faults / reps)
+
+
+def mib_cell(value: float | None) -> str:
+    return "–" if value is None else f"{value:.0f}"
 
 
 MATMUL_SIZE = 2048
@@ -492,8 +523,8 @@ def main() -> None:
                               config={"reps": max(args.reps, 5) * 4,
                                       "threads": torch.get_num_threads()}))
 
-    table = ["| row | implementation | s/iter | x reference | GFLOP/s | peak MiB | page faults/iter | float32 grad error |",
-             "|---|---|---|---|---|---|---|---|"]
+    table = ["| row | implementation | s/iter | x reference | GFLOP/s | peak MiB | peak live MiB | page faults/iter | "
+             "float32 grad error |", "|---|---|---|---|---|---|---|---|---|"]
     # glibc's allocator as the process starts for the reference and `higher`; then freed memory retained
     # (process-wide, permanent), as metalab's trainer runs, for metalab and the reference again
     flops, results = {}, {}
@@ -506,26 +537,26 @@ def main() -> None:
                 flops[row] = count_flops(impls[0])
             results.update({(row, impl.name): (impl, measure(impl, args.reps)) for impl in impls})
     for row in rows:
-        ref_seconds, setting = results[row, "reference"][1][0], row_setting(row, args.tasks)
+        ref_seconds, setting = results[row, "reference"][1].seconds, row_setting(row, args.tasks)
         for name in IMPLEMENTATIONS:
-            impl, (seconds, mib, faults) = results[row, name]
+            impl, (seconds, mib, live, faults) = results[row, name]
             err = errors[row].get(impl.name, 0.0)
             table.append(f"| {row.name} | {impl.name} | {seconds:.3f} | {ref_seconds / seconds:.2f} | "
-                         f"{flops[row] / seconds / 1e9:.1f} | {mib:.0f} | {faults:.0f} | {err:.1e} |")
+                         f"{flops[row] / seconds / 1e9:.1f} | {mib:.0f} | {mib_cell(live)} | {faults:.0f} | {err:.1e} |")
             print(table[-1], flush=True)
             config = {**row_config(row, args.reps), "gflop_per_iter": flops[row] / 1e9, "grad_rel_err_float32": err,
                       "max_rel_err_float64": MAX_REL_ERR_F64, "freed_memory_retained": impl.retained}
             metrics = {"seconds_per_iter": seconds, "gflops_per_s": flops[row] / seconds / 1e9, "peak_mib": mib,
-                       "minor_faults_per_iter": faults}
+                       **({} if live is None else {"peak_live_mib": live}), "minor_faults_per_iter": faults}
             if impl.method.startswith("maml"):
                 metrics["speedup"] = ref_seconds / seconds
-                metrics["speedup_over_retained_reference"] = results[row, "reference retained"][1][0] / seconds
+                metrics["speedup_over_retained_reference"] = results[row, "reference retained"][1].seconds / seconds
             out += [records.record("throughput", impl.method, setting, metric, value, None, None, None, None,
                                    config=config) for metric, value in metrics.items()]
         # the reference's FLOPs all at the convolution's rate: nothing but arithmetic at the best rate measured
         seconds = flops[row] / (conv * 1e9)
         table.append(f"| {row.name} | float32 conv bound | {seconds:.3f} | {ref_seconds / seconds:.2f} | {conv:.1f} | "
-                     "– | – | – |")
+                     "– | – | – | – |")
         print(table[-1], flush=True)
         out.append(records.record("throughput", "conv-bound", setting, "speedup", ref_seconds / seconds, None, None,
                                   None, None, config={"gflop_per_iter": flops[row] / 1e9, "conv_gflops_per_s": conv,

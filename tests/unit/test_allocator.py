@@ -5,9 +5,10 @@ import subprocess
 import sys
 
 import pytest
+import torch
 
 from metalab.utils import MetalabError, retain_freed_memory
-from metalab.utils.allocator import MAX_MMAP_THRESHOLD, _glibc
+from metalab.utils.allocator import MAX_MMAP_THRESHOLD, _glibc, allocated_bytes
 
 glibc = pytest.mark.skipif(_glibc() is None, reason="mallopt is glibc's")
 
@@ -90,3 +91,18 @@ def test_trimming_hands_the_kept_memory_back():
     before, after = faults("assert metalab.utils.retain_freed_memory()\n"
                            "between = metalab.utils.allocator.trim_freed_memory")
     assert after > before / 4, (before, after)  # every pass takes its pages from the system again
+
+
+def test_allocated_bytes_counts_live_tensors_and_not_the_freed_memory_kept():
+    if allocated_bytes() is None:
+        pytest.skip("needs glibc 2.33 or later (mallinfo2)")
+    size = 48 * 2**20  # above glibc's mmap threshold as the process starts, below it once retained: both kinds
+    before = allocated_bytes()
+    block = torch.ones(size // 4)
+    during = allocated_bytes()
+    del block
+    after = allocated_bytes()
+    assert during - before >= size and during - after >= size
+    small = [torch.ones(2**18) for _ in range(8)]  # 1 MB each: from the heap, not mmapped
+    assert allocated_bytes() - after >= 8 * 2**20
+    del small

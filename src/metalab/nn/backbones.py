@@ -11,7 +11,7 @@ from torch import Tensor, nn
 from metalab._types import Params
 from metalab.nn.batchnorm import (BatchNorm, batch_statistics_norm, channels_last_statistics,
                                   grouped_batch_statistics_norm)
-from metalab.nn.pooling import max_pool2x2
+from metalab.nn.pooling import pooled_product
 
 
 DOWNSAMPLE = ("pool", "stride")
@@ -93,12 +93,11 @@ def first_block(x: Tensor, weight: Tensor, bias: Tensor, norm_weight: Tensor, no
       the ReLU then run at a quarter of the positions. (At ``gamma = 0`` exactly the block is
       not differentiable in ``gamma``: the plain block pools a constant map and picks any
       element of a window; this takes the ``gamma > 0`` side.)
-    - the convolution and max-pool run in chunks of whole images, each at most ``chunk_bytes``
-      of full-resolution output (default :data:`CHUNK_BYTES`), and the chunks' pools keep only
-      their indices for the backward pass (:func:`metalab.nn.pooling.max_pool2x2`): the
-      full-resolution map of a large batch never exists at once. A batch that fits in one chunk
-      is pooled by ``F.max_pool2d``, which keeps its input (with retained freed memory a 5-way
-      step's peak memory was lower that way, see docs/speed_and_exactness.md).
+    - the convolution and max-pool run a chunk of whole images at a time, forward and backward, each
+      chunk's full-resolution output at most ``chunk_bytes`` (default :data:`CHUNK_BYTES`;
+      :func:`metalab.nn.pooling.pooled_product`): the full-resolution map and its gradient never exist
+      for the whole batch at once, and the backward pass keeps only the patches and the pool's indices.
+      A batch that fits in one chunk (a support set) runs as the product and ``F.max_pool2d``.
 
     Differentiable to any order in the parameters (not in ``x``: the first layer's input
     is data). Equal to the plain block in float64 to rounding (tested).
@@ -119,10 +118,9 @@ def first_block(x: Tensor, weight: Tensor, bias: Tensor, norm_weight: Tensor, no
     return _norm_relu(pooled, sign, bias, offset, statistics[1], norm_weight, norm_bias, eps, groups), statistics
 
 
-#: the default ``chunk_bytes`` of :func:`first_block`: a 5-way 15-query set's map (15 MB) in one piece, a 20-way
-#: one's (60 MB) in four, each under glibc's largest mmap threshold (32 MB), so that with
-#: :func:`metalab.utils.retain_freed_memory` they are reused rather than mapped afresh every pass
-CHUNK_BYTES = 16 * 2**20
+#: the default ``chunk_bytes`` of :func:`first_block`: 10 images of 28x28x64 float32 output, a core's L2 cache
+#: here (2 MB); measured against one chunk per batch in docs/speed_and_exactness.md ("Large batches in chunks")
+CHUNK_BYTES = 2 * 2**20
 
 
 def _pooled_conv_of_patches(cols: Tensor, filters: Tensor, size: tuple[int, int, int], chunk_bytes: int) -> Tensor:
@@ -130,10 +128,9 @@ def _pooled_conv_of_patches(cols: Tensor, filters: Tensor, size: tuple[int, int,
     of full-resolution output each (one image at least)."""
     n, h, w = size
     images = max(1, chunk_bytes // (h * w * filters.shape[0] * cols.element_size()))
-    if images >= n:  # one piece: the built-in pool, which keeps its input (measured lighter and faster here)
+    if images >= n:  # one chunk (a support set): the built-in operations, without pooled_product's Python overhead
         return F.max_pool2d(_conv_of_patches(cols, filters, None, size), 2)
-    return torch.cat([max_pool2x2(_conv_of_patches(chunk, filters, None, (len(chunk) // (h * w), h, w)))
-                      for chunk in cols.split(images * h * w)])
+    return pooled_product(cols, filters.t().contiguous(), size, images)
 
 
 def _signs(gamma: Tensor) -> Tensor:

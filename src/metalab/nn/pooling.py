@@ -1,15 +1,18 @@
-"""2x2 max-pooling that keeps only the argmax indices for its backward pass.
+"""2x2 max-pool of a convolution written as patches times filters, computed a few images at a time.
 
-``F.max_pool2d`` records ``max_pool2d_with_indices``, whose backward formula keeps the pool's
-whole input alive until the backward pass, although the gradient kernel reads only its shape
-and memory layout: the values are never looked at, the gradient is scattered by the indices.
-In Conv4's first block that input is the largest tensor of the step (the convolution's
-full-resolution output, four times the pooled map). :func:`max_pool2x2` keeps the indices and
-the input's shape and layout instead, and hands the gradient kernel an uninitialised tensor of
-that shape and layout (never written, so its pages are never touched). The backward pass is the same kernel, and is
-itself differentiable (its double backward is PyTorch's), so second-order MAML runs through it.
-Equal to ``F.max_pool2d(x, 2)`` in value and in first and second derivatives, also under
-``torch.func.vmap`` (tested in float64).
+Conv4's first block convolves 1-3 channels as a matrix product of 3x3 patch rows by the
+filters (:func:`metalab.nn.backbones.conv3x3_few_channels`) and max-pools the result. Written
+as two operations, the product's full-resolution map (four times the pooled one: 15 MB for a
+5-way 15-query set of 28x28 images) exists at once, ``F.max_pool2d`` keeps it alive for the
+backward pass, and the backward pass builds its gradient at full resolution too (zeroed, then
+scattered to by the indices) before the product's gradient reads it. :func:`pooled_product`
+does both directions a chunk of images at a time, so the full-resolution map and its gradient
+only ever exist a chunk at a time (small enough for a core's cache), and keeps nothing for the
+backward pass but its inputs and the pool's indices.
+
+Its backward pass is made of differentiable operations (the pool's gradient kernel and matrix
+products), so second-order MAML differentiates through it, and it runs under
+``torch.func.vmap`` (tested in float64 against the two operations written out).
 """
 
 from __future__ import annotations
@@ -17,33 +20,74 @@ from __future__ import annotations
 import torch
 from torch import Tensor
 
-from metalab.nn.batchnorm import is_channels_last
-
 _WINDOW = [2, 2]
 
 
-def max_pool2x2(x: Tensor) -> Tensor:
-    """``F.max_pool2d(x, 2)`` for ``x`` ``(N, C, H, W)`` whose backward pass keeps only the indices."""
-    return _MaxPool2x2.apply(x)[0]
+def pooled_product(cols: Tensor, operand: Tensor, size: tuple[int, int, int], images: int) -> Tensor:
+    """``F.max_pool2d(map, 2)`` of ``map = (cols @ operand)`` viewed as ``(N, C, H, W)`` channels-last.
+
+    Args:
+        cols: ``(N * H * W, K)`` rows, image by image, position by position (e.g. 3x3 patches).
+        operand: ``(K, C)``, e.g. the filters transposed.
+        size: ``(N, H, W)``.
+        images: how many images each chunk holds (at least 1; the last chunk may hold fewer).
+
+    Returns the pooled map ``(N, C, H // 2, W // 2)``, channels-last. Differentiable to any order in
+    ``cols`` and ``operand``.
+    """
+    n, h, w = size
+    if cols.shape[0] != n * h * w:
+        raise ValueError(f"pooled_product: {cols.shape[0]} rows of cols for size {tuple(size)}")
+    if images < 1:
+        raise ValueError(f"pooled_product: images must be at least 1, got {images}")
+    return _PooledProduct.apply(cols, operand, tuple(size), images)[0]
 
 
-class _MaxPool2x2(torch.autograd.Function):
-    generate_vmap_rule = True  # runs under torch.func.vmap too (forward and backward are batched aten ops)
+class _PooledProduct(torch.autograd.Function):
+    generate_vmap_rule = True  # forward and backward are batched aten ops
 
     @staticmethod
-    def forward(x: Tensor) -> tuple[Tensor, Tensor]:
-        return torch.ops.aten.max_pool2d_with_indices(x, _WINDOW, _WINDOW)
+    def forward(cols: Tensor, operand: Tensor, size: tuple[int, int, int], images: int) -> tuple[Tensor, Tensor]:
+        _, h, w = size
+        pooled, indices = [], []
+        for chunk in cols.split(images * h * w):
+            full = (chunk @ operand).view(-1, h, w, operand.shape[-1]).permute(0, 3, 1, 2)
+            p, i = torch.ops.aten.max_pool2d_with_indices(full, _WINDOW, _WINDOW)
+            pooled.append(p)
+            indices.append(i)
+        if len(pooled) == 1:  # one chunk: no copy
+            return pooled[0], indices[0]
+        return torch.cat(pooled), torch.cat(indices)
 
     @staticmethod
-    def setup_context(ctx, inputs: tuple[Tensor], output: tuple[Tensor, Tensor]) -> None:
-        (x,), (_, indices) = inputs, output
-        ctx.save_for_backward(indices)
-        ctx.shape, ctx.layout = x.shape, torch.channels_last if is_channels_last(x) else torch.contiguous_format
-        ctx.mark_non_differentiable(indices)
+    def setup_context(ctx, inputs: tuple, output: tuple[Tensor, Tensor]) -> None:
+        cols, operand, size, images = inputs
+        ctx.save_for_backward(cols, operand, output[1])
+        ctx.size, ctx.images = size, images
+        ctx.mark_non_differentiable(output[1])
+        ctx.set_materialize_grads(False)  # no zeros for the indices' (never used) gradient
 
     @staticmethod
-    def backward(ctx, grad: Tensor, _: Tensor) -> Tensor:
-        (indices,) = ctx.saved_tensors
-        like = torch.empty(ctx.shape, dtype=grad.dtype, device=grad.device, memory_format=ctx.layout)
-        return torch.ops.aten.max_pool2d_with_indices_backward(grad, like, _WINDOW, _WINDOW, [0, 0], [1, 1], False,
-                                                               indices)
+    def backward(ctx, grad: Tensor, _: Tensor) -> tuple[Tensor | None, Tensor | None, None, None]:
+        cols, operand, indices = ctx.saved_tensors
+        if grad is None:
+            return None, None, None, None
+        _, h, w = ctx.size
+        channels, rows = operand.shape[-1], ctx.images * h * w
+        # the products in the forward pass's precision (under autocast, bfloat16 of float32 inputs), as autocast's
+        # own product differentiates; each chunk's gradient back in its input's dtype before they are summed
+        low = grad.dtype
+        grad_cols, grad_operand = [], None
+        for chunk, g, i in zip(cols.split(rows), grad.split(ctx.images), indices.split(ctx.images)):
+            # the pool's gradient kernel reads only the shape and layout of the pool's input: an uninitialised one
+            like = torch.empty((g.shape[0], channels, h, w), dtype=low, device=g.device,
+                               memory_format=torch.channels_last)
+            full = torch.ops.aten.max_pool2d_with_indices_backward(g, like, _WINDOW, _WINDOW, [0, 0], [1, 1], False, i)
+            full = full.permute(0, 2, 3, 1).reshape(-1, channels)  # a view of the channels-last gradient
+            if ctx.needs_input_grad[0]:
+                grad_cols.append((full @ operand.to(low).t()).to(cols.dtype))
+            if ctx.needs_input_grad[1]:
+                part = (chunk.to(low).t() @ full).to(operand.dtype)
+                grad_operand = part if grad_operand is None else grad_operand + part
+        grad_cols = (grad_cols[0] if len(grad_cols) == 1 else torch.cat(grad_cols)) if grad_cols else None
+        return grad_cols, grad_operand, None, None

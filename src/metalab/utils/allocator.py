@@ -80,3 +80,24 @@ def trim_freed_memory() -> bool:
         return False
     libc.malloc_trim(0)
     return True
+
+
+class _MallInfo2(ctypes.Structure):  # glibc's struct mallinfo2 (malloc.h, glibc 2.33 and later)
+    _fields_ = [(name, ctypes.c_size_t) for name in
+                ("arena", "ordblks", "smblks", "hblks", "hblkhd", "usmblks", "fsmblks", "uordblks", "fordblks",
+                 "keepcost")]
+
+
+def allocated_bytes() -> int | None:
+    """Bytes glibc's malloc has handed out and not yet taken back, over all its heaps and mmapped blocks
+    (``mallinfo2``: ``uordblks + hblkhd``): the live allocations (torch's CPU tensors among them), whatever
+    freed memory the allocator keeps; ``None`` where the C library is not glibc 2.33 or later. Each call
+    walks the allocator's free lists under its locks: a measurement, not for a hot loop."""
+    libc = _glibc()
+    mallinfo2 = getattr(libc, "mallinfo2", None) if libc is not None else None
+    if mallinfo2 is None:
+        return None
+    mallinfo2.restype = _MallInfo2
+    info = mallinfo2()
+    return info.uordblks + info.hblkhd
+
