@@ -20,6 +20,7 @@ import torch
 
 from metalab import results
 from metalab.data.sequences import LabelCode
+from metalab.utils.allocator import allocated_bytes
 
 from tests.conftest import REPO_ROOT
 
@@ -145,6 +146,9 @@ def test_throughput_checks_then_times_and_records_the_conv_bound(tmp_path, omnig
     assert bound["config"]["conv_gflops_per_s"] == conv["value"] > 0
     faults = [r["value"] for r in rows if r["metric"] == "minor_faults_per_iter"]
     assert len(faults) == 8 and all(f >= 0 for f in faults)
+    live = {r["method"]: r["value"] for r in rows if r["metric"] == "peak_live_mib"}
+    if allocated_bytes() is not None:  # glibc: every implementation's live peak (a task's graph at least)
+        assert set(live) == set(seconds) and all(v > 0 for v in live.values())
 
 
 def test_step_ab_times_each_variant_in_fresh_processes_and_records_the_rounds(tmp_path, omniglot_dir,
@@ -166,6 +170,8 @@ def test_step_ab_times_each_variant_in_fresh_processes_and_records_the_rounds(tm
     assert speedup == pytest.approx({m: seconds["fresh-reference"]["value"] / seconds[m]["value"]
                                      for m in ("fresh-default", "fresh-released")})
     assert all(r["value"] > 0 for r in rows if r["metric"] == "max_rss_mib")
+    if allocated_bytes() is not None:
+        assert {r["method"] for r in rows if r["metric"] == "peak_live_mib" and r["value"] > 0} == set(seconds)
     bad = run_script("step_ab.py", "--variants", "default,fastest", "--no-record")
     assert bad.returncode == 2 and "unknown variants ['fastest']" in bad.stderr
 

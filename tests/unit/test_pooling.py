@@ -63,8 +63,10 @@ def test_pooled_product_keeps_its_inputs_and_the_indices_not_the_full_resolution
         return saved
 
     full = (torch.float64, (N, C, H, W))
-    assert kept(lambda c, o: pooled_product(c, o, (N, H, W), 2)) == [
-        (torch.float64, (N * H * W, K)), (torch.float64, (K, C)), (torch.int64, (N, C, H // 2, W // 2))]
+    pooled = (C, H // 2, W // 2)
+    assert kept(lambda c, o: pooled_product(c, o, (N, H, W), 2)) == [  # the indices chunk by chunk: 2, 2 and 1 images
+        (torch.float64, (N * H * W, K)), (torch.float64, (K, C)), (torch.int64, (2, *pooled)),
+        (torch.int64, (2, *pooled)), (torch.int64, (1, *pooled))]
     assert full in kept(_written_out)  # F.max_pool2d keeps its input, the whole map
 
 

@@ -119,7 +119,7 @@ def first_block(x: Tensor, weight: Tensor, bias: Tensor, norm_weight: Tensor, no
 
 
 #: the default ``chunk_bytes`` of :func:`first_block`: 10 images of 28x28x64 float32 output, a core's L2 cache
-#: here (2 MB); measured against one chunk per batch in docs/speed_and_exactness.md ("Large batches in chunks")
+#: here (2 MB); measured in docs/speed_and_exactness.md ("The first block a chunk at a time")
 CHUNK_BYTES = 2 * 2**20
 
 

@@ -47,7 +47,7 @@ class _PooledProduct(torch.autograd.Function):
     generate_vmap_rule = True  # forward and backward are batched aten ops
 
     @staticmethod
-    def forward(cols: Tensor, operand: Tensor, size: tuple[int, int, int], images: int) -> tuple[Tensor, Tensor]:
+    def forward(cols: Tensor, operand: Tensor, size: tuple[int, int, int], images: int) -> tuple[Tensor, ...]:
         _, h, w = size
         pooled, indices = [], []
         for chunk in cols.split(images * h * w):
@@ -55,21 +55,21 @@ class _PooledProduct(torch.autograd.Function):
             p, i = torch.ops.aten.max_pool2d_with_indices(full, _WINDOW, _WINDOW)
             pooled.append(p)
             indices.append(i)
-        if len(pooled) == 1:  # one chunk: no copy
-            return pooled[0], indices[0]
-        return torch.cat(pooled), torch.cat(indices)
+        # each chunk's indices an output of its own (kept for the backward pass, which reads them chunk by chunk):
+        # no copy of them all into one tensor
+        return (pooled[0] if len(pooled) == 1 else torch.cat(pooled)), *indices
 
     @staticmethod
-    def setup_context(ctx, inputs: tuple, output: tuple[Tensor, Tensor]) -> None:
+    def setup_context(ctx, inputs: tuple, output: tuple[Tensor, ...]) -> None:
         cols, operand, size, images = inputs
-        ctx.save_for_backward(cols, operand, output[1])
+        ctx.save_for_backward(cols, operand, *output[1:])
         ctx.size, ctx.images = size, images
-        ctx.mark_non_differentiable(output[1])
-        ctx.set_materialize_grads(False)  # no zeros for the indices' (never used) gradient
+        ctx.mark_non_differentiable(*output[1:])
+        ctx.set_materialize_grads(False)  # no zeros for the indices' (never used) gradients
 
     @staticmethod
-    def backward(ctx, grad: Tensor, _: Tensor) -> tuple[Tensor | None, Tensor | None, None, None]:
-        cols, operand, indices = ctx.saved_tensors
+    def backward(ctx, grad: Tensor, *_: Tensor) -> tuple[Tensor | None, Tensor | None, None, None]:
+        cols, operand, *indices = ctx.saved_tensors
         if grad is None:
             return None, None, None, None
         _, h, w = ctx.size
@@ -78,7 +78,7 @@ class _PooledProduct(torch.autograd.Function):
         # own product differentiates; each chunk's gradient back in its input's dtype before they are summed
         low = grad.dtype
         grad_cols, grad_operand = [], None
-        for chunk, g, i in zip(cols.split(rows), grad.split(ctx.images), indices.split(ctx.images)):
+        for chunk, g, i in zip(cols.split(rows), grad.split(ctx.images), indices, strict=True):
             # the pool's gradient kernel reads only the shape and layout of the pool's input: an uninitialised one
             like = torch.empty((g.shape[0], channels, h, w), dtype=low, device=g.device,
                                memory_format=torch.channels_last)
