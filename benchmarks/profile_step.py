@@ -1,6 +1,6 @@
 """Where a MAML meta-iteration's time goes: torch.profiler's self time per kind of operation.
 
-    python benchmarks/profile_step.py --cache-dir /tmp/mlcache --rows 5w1s-2nd-1step
+    python benchmarks/profile_step.py --cache-dir /tmp/mlcache --rows 5w1s-2nd-1step --threads 1
 
 The implementations and rows are those of ``benchmarks/throughput.py`` (the same batch, the
 same weights; ``--implementations`` picks among ``reference``, ``higher``, ``metalab``,
@@ -25,7 +25,9 @@ name, and each kind's seconds per iteration are printed (with its share of the t
   ``autograd::...``, ...);
 - ``other``: anything else (each such operator's name is printed, so a new kind shows up).
 
-The profiler adds a fixed cost to every operator call, so the profiled time per iteration
+torch.profiler records the operators of the thread that runs it only: metalab's default step deals its tasks to
+worker threads when torch has several, so the script asks for ``--threads 1`` with those implementations (a
+one-core profile, every implementation on one thread). The profiler adds a fixed cost to every operator call, so the profiled time per iteration
 (recorded as ``seconds_per_iter_profiled``) is above ``throughput.py``'s and the shares lean
 towards the kinds made of many small calls; compare implementations within one run. Records:
 benchmark ``profile``, method as in ``throughput.py`` (``loop-reference``, ``maml``, ...),
@@ -79,6 +81,10 @@ KIND_OF.update({f"aten::{op}": "bookkeeping" for op in BOOKKEEPING_OPS})
 KIND_NAMES = tuple(KINDS) + ("bookkeeping", "other")
 
 
+#: the implementations whose tasks run on worker threads (task_mode threads or batched) when torch has several threads
+ON_WORKER_THREADS = {"metalab", "metalab channels-first", "metalab batched channels-last", "metalab bfloat16"}
+
+
 def kind_of(name: str) -> str:
     """The kind of a profiler event (an ``aten::`` operator, an autograd frame or anything else)."""
     if name in KIND_OF:
@@ -125,6 +131,9 @@ def main() -> None:
         p.error(f"--reps must be at least 1, got {args.reps}")
     if args.threads is not None:
         torch.set_num_threads(args.threads)
+    if torch.get_num_threads() > 1 and (threaded := sorted(set(chosen) & ON_WORKER_THREADS)):
+        p.error(f"{threaded} run their tasks on worker threads, which torch.profiler does not record (it would "
+                "show nothing of them): pass --threads 1 for a one-core profile of every implementation")
     batches = throughput.row_batches(p, args)
 
     out = []

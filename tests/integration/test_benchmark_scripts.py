@@ -198,6 +198,9 @@ def test_profile_step_files_every_operator_under_a_kind_and_records_the_shares(t
     bad = run_script("profile_step.py", "--implementations", "reference,nope", "--results-dir", str(tmp_path / "bad"))
     assert bad.returncode == 2 and "unknown implementations ['nope']" in bad.stderr
     assert not (tmp_path / "bad").exists()
+    threaded = run_script("profile_step.py", "--threads", "2", "--implementations", "reference,metalab",
+                          "--results-dir", str(tmp_path / "bad"))
+    assert threaded.returncode == 2 and "pass --threads 1" in threaded.stderr and "['metalab']" in threaded.stderr
 
 
 def test_first_block_checks_then_times_both_ways_and_records_the_speedup(tmp_path, omniglot_dir, omniglot_images,
