@@ -77,6 +77,7 @@ class _PooledProduct(torch.autograd.Function):
         # the products in the forward pass's precision (under autocast, bfloat16 of float32 inputs), as autocast's
         # own product differentiates; each chunk's gradient back in its input's dtype before they are summed
         low = grad.dtype
+        low_operand = operand.to(low)
         grad_cols, grad_operand = [], None
         for chunk, g, i in zip(cols.split(rows), grad.split(ctx.images), indices, strict=True):
             # the pool's gradient kernel reads only the shape and layout of the pool's input: an uninitialised one
@@ -85,7 +86,7 @@ class _PooledProduct(torch.autograd.Function):
             full = torch.ops.aten.max_pool2d_with_indices_backward(g, like, _WINDOW, _WINDOW, [0, 0], [1, 1], False, i)
             full = full.permute(0, 2, 3, 1).reshape(-1, channels)  # a view of the channels-last gradient
             if ctx.needs_input_grad[0]:
-                grad_cols.append((full @ operand.to(low).t()).to(cols.dtype))
+                grad_cols.append((full @ low_operand.t()).to(cols.dtype))
             if ctx.needs_input_grad[1]:
                 part = (chunk.to(low).t() @ full).to(operand.dtype)
                 grad_operand = part if grad_operand is None else grad_operand + part

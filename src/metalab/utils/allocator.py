@@ -93,11 +93,19 @@ def allocated_bytes() -> int | None:
     (``mallinfo2``: ``uordblks + hblkhd``): the live allocations (torch's CPU tensors among them), whatever
     freed memory the allocator keeps; ``None`` where the C library is not glibc 2.33 or later. Each call
     walks the allocator's free lists under its locks: a measurement, not for a hot loop."""
-    libc = _glibc()
-    mallinfo2 = getattr(libc, "mallinfo2", None) if libc is not None else None
+    mallinfo2 = _mallinfo2()
     if mallinfo2 is None:
         return None
-    mallinfo2.restype = _MallInfo2
     info = mallinfo2()
     return info.uordblks + info.hblkhd
 
+
+
+@functools.lru_cache(maxsize=1)
+def _mallinfo2():
+    """glibc's ``mallinfo2`` with its return type set (once), or ``None`` where there is none."""
+    libc = _glibc()
+    mallinfo2 = getattr(libc, "mallinfo2", None) if libc is not None else None
+    if mallinfo2 is not None:
+        mallinfo2.restype = _MallInfo2
+    return mallinfo2
