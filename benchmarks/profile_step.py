@@ -113,20 +113,14 @@ def profile_seconds(impl: throughput.Implementation, reps: int) -> tuple[dict[st
 
 
 def main() -> None:
-    names = list(throughput.IMPLEMENTATIONS)
     p = argparse.ArgumentParser(description=__doc__.splitlines()[0])
     throughput.add_rows_flag(p)
-    p.add_argument("--implementations", default="reference,metalab",
-                   help=f"comma-separated, from {names} (default: reference,metalab)")
+    throughput.add_implementations_flag(p, "reference,metalab")
     p.add_argument("--reps", type=int, default=3, help="profiled iterations per implementation")
     throughput.add_tasks_flag(p)
     records.add_timing_flags(p)
     args = p.parse_args()
-    chosen = args.implementations.split(",")
-    if unknown := sorted(set(chosen) - set(names)):
-        p.error(f"unknown implementations {unknown}; choose from {names}")
-    if "higher" in chosen and throughput.higher is None:
-        p.error("the `higher` implementation needs the library: pip install --no-deps higher==0.2.1")
+    chosen = throughput.selected_implementations(p, args.implementations)
     if args.reps < 1:
         p.error(f"--reps must be at least 1, got {args.reps}")
     if args.threads is not None:

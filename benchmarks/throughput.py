@@ -39,6 +39,12 @@ implementations compute the same meta-gradient in one process:
   leaves float64 tensors alone, so the float64 check below checks its algorithm; its
   float32 error column is the distance of the bfloat16 meta-gradient to float64.
 
+``--implementations`` (comma-separated names as above, ``reference`` among them; default all eight) times
+a subset: on a CPU without bfloat16 arithmetic (AVX2 only, e.g. AMD EPYC Zen 3: there the 2048 x 2048
+bfloat16 product ran at under 1 GFLOP/s against 110 in float32: ``matmul`` records on that machine)
+``metalab bfloat16`` takes many times the float32 step, and leaving it out keeps the run short.
+``speedup_over_retained_reference`` is recorded only when ``reference retained`` is timed too.
+
 Per row, first for every selected row (before anything is timed): all start from the
 same weights and compute the meta-gradient of the same batch in float64; the relative
 error ||g - g_ref|| / ||g_ref|| (all parameters flattened) of `higher` and metalab against
@@ -328,6 +334,22 @@ def implementations(row: Row, batch: EpisodeBatch, dtype: torch.dtype = torch.fl
     return impls
 
 
+def add_implementations_flag(parser: argparse.ArgumentParser, default: str) -> None:
+    parser.add_argument("--implementations", default=default,
+                        help=f"comma-separated, from {list(IMPLEMENTATIONS)} (default: {default})")
+
+
+def selected_implementations(parser: argparse.ArgumentParser, names: str) -> list[str]:
+    """The implementations named by ``--implementations``, in :data:`IMPLEMENTATIONS`' order; a usage error (exit 2)
+    names unknown ones, and asks for the `higher` library where it is chosen and missing."""
+    chosen = names.split(",")
+    if unknown := sorted(set(chosen) - set(IMPLEMENTATIONS)):
+        parser.error(f"unknown implementations {unknown}; choose from {list(IMPLEMENTATIONS)}")
+    if "higher" in chosen and higher is None:
+        parser.error("the `higher` implementation needs the library: pip install --no-deps higher==0.2.1")
+    return [name for name in IMPLEMENTATIONS if name in chosen]
+
+
 def start_from(learner: nn.Module, model: nn.Module) -> None:
     """Copy the reference model's weights into a metalab learner (same parameters in the same order)."""
     src, dst = list(model.parameters()), list(learner.parameters())
@@ -349,19 +371,20 @@ def relative_errors(impls: list[Implementation], exact: Tensor) -> dict[str, flo
     return {impl.name: ((impl.meta_gradient() - exact).norm() / exact.norm()).item() for impl in impls}
 
 
-def check(row: Row, batch: EpisodeBatch) -> dict[str, float]:
-    """Same meta-gradient in float64 (exact check), then each float32 run's distance to it.
+def check(row: Row, batch: EpisodeBatch, chosen: list[str] = list(IMPLEMENTATIONS)) -> dict[str, float]:
+    """Same meta-gradient in float64 (exact check), then each float32 run's distance to it, for the ``chosen``
+    implementations (the reference first, always).
 
     Returns the float32 errors (reported, not checked: see the module docstring).
     """
-    impls64 = implementations(row, batch, torch.float64)
+    impls64 = [impl for impl in implementations(row, batch, torch.float64) if impl.name in chosen]
     exact = impls64[0].meta_gradient()
     errors64 = relative_errors(impls64[1:], exact)
     bad = {name: err for name, err in errors64.items() if not err <= MAX_REL_ERR_F64}
     if bad:
         sys.exit(f"refusing to time {row.name}: in float64 the meta-gradient of {bad} differs from the reference "
                  f"by more than {MAX_REL_ERR_F64:g}; the implementations do not compute the same thing")
-    errors32 = relative_errors(implementations(row, batch), exact)
+    errors32 = relative_errors([impl for impl in implementations(row, batch) if impl.name in chosen], exact)
     print(f"{row.name} (meta-batch {row.meta_batch_size}): float64 relative error vs reference: "
           + ", ".join(f"{k} {v:.1e}" for k, v in errors64.items()) + "; float32 vs the float64 result: "
           + ", ".join(f"{k} {v:.1e}" for k, v in errors32.items()), flush=True)
@@ -491,20 +514,20 @@ def main() -> None:
     p = argparse.ArgumentParser(description=__doc__.splitlines()[0])
     add_rows_flag(p)
     p.add_argument("--reps", type=int, default=5, help="timed iterations per implementation")
+    add_implementations_flag(p, ",".join(IMPLEMENTATIONS))
     add_tasks_flag(p)
     records.add_timing_flags(p)
     args = p.parse_args()
-    if higher is None:
-        print("benchmarks/throughput.py compares against the `higher` library, which is not installed: "
-              "pip install --no-deps higher==0.2.1", file=sys.stderr)
-        sys.exit(2)
+    chosen = selected_implementations(p, args.implementations)
+    if "reference" not in chosen:
+        p.error("--implementations must include reference: every ratio is to its time")
     if args.threads is not None:
         torch.set_num_threads(args.threads)
     batches = row_batches(p, args)
     rows = list(batches)
 
     # correctness of every row first: nothing is timed if one meta-gradient is wrong
-    errors = {row: check(row, batches[row]) for row in rows}
+    errors = {row: check(row, batches[row], chosen) for row in rows}
 
     # what the machine does when arithmetic is all there is: the matrix product (float32 against bfloat16) and
     # conv4's convolution, whose rate bounds the rows
@@ -532,13 +555,14 @@ def main() -> None:
         if retained and not retain_freed_memory():
             print("not glibc: freed memory is not retained; the retained rows run as the others", file=sys.stderr)
         for row in rows:
-            impls = [impl for impl in implementations(row, batches[row]) if impl.retained == retained]
+            impls = [impl for impl in implementations(row, batches[row])
+                     if impl.retained == retained and impl.name in chosen]
             if not retained:
                 flops[row] = count_flops(impls[0])
             results.update({(row, impl.name): (impl, measure(impl, args.reps)) for impl in impls})
     for row in rows:
         ref_seconds, setting = results[row, "reference"][1].seconds, row_setting(row, args.tasks)
-        for name in IMPLEMENTATIONS:
+        for name in chosen:
             impl, (seconds, mib, live, faults) = results[row, name]
             err = errors[row].get(impl.name, 0.0)
             table.append(f"| {row.name} | {impl.name} | {seconds:.3f} | {ref_seconds / seconds:.2f} | "
@@ -550,7 +574,9 @@ def main() -> None:
                        **({} if live is None else {"peak_live_mib": live}), "minor_faults_per_iter": faults}
             if impl.method.startswith("maml"):
                 metrics["speedup"] = ref_seconds / seconds
-                metrics["speedup_over_retained_reference"] = results[row, "reference retained"][1].seconds / seconds
+                if "reference retained" in chosen:
+                    metrics["speedup_over_retained_reference"] = (results[row, "reference retained"][1].seconds
+                                                                  / seconds)
             out += [records.record("throughput", impl.method, setting, metric, value, None, None, None, None,
                                    config=config) for metric, value in metrics.items()]
         # the reference's FLOPs all at the convolution's rate: nothing but arithmetic at the best rate measured

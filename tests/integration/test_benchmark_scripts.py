@@ -151,6 +151,26 @@ def test_throughput_checks_then_times_and_records_the_conv_bound(tmp_path, omnig
         assert set(live) == set(seconds) and all(v > 0 for v in live.values())
 
 
+def test_throughput_times_only_the_chosen_implementations(tmp_path, omniglot_dir, omniglot_images, omniglot_cache):
+    done = run_script("throughput.py", "--rows", "5w1s-1st-1step", "--tasks", "1", "--reps", "1", "--threads", "1",
+                      "--implementations", "metalab,reference", "--data-dir", str(omniglot_dir),
+                      "--cache-dir", str(omniglot_cache), "--results-dir", str(tmp_path))
+    assert done.returncode == 0, done.stderr
+    assert "higher" not in done.stdout and "bfloat16 1" not in done.stdout
+    rows = read_records(tmp_path / "throughput.jsonl")
+    timed = {r["method"] for r in rows if r["metric"] == "seconds_per_iter"}
+    assert timed == {"loop-reference", "maml"}
+    maml = {r["metric"]: r["value"] for r in rows if r["method"] == "maml"}
+    assert "speedup_over_retained_reference" not in maml  # the retained reference was not timed
+    reference = next(r["value"] for r in rows if r["method"] == "loop-reference" and r["metric"] == "seconds_per_iter")
+    assert maml["speedup"] == pytest.approx(reference / maml["seconds_per_iter"])
+    for args, message in ((("--implementations", "metalab,fastest"), "unknown implementations ['fastest']"),
+                          (("--implementations", "metalab,higher"), "must include reference")):
+        bad = run_script("throughput.py", *args, "--results-dir", str(tmp_path / "bad"))
+        assert bad.returncode == 2 and message in bad.stderr, bad.stderr
+    assert not (tmp_path / "bad").exists()
+
+
 def test_step_ab_times_each_variant_in_fresh_processes_and_records_the_rounds(tmp_path, omniglot_dir,
                                                                               omniglot_images, omniglot_cache):
     done = run_script("step_ab.py", "--rows", "5w1s-2nd-1step", "--variants", "reference,default,released",
