@@ -41,7 +41,7 @@ implementations compute the same meta-gradient in one process:
 
 ``--implementations`` (comma-separated names as above, ``reference`` among them; default all eight) times
 a subset: on a CPU without bfloat16 arithmetic (AVX2 only, e.g. AMD EPYC Zen 3: there the 2048 x 2048
-bfloat16 product ran at under 1 GFLOP/s against 110 in float32: ``matmul`` records on that machine)
+bfloat16 product ran at under 1 GFLOP/s against 96 in float32: ``matmul`` records of commit 14cb70c)
 ``metalab bfloat16`` takes many times the float32 step, and leaving it out keeps the run short.
 ``speedup_over_retained_reference`` is recorded only when ``reference retained`` is timed too.
 
