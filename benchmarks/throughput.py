@@ -371,7 +371,8 @@ def relative_errors(impls: list[Implementation], exact: Tensor) -> dict[str, flo
     return {impl.name: ((impl.meta_gradient() - exact).norm() / exact.norm()).item() for impl in impls}
 
 
-def check(row: Row, batch: EpisodeBatch, chosen: list[str] = list(IMPLEMENTATIONS)) -> dict[str, float]:
+def check(row: Row, batch: EpisodeBatch,
+          chosen: tuple[str, ...] | list[str] = IMPLEMENTATIONS) -> dict[str, float]:
     """Same meta-gradient in float64 (exact check), then each float32 run's distance to it, for the ``chosen``
     implementations (the reference first, always).
 

@@ -156,7 +156,7 @@ def test_throughput_times_only_the_chosen_implementations(tmp_path, omniglot_dir
                       "--implementations", "metalab,reference", "--data-dir", str(omniglot_dir),
                       "--cache-dir", str(omniglot_cache), "--results-dir", str(tmp_path))
     assert done.returncode == 0, done.stderr
-    assert "higher" not in done.stdout and "bfloat16 1" not in done.stdout
+    assert "higher" not in done.stdout and "metalab bfloat16" not in done.stdout
     rows = read_records(tmp_path / "throughput.jsonl")
     timed = {r["method"] for r in rows if r["metric"] == "seconds_per_iter"}
     assert timed == {"loop-reference", "maml"}
