@@ -132,7 +132,7 @@ def main() -> None:
 
     out = []
     for row, batch in batches.items():
-        impls = [impl for impl in throughput.implementations(row, batch) if impl.name in chosen]
+        impls = throughput.implementations(row, batch, chosen=chosen)
         setting = throughput.row_setting(row, args.tasks)
         table = [f"{row.name} (meta-batch {row.meta_batch_size}), self seconds per iteration (share):",
                  "| kind | " + " | ".join(impl.name for impl in impls) + " |", "|---" * (len(impls) + 1) + "|"]

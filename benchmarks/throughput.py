@@ -302,7 +302,9 @@ IMPLEMENTATIONS = ("reference", "higher", "reference retained", "metalab", "meta
                    "metalab batched channels-last", "metalab bfloat16")  # the names of what implementations() returns, in its order
 
 
-def implementations(row: Row, batch: EpisodeBatch, dtype: torch.dtype = torch.float32) -> list[Implementation]:
+def implementations(row: Row, batch: EpisodeBatch, dtype: torch.dtype = torch.float32,
+                    chosen: tuple[str, ...] | list[str] = IMPLEMENTATIONS) -> list[Implementation]:
+    """The implementations named in ``chosen`` (all by default), in :data:`IMPLEMENTATIONS`' order."""
     torch.manual_seed(0)
     model = conv4(row.n_way).to(dtype)
     batch = batch.to(dtype)
@@ -331,7 +333,7 @@ def implementations(row: Row, batch: EpisodeBatch, dtype: torch.dtype = torch.fl
                        list(algo.parameters()), True),
     ]
     assert tuple(impl.name for impl in impls) == IMPLEMENTATIONS
-    return impls
+    return [impl for impl in impls if impl.name in chosen]
 
 
 def add_implementations_flag(parser: argparse.ArgumentParser, default: str) -> None:
@@ -378,14 +380,14 @@ def check(row: Row, batch: EpisodeBatch,
 
     Returns the float32 errors (reported, not checked: see the module docstring).
     """
-    impls64 = [impl for impl in implementations(row, batch, torch.float64) if impl.name in chosen]
+    impls64 = implementations(row, batch, torch.float64, chosen)
     exact = impls64[0].meta_gradient()
     errors64 = relative_errors(impls64[1:], exact)
     bad = {name: err for name, err in errors64.items() if not err <= MAX_REL_ERR_F64}
     if bad:
         sys.exit(f"refusing to time {row.name}: in float64 the meta-gradient of {bad} differs from the reference "
                  f"by more than {MAX_REL_ERR_F64:g}; the implementations do not compute the same thing")
-    errors32 = relative_errors([impl for impl in implementations(row, batch) if impl.name in chosen], exact)
+    errors32 = relative_errors(implementations(row, batch, chosen=chosen), exact)
     print(f"{row.name} (meta-batch {row.meta_batch_size}): float64 relative error vs reference: "
           + ", ".join(f"{k} {v:.1e}" for k, v in errors64.items()) + "; float32 vs the float64 result: "
           + ", ".join(f"{k} {v:.1e}" for k, v in errors32.items()), flush=True)
@@ -561,8 +563,7 @@ def main() -> None:
         if retained and not retain_freed_memory():
             print("not glibc: freed memory is not retained; the retained rows run as the others", file=sys.stderr)
         for row in rows:
-            impls = [impl for impl in implementations(row, batches[row])
-                     if impl.retained == retained and impl.name in chosen]
+            impls = [impl for impl in implementations(row, batches[row], chosen=chosen) if impl.retained == retained]
             if not retained:
                 flops[row] = count_flops(impls[0])
             results.update({(row, impl.name): (impl, measure(impl, args.reps)) for impl in impls})
