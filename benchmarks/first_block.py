@@ -145,9 +145,7 @@ def main() -> None:
         out += [records.record("throughput", f"{algorithm}-first-block-{variant}", name, metric, value,
                                None, None, None, None, config=config)
                 for variant, values in metrics.items() for metric, value in values.items()]
-    print("\n" + "\n".join(table))
-    if not args.no_record:
-        print(records.append("throughput", out, args.results_dir))
+    records.finish("throughput", table, out, args)
 
 
 if __name__ == "__main__":

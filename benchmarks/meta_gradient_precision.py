@@ -167,9 +167,7 @@ def main() -> None:
             table.append(f"| {row.name} | {variant} | " + " | ".join(cells + ["–"] * (6 - len(cells))) + " |")
             out += [records.record("numerics", variant, f"meta-gradient-{row.setting}", metric, value, None, None,
                                    None, None, config=config) for metric, value in stats.items()]
-    print("\n" + "\n".join(table))
-    if not args.no_record:
-        print(records.append("numerics", out, args.results_dir))
+    records.finish("numerics", table, out, args)
 
 
 if __name__ == "__main__":

@@ -48,6 +48,14 @@ def append(benchmark: str, records: list[dict], directory: Path = RESULTS_DIR) -
     return results.append(records, directory / f"{benchmark}.jsonl")
 
 
+def finish(benchmark: str, table: list[str], out: list[dict], args) -> None:
+    """Print a timing script's markdown ``table``, then append its records ``out`` unless ``args.no_record`` (to
+    ``args.results_dir``) and print where."""
+    print("\n" + "\n".join(table))
+    if not args.no_record:
+        print(append(benchmark, out, args.results_dir))
+
+
 def val_curve(run: Path) -> list[list[float]]:
     """A run folder's validation curve as ``[seconds, value]`` pairs, the ``val_curve`` a record carries (the
     results page projects from it; ``plot_curves.py --records`` draws it after the run folder is gone)."""

@@ -10,11 +10,11 @@ freed memory of those before it, and its one-process medians moved by up to 30% 
 (row, variant, round) is its own Python process (``--child``), which loads the row's batch
 (throughput.py's episodes: 1 shot, 15 queries per class, meta-batch 32 at 5-way and 16 at
 20-way), starts from the same weights (``torch.manual_seed(0)``, throughput.py's conv4), runs
-one warm-up and ``--reps`` timed iterations (throughput.py's ``measure``) and reports its
-median; rounds go over all rows and variants, in an order rotated every round, so a drift of
+one warm-up, ``--reps`` timed iterations and one more whose memory is read (throughput.py's
+``measure``) and reports its median; rounds go over all rows and variants, in an order rotated every round, so a drift of
 the machine falls on all variants alike. Reported per row and variant: the median over the
 rounds of the per-process medians, its min-max over the rounds, the peak memory above the
-level before the timed iterations (``peak_mib``, as throughput.py), the peak of the live allocations above
+level before that iteration (``peak_mib``, as throughput.py), the peak of the live allocations above
 theirs (``peak_live_mib``, as throughput.py), and the process's
 high-water resident set (``max_rss_mib``: the dataset, the model and the step together).
 
@@ -163,11 +163,8 @@ def main() -> None:
             config = {**throughput.row_config(row, args.reps), "rounds": args.rounds, "fresh_processes": True,
                       "freed_memory_retained": VARIANTS[v].retain, "overrides": VARIANTS[v].overrides,
                       "seconds_per_round": seconds}
-            out += [records.record("throughput", f"fresh-{v}", throughput.row_setting(row, args.tasks), metric, value,
-                                   None, None, None, None, config=config) for metric, value in metrics.items()]
-    print("\n" + "\n".join(table))
-    if not args.no_record:
-        print(records.append("throughput", out, args.results_dir))
+            out += throughput.row_records(f"fresh-{v}", throughput.row_setting(row, args.tasks), metrics, config)
+    records.finish("throughput", table, out, args)
 
 
 if __name__ == "__main__":

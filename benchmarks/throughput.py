@@ -72,7 +72,8 @@ say which in ``config.freed_memory_retained``; records without that field (befor
 ``speedup_over_retained_reference`` is ``reference retained`` / their time: what is left of the
 ratio when the loop keeps its memory too.
 
-Then per row and implementation: one warm-up iteration and ``--reps`` timed iterations (zero the gradients, forward/backward of the whole meta-batch); the median is
+Then per row and implementation: one warm-up iteration, ``--reps`` timed iterations (zero the gradients,
+forward/backward of the whole meta-batch) and one iteration whose memory is read (below); the median is
 reported, with ``x reference`` = reference median / median, measured in the same run.
 FLOPs are counted once per row by ``torch.utils.flop_counter.FlopCounterMode`` on one
 reference iteration (forward, inner gradients, backward; convolutions and matrix products
@@ -94,16 +95,17 @@ convolutions. (Earlier records hold a ``matmul-bound`` at the matrix product's r
 which is not a bound.)
 
 Peak memory: torch's CPU allocations are invisible to tracemalloc, so a background thread
-reads the resident set size from /proc/self/statm every 1 ms during the timed iterations;
-the peak minus the level just before them is reported in MiB. Before that level is read,
+reads the resident set size from /proc/self/statm every 1 ms during one more iteration after the
+timed ones; the peak minus the level just before it is reported in MiB. Before that level is read,
 ``gc.collect()`` runs and glibc's ``malloc_trim(0)`` hands the memory freed by earlier
 iterations back to the system, so the baseline is the live memory, not the allocator's
-cache. Spikes shorter than 1 ms can be missed; the sampler costs the timed code about one
-file read per millisecond (the same for every implementation).
+cache. Spikes shorter than 1 ms can be missed. The timed iterations run without the sampler
+(since the commit that added ``benchmarks/sampler_cost.py``, which measures what it cost them;
+records before it timed the iterations beside the sampler and read memory over them).
 
 Peak live memory (``peak_live_mib``, since 2026-12-07): the same sampler reads what glibc's malloc
 has handed out and not taken back (``mallinfo2``, :func:`metalab.utils.allocator.allocated_bytes`),
-the peak above the level before the timed iterations. It counts the tensors alive at once and
+the peak above the level before that iteration. It counts the tensors alive at once and
 nothing of what the allocator keeps of freed memory (its caches, a heap fragmented by the
 implementations timed earlier in the process, ``retain_freed_memory``), so unlike the resident
 peak it does not depend on what ran before; it does count allocated but never touched memory
@@ -116,9 +118,11 @@ to the system (``mmap``/``munmap`` above an adaptive size, heap trimming), so an
 implementation whose big temporaries are allocated and freed in a pattern that defeats that
 adaptation pays for every page of them again each iteration. Measured with all 8 rows: the
 reference at 556k-760k faults per 20-way iteration (2-3 GB of pages), metalab at 35k-55k.
-With freed memory retained the ``malloc_trim(0)`` before the timed iterations (see peak memory)
-hands the kept blocks back too, so the first timed iteration faults them in again: that is in
-the count, and in the median time only with fewer than 3 ``--reps``.
+The timed iterations follow the warm-up directly, so with freed memory retained they reuse what it
+kept; the ``malloc_trim(0)`` before the memory iteration comes after them. (Records before the
+commit that added ``benchmarks/sampler_cost.py`` trimmed before the timed iterations, whose
+first one then faulted the kept blocks in again: in the count, and in the median time with
+fewer than 3 ``--reps``.)
 
 Appends ``throughput`` records to results/throughput*.jsonl (``--results-dir``): per row, setting
 like ``2nd-order-1step-5w1s``, metrics ``seconds_per_iter``, ``gflops_per_s``, ``peak_mib``, ``peak_live_mib``,
@@ -233,6 +237,12 @@ def row_batches(parser: argparse.ArgumentParser, args: argparse.Namespace) -> di
 def row_setting(row: Row, tasks: int | None) -> str:
     """A row's record setting; quick checks with ``--tasks`` end in ``-mb<tasks>``."""
     return row.setting if tasks is None else f"{row.setting}-mb{row.meta_batch_size}"
+
+
+def row_records(method: str, setting: str, metrics: dict[str, float], config: dict) -> list[dict]:
+    """One ``throughput`` record per metric of ``method`` on a row's ``setting`` (:func:`row_setting`)."""
+    return [records.record("throughput", method, setting, metric, value, None, None, None, None, config=config)
+            for metric, value in metrics.items()]
 
 
 def row_config(row: Row, reps: int) -> dict:
@@ -458,17 +468,19 @@ class Measured(NamedTuple):
 
 
 def measure(impl: Implementation, reps: int) -> Measured:
-    """Median seconds per iteration, peak MiB (resident and live) and minor page faults per iteration over
-    ``reps`` timed iterations after one warm-up."""
+    """Median seconds and minor page faults per iteration over ``reps`` timed iterations after one warm-up, then
+    peak MiB (resident and live) over one more iteration under :class:`PeakRSS`: the timed iterations run with
+    no sampler beside them (what it costs them: ``benchmarks/sampler_cost.py``)."""
     impl.iteration()
     times = []
+    faults = minor_faults()
+    for _ in range(reps):
+        start = time.perf_counter()
+        impl.iteration()
+        times.append(time.perf_counter() - start)
+    faults = minor_faults() - faults
     with PeakRSS() as memory:
-        faults = minor_faults()
-        for _ in range(reps):
-            start = time.perf_counter()
-            impl.iteration()
-            times.append(time.perf_counter() - start)
-        faults = minor_faults() - faults
+        impl.iteration()
     return Measured(statistics.median(times), memory.mib, memory.live_mib, faults / reps)
 
 
@@ -584,8 +596,7 @@ def main() -> None:
                 if "reference retained" in chosen:
                     metrics["speedup_over_retained_reference"] = (results[row, "reference retained"][1].seconds
                                                                   / seconds)
-            out += [records.record("throughput", impl.method, setting, metric, value, None, None, None, None,
-                                   config=config) for metric, value in metrics.items()]
+            out += row_records(impl.method, setting, metrics, config)
         # the reference's FLOPs all at the convolution's rate: nothing but arithmetic at the best rate measured
         seconds = flops[row] / (conv * 1e9)
         table.append(f"| {row.name} | float32 conv bound | {seconds:.3f} | {ref_seconds / seconds:.2f} | {conv:.1f} | "
@@ -594,9 +605,7 @@ def main() -> None:
         out.append(records.record("throughput", "conv-bound", setting, "speedup", ref_seconds / seconds, None, None,
                                   None, None, config={"gflop_per_iter": flops[row] / 1e9, "conv_gflops_per_s": conv,
                                                       "threads": torch.get_num_threads()}))
-    print("\n" + "\n".join(table))
-    if not args.no_record:
-        print(records.append("throughput", out, args.results_dir))
+    records.finish("throughput", table, out, args)
 
 
 if __name__ == "__main__":

@@ -196,6 +196,26 @@ def test_step_ab_times_each_variant_in_fresh_processes_and_records_the_rounds(tm
     assert bad.returncode == 2 and "unknown variants ['fastest']" in bad.stderr
 
 
+def test_sampler_cost_times_each_way_in_rounds_and_records_the_slowdown(tmp_path, omniglot_dir, omniglot_images,
+                                                                        omniglot_cache):
+    done = run_script("sampler_cost.py", "--rows", "5w1s-1st-1step", "--tasks", "1", "--rounds", "2", "--reps", "1",
+                      "--threads", "1", "--data-dir", str(omniglot_dir), "--cache-dir", str(omniglot_cache),
+                      "--results-dir", str(tmp_path))
+    assert done.returncode == 0, done.stderr
+    rows = read_records(tmp_path / "throughput.jsonl")
+    by = {(r["method"], r["metric"]): r for r in rows}
+    assert {m for m, _ in by} == {"sampler-loop-reference-retained", "sampler-maml"}
+    for method in ("sampler-loop-reference-retained", "sampler-maml"):
+        alone, sampled = by[method, "seconds_per_iter"], by[method, "seconds_per_iter_sampled"]
+        assert len(alone["config"]["seconds_alone"]) == len(alone["config"]["seconds_sampled"]) == 2
+        assert alone["value"] == pytest.approx(sum(alone["config"]["seconds_alone"]) / 2)
+        assert sampled["value"] == pytest.approx(sum(alone["config"]["seconds_sampled"]) / 2)
+        assert by[method, "slowdown"]["value"] == pytest.approx(sampled["value"] / alone["value"])
+    bad = run_script("sampler_cost.py", "--rounds", "0", "--results-dir", str(tmp_path / "bad"))
+    assert bad.returncode == 2 and "--rounds must be at least 1, got 0" in bad.stderr
+    assert not (tmp_path / "bad").exists()
+
+
 def test_profile_step_files_every_operator_under_a_kind_and_records_the_shares(tmp_path, omniglot_dir,
                                                                                omniglot_images, omniglot_cache):
     done = run_script("profile_step.py", "--rows", "5w1s-2nd-1step", "--tasks", "1", "--reps", "1", "--threads", "1",
