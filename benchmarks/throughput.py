@@ -81,7 +81,8 @@ only) and divided by each implementation's median time (GFLOP/s; same count for 
 they compute the same thing).
 
 The bound: before the rows, the rate of one large matrix product (2048 x 2048, float32 and
-bfloat16; method ``matmul``, metric ``gflops_per_s``) and of conv4's dominant convolution
+bfloat16, or smaller where a product would take over a second: see ``matmul_gflops``; method ``matmul``, setting
+``<size>x<size>-<dtype>``, metric ``gflops_per_s``) and of conv4's dominant convolution
 (3x3, 64 -> 64 channels on 75 x 64 x 14 x 14, the second layer on a 5-way 15-query set:
 forward, input gradient and weight gradient; method ``conv``) are measured. The convolution
 ran at two to three times the matrix product's rate on the machine of commit 2865d65 (about 450
@@ -488,24 +489,32 @@ def mib_cell(value: float | None) -> str:
     return "–" if value is None else f"{value:.0f}"
 
 
-MATMUL_SIZE = 2048
+#: the matrix product's size: MATMUL_SIZE square, or smaller where one product would take over a second
+MATMUL_SIZE, MATMUL_START = 2048, 256
 
 
-def matmul_gflops(dtype: torch.dtype, reps: int) -> float:
-    """GFLOP/s of a large square matrix product (``MATMUL_SIZE``), the median of ``reps`` after a warm-up; a product
-    slower than a second (bfloat16 without hardware support: about a minute on an AVX2-only CPU) is timed once,
-    the warm-up itself, so the measurement does not take minutes."""
-    a, b = torch.randn(MATMUL_SIZE, MATMUL_SIZE, dtype=dtype), torch.randn(MATMUL_SIZE, MATMUL_SIZE, dtype=dtype)
-    start = time.perf_counter()
-    a @ b
-    if (first := time.perf_counter() - start) > 1.0:
-        return 2 * MATMUL_SIZE**3 / first / 1e9
+def matmul_gflops(dtype: torch.dtype, reps: int) -> tuple[int, float]:
+    """The size and GFLOP/s of a large square matrix product, the median of ``reps`` after a warm-up.
+
+    The size doubles from ``MATMUL_START`` up to ``MATMUL_SIZE`` while the next size's product would take under a
+    second (eight times the current one's): ``MATMUL_SIZE`` in float32 and in bfloat16 where the CPU has bfloat16
+    arithmetic; without it (AVX2-only CPUs, about 0.3 GFLOP/s) a 2048 product takes a minute and the rate is
+    measured on a smaller one.
+    """
+    size = MATMUL_START
+    while True:
+        a, b = torch.randn(size, size, dtype=dtype), torch.randn(size, size, dtype=dtype)
+        start = time.perf_counter()
+        a @ b
+        if size >= MATMUL_SIZE or 8 * (time.perf_counter() - start) > 1.0:
+            break
+        size *= 2
     times = []
     for _ in range(reps):
         start = time.perf_counter()
         a @ b
         times.append(time.perf_counter() - start)
-    return 2 * MATMUL_SIZE**3 / statistics.median(times) / 1e9
+    return size, 2 * size**3 / statistics.median(times) / 1e9
 
 
 CONV_SHAPE = (75, 64, 14, 14)
@@ -554,13 +563,13 @@ def main() -> None:
     matmul = {dtype: matmul_gflops(dtype, max(args.reps, 5)) for dtype in (torch.float32, torch.bfloat16)}
     names = {dtype: str(dtype).removeprefix("torch.") for dtype in matmul}
     conv = conv_gflops(max(args.reps, 5) * 4)
-    print("large matmul: " + ", ".join(f"{names[d]} {v:.0f} GFLOP/s" for d, v in matmul.items())
+    print("large matmul: " + ", ".join(f"{names[d]} {v:.0f} GFLOP/s ({n}x{n})" for d, (n, v) in matmul.items())
           + f"; conv4's 64-channel convolution, forward and backward: float32 {conv:.0f} GFLOP/s")
-    out = [records.record("throughput", "matmul", f"{MATMUL_SIZE}x{MATMUL_SIZE}-{names[dtype]}",
+    out = [records.record("throughput", "matmul", f"{n}x{n}-{names[dtype]}",
                           "gflops_per_s", value, None, None, None, None,
                           config={"reps": max(args.reps, 5),
                                   "threads": torch.get_num_threads()})
-           for dtype, value in matmul.items()]
+           for dtype, (n, value) in matmul.items()]
     out.append(records.record("throughput", "conv", "64ch-3x3-" + "x".join(map(str, CONV_SHAPE)) + "-float32",
                               "gflops_per_s", conv, None, None, None, None,
                               config={"reps": max(args.reps, 5) * 4,

@@ -140,6 +140,10 @@ def test_throughput_checks_then_times_and_records_the_conv_bound(tmp_path, omnig
     assert over_retained == pytest.approx(seconds["loop-reference-retained"] / seconds["maml"])
     error = {r["method"]: r["config"]["grad_rel_err_float32"] for r in rows if r["metric"] == "seconds_per_iter"}
     assert error["maml"] < 1e-3 < error["maml-bf16"] < 1  # bfloat16 rounding, not a different meta-gradient
+    matmul = sorted((r["setting"].split("-") for r in rows if r["method"] == "matmul"), key=lambda sd: sd[1])
+    assert [dtype for _, dtype in matmul] == ["bfloat16", "float32"]
+    assert all(int(side) in (256, 512, 1024, 2048) and size == f"{side}x{side}" for size, _ in matmul
+               for side in [size.split("x")[0]])
     bound = next(r for r in rows if r["method"] == "conv-bound")
     assert bound["setting"] == "1st-order-1step-5w1s-mb1" and bound["value"] > 0
     conv = next(r for r in rows if r["method"] == "conv")
