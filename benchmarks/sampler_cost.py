@@ -5,9 +5,9 @@
 throughput.py and step_ab.py read the peak resident and live memory with a background thread
 (``throughput.PeakRSS``) that wakes every millisecond to read /proc/self/statm and glibc's
 ``mallinfo2``. On a 2-core CPU it shares the cores with the step's two compute threads, and
-``mallinfo2`` holds malloc's locks while it walks the free lists. Until this script was added the
-timed iterations of both scripts ran beside it; since then they run alone and memory is read over
-one more iteration (``throughput.measure``). This script measures the difference: per row, for the plain loop
+``mallinfo2`` holds malloc's locks while it walks the free lists. Before commit d3278f4 the timed
+iterations of both scripts ran beside it; since then they run alone and memory is read over one
+more iteration (``throughput.measure``). This script measures the difference: per row, for the plain loop
 and metalab's default step (both with freed memory retained, as metalab's trainer runs; same
 starting weights and batch as throughput.py), one warm-up, then ``--rounds`` rounds of ``--reps``
 iterations without the sampler and ``--reps`` with it. Reported: the median seconds per
@@ -23,7 +23,6 @@ from __future__ import annotations
 import argparse
 import statistics
 import sys
-import time
 from pathlib import Path
 
 import torch
@@ -35,15 +34,6 @@ import throughput  # noqa: E402
 from metalab.utils.allocator import retain_freed_memory  # noqa: E402
 
 IMPLEMENTATIONS = ("reference retained", "metalab")
-
-
-def seconds(impl: throughput.Implementation, reps: int) -> list[float]:
-    out = []
-    for _ in range(reps):
-        start = time.perf_counter()
-        impl.iteration()
-        out.append(time.perf_counter() - start)
-    return out
 
 
 def main() -> None:
@@ -73,9 +63,9 @@ def main() -> None:
             impl.iteration()
             alone, sampled = [], []
             for _ in range(args.rounds):
-                alone += seconds(impl, args.reps)
+                alone += throughput.seconds_each(impl, args.reps)
                 with throughput.PeakRSS():
-                    sampled += seconds(impl, args.reps)
+                    sampled += throughput.seconds_each(impl, args.reps)
             metrics = {"seconds_per_iter": statistics.median(alone),
                        "seconds_per_iter_sampled": statistics.median(sampled)}
             metrics["slowdown"] = metrics["seconds_per_iter_sampled"] / metrics["seconds_per_iter"]

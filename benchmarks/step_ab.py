@@ -11,8 +11,8 @@ freed memory of those before it, and its one-process medians moved by up to 30% 
 (throughput.py's episodes: 1 shot, 15 queries per class, meta-batch 32 at 5-way and 16 at
 20-way), starts from the same weights (``torch.manual_seed(0)``, throughput.py's conv4), runs
 one warm-up, ``--reps`` timed iterations and one more whose memory is read (throughput.py's
-``measure``) and reports its median; rounds go over all rows and variants, in an order rotated every round, so a drift of
-the machine falls on all variants alike. Reported per row and variant: the median over the
+``measure``) and reports its median; rounds go over all rows and variants, in an order rotated
+every round, so a drift of the machine falls on all variants alike. Reported per row and variant: the median over the
 rounds of the per-process medians, its min-max over the rounds, the peak memory above the
 level before that iteration (``peak_mib``, as throughput.py), the peak of the live allocations above
 theirs (``peak_live_mib``, as throughput.py), and the process's

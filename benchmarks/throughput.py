@@ -101,8 +101,8 @@ timed ones; the peak minus the level just before it is reported in MiB. Before t
 ``gc.collect()`` runs and glibc's ``malloc_trim(0)`` hands the memory freed by earlier
 iterations back to the system, so the baseline is the live memory, not the allocator's
 cache. Spikes shorter than 1 ms can be missed. The timed iterations run without the sampler
-(since the commit that added ``benchmarks/sampler_cost.py``, which measures what it cost them;
-records before it timed the iterations beside the sampler and read memory over them).
+(since commit d3278f4; ``benchmarks/sampler_cost.py`` measures what it cost them: records before
+that commit timed the iterations beside the sampler and read memory over them).
 
 Peak live memory (``peak_live_mib``, since 2026-12-07): the same sampler reads what glibc's malloc
 has handed out and not taken back (``mallinfo2``, :func:`metalab.utils.allocator.allocated_bytes`),
@@ -120,8 +120,8 @@ implementation whose big temporaries are allocated and freed in a pattern that d
 adaptation pays for every page of them again each iteration. Measured with all 8 rows: the
 reference at 556k-760k faults per 20-way iteration (2-3 GB of pages), metalab at 35k-55k.
 The timed iterations follow the warm-up directly, so with freed memory retained they reuse what it
-kept; the ``malloc_trim(0)`` before the memory iteration comes after them. (Records before the
-commit that added ``benchmarks/sampler_cost.py`` trimmed before the timed iterations, whose
+kept; the ``malloc_trim(0)`` before the memory iteration comes after them. (Records before
+commit d3278f4 trimmed before the timed iterations, whose
 first one then faulted the kept blocks in again: in the count, and in the median time with
 fewer than 3 ``--reps``.)
 
@@ -473,16 +473,22 @@ def measure(impl: Implementation, reps: int) -> Measured:
     peak MiB (resident and live) over one more iteration under :class:`PeakRSS`: the timed iterations run with
     no sampler beside them (what it costs them: ``benchmarks/sampler_cost.py``)."""
     impl.iteration()
-    times = []
     faults = minor_faults()
-    for _ in range(reps):
-        start = time.perf_counter()
-        impl.iteration()
-        times.append(time.perf_counter() - start)
+    times = seconds_each(impl, reps)
     faults = minor_faults() - faults
     with PeakRSS() as memory:
         impl.iteration()
     return Measured(statistics.median(times), memory.mib, memory.live_mib, faults / reps)
+
+
+def seconds_each(impl: Implementation, reps: int) -> list[float]:
+    """The wall-clock seconds of each of ``reps`` iterations."""
+    times = []
+    for _ in range(reps):
+        start = time.perf_counter()
+        impl.iteration()
+        times.append(time.perf_counter() - start)
+    return times
 
 
 def mib_cell(value: float | None) -> str:
