@@ -10,6 +10,12 @@ import torch
 
 REPO_ROOT = Path(__file__).resolve().parents[1]
 
+if os.environ.get("PYTEST_XDIST_WORKER"):
+    # the workers share the cores: one torch thread each, and the same for the processes the tests start (tests that
+    # exercise two threads ask for them, see two_threads); most tests are bound by one core's Python and small ops
+    os.environ["OMP_NUM_THREADS"] = "1"
+    torch.set_num_threads(1)
+
 
 def omniglot_root() -> Path | None:
     """Where the real archives are: $METALAB_OMNIGLOT, else ../shared/data/omniglot."""
