@@ -88,9 +88,12 @@ def test_thresholds_out_of_glibcs_range_are_refused():
 
 @glibc
 def test_trimming_hands_the_kept_memory_back():
-    before, after = faults("assert metalab.utils.retain_freed_memory()\n"
+    # against the passes with the memory kept (not glibc's default, whose count swings with the threads' timing
+    # when other processes load the cores: 23.6k against 4.8k after trimming once under pytest-xdist)
+    kept, trimmed = faults("assert metalab.utils.retain_freed_memory()\n"
+                           "before = faults_per_pass()\n"
                            "between = metalab.utils.allocator.trim_freed_memory")
-    assert after > before / 4, (before, after)  # every pass takes its pages from the system again
+    assert trimmed > 2 * kept, (kept, trimmed)  # every pass takes its pages from the system again
 
 
 def test_allocated_bytes_counts_live_tensors_and_not_the_freed_memory_kept():
