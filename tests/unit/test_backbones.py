@@ -7,7 +7,7 @@ from torch import nn
 
 from metalab.func import forward, params_of
 from metalab.nn import MLP, Conv4
-from metalab.nn.backbones import conv3x3_few_channels, first_block, use_channels_last
+from metalab.nn.backbones import _patches, conv3x3_few_channels, first_block, use_channels_last
 from metalab.nn.batchnorm import BatchNorm, batch_statistics_norm
 
 
@@ -102,6 +102,19 @@ def test_few_channel_convolution_is_conv2d_and_channels_last(stride):
     out = conv3x3_few_channels(x, w, b, stride)
     torch.testing.assert_close(out, F.conv2d(x, w, b, stride=stride, padding=1), rtol=1e-12, atol=1e-12)
     assert out.is_contiguous(memory_format=torch.channels_last)
+
+
+@pytest.mark.parametrize("channels,height,width,stride", [(1, 28, 28, 1), (3, 9, 7, 1), (2, 9, 7, 2), (1, 27, 28, 2)])
+def test_patches_are_the_rows_of_unfold_bit_for_bit(channels, height, width, stride):
+    x = torch.randn(3, channels, height, width, generator=torch.Generator().manual_seed(5), requires_grad=True)
+    cols, (n, h, w) = _patches(x, stride)
+    unfolded = F.unfold(x, 3, padding=1, stride=stride)  # (N, C * 9, H' * W')
+    assert (n, h * w) == (3, unfolded.shape[2]) and cols.is_contiguous()
+    assert torch.equal(cols, unfolded.transpose(1, 2).reshape(n * h * w, channels * 9))
+    weights = torch.randn(cols.shape, generator=torch.Generator().manual_seed(6))
+    grad, = torch.autograd.grad((cols * weights).sum(), x)  # each pixel's gradient: the sum over its patch entries
+    expected, = torch.autograd.grad((unfolded.transpose(1, 2).reshape(cols.shape) * weights).sum(), x)
+    torch.testing.assert_close(grad, expected, rtol=1e-6, atol=1e-6)
 
 
 def test_pure_functional_forward_equals_functional_call():

@@ -50,10 +50,19 @@ def conv3x3_few_channels(x: Tensor, weight: Tensor, bias: Tensor, stride: int = 
 
 
 def _patches(x: Tensor, stride: int = 1) -> tuple[Tensor, tuple[int, int, int]]:
-    """The 3x3 patches (padding 1) of ``x`` as rows ``(N * H' * W', C * 9)``, and ``(N, H', W')``."""
+    """The 3x3 patches (padding 1) of ``x`` as rows ``(N * H' * W', C * 9)``, and ``(N, H', W')``.
+
+    The rows of ``F.unfold(x, 3, padding=1, stride=stride)``, columns in its order (channel, kernel row, kernel
+    column), built as nine shifted views of the padded image stacked last: written once, in their final layout,
+    where unfold writes ``(N, C * 9, H' * W')`` and the rows need a transposing copy of that (equal bit for bit,
+    tested).
+    """
     n, c, h, w = x.shape
     h, w = (h - 1) // stride + 1, (w - 1) // stride + 1
-    return F.unfold(x, 3, padding=1, stride=stride).transpose(1, 2).reshape(n * h * w, c * 9), (n, h, w)
+    padded = F.pad(x, (1, 1, 1, 1)).permute(0, 2, 3, 1)  # (N, H + 2, W + 2, C)
+    span_h, span_w = stride * (h - 1) + 1, stride * (w - 1) + 1
+    shifted = [padded[:, i:i + span_h:stride, j:j + span_w:stride] for i in range(3) for j in range(3)]
+    return torch.stack(shifted, -1).reshape(n * h * w, c * 9), (n, h, w)
 
 
 def _conv_of_patches(cols: Tensor, filters: Tensor, bias: Tensor | None, size: tuple[int, int, int]) -> Tensor:
