@@ -115,16 +115,16 @@ def first_block(x: Tensor, weight: Tensor, bias: Tensor, norm_weight: Tensor, no
     filters = weight.reshape(weight.shape[0], -1)
     if groups != 1 and statistics is not None:
         raise ValueError("first_block: groups need batch statistics (statistics=None)")
-    if statistics is None:  # the batch's: convolve the centred patches, whose output has mean `bias`
-        cols, statistics = _centred_statistics(cols, filters, bias, groups)
-        offset = bias
-    else:
-        offset = statistics[0]
     sign = _signs(norm_weight)
     # the product is sign * (W p) for patches p: sign * (z - bias) for raw patches, and for centred ones
-    # sign * (z - mean), i.e. sign * (z - bias) with ``offset`` = bias standing for the mean
+    # sign * (z - mean), i.e. sign * (z - bias) with the bias standing for the mean
+    if statistics is None:  # the batch's: convolve the centred patches, whose output has mean `bias`
+        cols, statistics = _centred_statistics(cols, filters, bias, groups)
+        offset = bias - bias  # zero, and so is the bias's gradient: batch norm subtracts it again
+    else:
+        offset = sign * (bias - statistics[0])
     pooled = _pooled_conv_of_patches(cols, filters * sign.unsqueeze(1), size, chunk_bytes or CHUNK_BYTES)
-    return _norm_relu(pooled, sign, bias, offset, statistics[1], norm_weight, norm_bias, eps, groups), statistics
+    return _norm_relu(pooled, sign, offset, statistics[1], norm_weight, norm_bias, eps, groups), statistics
 
 
 #: the default ``chunk_bytes`` of :func:`first_block`: 10 images of 28x28x64 float32 output, a core's L2 cache
@@ -147,18 +147,21 @@ def _signs(gamma: Tensor) -> Tensor:
     return torch.where(gamma >= 0, 1.0, -1.0).to(gamma.dtype)
 
 
-def _norm_relu(pooled: Tensor, sign: Tensor, bias: Tensor, mean: Tensor, var: Tensor, gamma: Tensor,
-               beta: Tensor, eps: float, groups: int = 1) -> Tensor:
+def _norm_relu(pooled: Tensor, sign: Tensor, offset: Tensor, var: Tensor, gamma: Tensor, beta: Tensor, eps: float,
+               groups: int = 1) -> Tensor:
     """ReLU(max-pool(batch norm of z)) from ``pooled`` = the 2x2 max-pool of ``sign * (z - bias)`` (channels flipped
-    where ``gamma < 0``).
+    where ``gamma < 0``), with ``offset = sign * (bias - mean)``.
 
     Batch norm of z is ``slope * signed + shift`` with ``slope = |gamma| / sigma >= 0`` per channel, which commutes
-    with the max-pool, so it runs on the pooled map; ``bias - mean`` (zero with batch statistics) joins the shift
-    instead of a pass over the full-resolution map. ``mean`` and ``var`` are ``(channels,)`` or, with ``groups``
-    equal blocks of images, ``(groups, channels)``.
+    with the max-pool, so it runs on the pooled map; the offset joins the shift, ``beta + slope * offset``, instead
+    of a pass over the full-resolution map. ``offset`` and ``var`` are ``(channels,)`` or, with ``groups`` equal
+    blocks of images, ``(groups, channels)``. Few operations on the per-channel vectors: in second-order MAML each
+    one is differentiated twice per task and inner step.
     """
     slope = gamma * sign * torch.rsqrt(var + eps)
-    shift = beta + slope * sign * (bias - mean)
+    shift = torch.addcmul(beta, slope, offset)
+    if groups == 1:
+        return F.relu(torch.addcmul(shift.view(1, -1, 1, 1), pooled, slope.view(1, -1, 1, 1)))
     pooled = pooled.unflatten(0, (groups, -1))
     return F.relu(torch.addcmul(shift.view(groups, 1, -1, 1, 1), pooled, slope.view(groups, 1, -1, 1, 1)).flatten(0, 1))
 
@@ -291,13 +294,14 @@ class ConvBlock(nn.Module):
         sign = _signs(gamma)
         signed = F.conv2d(x, params["conv.weight"] * sign.view(-1, 1, 1, 1), None, padding=1)  # sign * (z - bias)
         if norm.track_running_stats and not norm.training:
-            mean, var = norm.running_mean, norm.running_var
+            var = norm.running_var
+            offset = sign * (bias - norm.running_mean)
         else:
-            signed_mean, var = channels_last_statistics(signed)
-            mean = sign * signed_mean + bias  # z's
+            signed_mean, var = channels_last_statistics(signed)  # signed_mean = sign * (mean - bias)
+            offset = (bias - bias) - signed_mean  # the bias cancels, its gradient exactly zero
             if norm.track_running_stats:
-                norm.update_running_stats(mean, var, signed.numel() // signed.shape[1])
-        return _norm_relu(F.max_pool2d(signed, 2), sign, bias, mean, var, gamma, params["norm.bias"], norm.eps)
+                norm.update_running_stats(sign * signed_mean + bias, var, signed.numel() // signed.shape[1])
+        return _norm_relu(F.max_pool2d(signed, 2), sign, offset, var, gamma, params["norm.bias"], norm.eps)
 
     def _conv(self, params: Params, x: Tensor) -> Tensor:
         weight, bias = params["conv.weight"], params["conv.bias"]
