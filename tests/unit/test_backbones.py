@@ -8,7 +8,7 @@ from torch import nn
 from metalab.func import forward, params_of
 from metalab.nn import MLP, Conv4
 from metalab.nn.backbones import _patches, conv3x3_few_channels, first_block, use_channels_last
-from metalab.nn.batchnorm import BatchNorm, batch_statistics_norm
+from metalab.nn.batchnorm import BatchNorm, batch_statistics_norm, channels_last_statistics
 
 
 # (downsample, readout): the conv4 of Vinyals et al. and ProtoNet, the Reptile code's and the MAML code's Omniglot models
@@ -115,6 +115,19 @@ def test_patches_are_the_rows_of_unfold_bit_for_bit(channels, height, width, str
     grad, = torch.autograd.grad((cols * weights).sum(), x)  # each pixel's gradient: the sum over its patch entries
     expected, = torch.autograd.grad((unfolded.transpose(1, 2).reshape(cols.shape) * weights).sum(), x)
     torch.testing.assert_close(grad, expected, rtol=1e-6, atol=1e-6)
+
+
+def test_channels_last_statistics_are_var_mean_and_differentiate_to_second_order():
+    x = torch.randn(6, 4, 5, 5, generator=torch.Generator().manual_seed(8), dtype=torch.float64) * 3 + 2
+    x = x.contiguous(memory_format=torch.channels_last).requires_grad_()
+    mean, var = channels_last_statistics(x)
+    expected_var, expected_mean = torch.var_mean(x, dim=(0, 2, 3), correction=0)
+    torch.testing.assert_close(mean, expected_mean, rtol=1e-12, atol=1e-12)
+    torch.testing.assert_close(var, expected_var, rtol=1e-12, atol=1e-12)
+    assert torch.autograd.gradcheck(channels_last_statistics, (x,))
+    assert torch.autograd.gradgradcheck(channels_last_statistics, (x,))
+    low = channels_last_statistics(x.detach().to(torch.bfloat16).contiguous(memory_format=torch.channels_last))
+    assert all(t.dtype == torch.float32 for t in low)  # autocast's bfloat16 maps: statistics in float32
 
 
 def test_pure_functional_forward_equals_functional_call():
