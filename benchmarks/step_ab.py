@@ -27,6 +27,12 @@ Variants (``--variants``, comma-separated):
 - ``threads-cl``, ``threads-cf``, ``batched-cl``, ``batched-cf``, ``loop-cl``: ``task_mode``
   and ``channels_last`` set explicitly (cl: channels-last, cf: channels-first), memory retained.
 
+With ``--baseline CHECKOUT`` (another checkout of this repository, e.g. ``git worktree add /tmp/base <commit>``)
+every variant but ``reference`` also runs with that checkout's ``src`` first on ``PYTHONPATH`` (the scripts stay
+this checkout's), in the same interleaved rounds: an A/B test of a code change in fresh processes. Those runs are
+recorded as method ``fresh-<variant>-baseline`` (config ``baseline_commit``), and the variant's own records get
+``speedup_over_baseline`` = the baseline's median / the variant's.
+
 Appends ``throughput`` records (method ``fresh-<variant>``, setting as throughput.py's rows,
 metrics ``seconds_per_iter``, ``peak_mib``, ``peak_live_mib``, ``max_rss_mib`` and, with ``reference`` among the
 variants, ``speedup`` = reference / variant) to results/throughput*.jsonl. A benchmark run
@@ -38,6 +44,7 @@ from __future__ import annotations
 import argparse
 import dataclasses
 import json
+import os
 import resource
 import statistics
 import subprocess
@@ -95,19 +102,37 @@ def child(parser: argparse.ArgumentParser, args: argparse.Namespace) -> None:
     measured = throughput.measure(impl, args.reps)
     max_rss = resource.getrusage(resource.RUSAGE_SELF).ru_maxrss / 1024  # KiB on Linux
     print(json.dumps({"seconds": measured.seconds, "peak_mib": measured.peak_mib, "peak_live_mib": measured.live_mib,
-                      "max_rss_mib": max_rss}))
+                      "max_rss_mib": max_rss, "metalab": metalab.__file__}))
 
 
-def run_child(args: argparse.Namespace, row: throughput.Row, variant: str) -> dict:
+BASELINE = "@baseline"  # the suffix of a variant's label when it runs the --baseline checkout's source
+
+
+def run_child(args: argparse.Namespace, row: throughput.Row, label: str) -> dict:
+    variant, baseline = label.removesuffix(BASELINE), label.endswith(BASELINE)
     cmd = [sys.executable, __file__, "--child", "--variant", variant, "--rows", row.name, "--reps", str(args.reps),
            "--data-dir", args.data_dir]
     for flag, value in (("--cache-dir", args.cache_dir), ("--threads", args.threads), ("--tasks", args.tasks)):
         if value is not None:
             cmd += [flag, str(value)]
-    done = subprocess.run(cmd, capture_output=True, text=True)
+    env = dict(os.environ)
+    if baseline:
+        env["PYTHONPATH"] = os.pathsep.join(filter(None, [str(args.baseline / "src"), env.get("PYTHONPATH")]))
+    done = subprocess.run(cmd, capture_output=True, text=True, env=env)
     if done.returncode:
         sys.exit(f"{' '.join(cmd)} failed (exit {done.returncode}):\n{done.stderr}")
-    return json.loads(done.stdout.strip().splitlines()[-1])
+    result = json.loads(done.stdout.strip().splitlines()[-1])
+    source = Path(result["metalab"]).resolve()
+    if baseline and not source.is_relative_to((args.baseline / "src").resolve()):
+        sys.exit(f"{label} imported metalab from {source}, not from the --baseline checkout {args.baseline}")
+    return result
+
+
+def baseline_commit(checkout: Path) -> str | None:
+    """The commit a --baseline checkout is at, or None where it is not a git checkout."""
+    done = subprocess.run(["git", "-C", str(checkout), "rev-parse", "--short=12", "HEAD"], capture_output=True,
+                          text=True)
+    return done.stdout.strip() if done.returncode == 0 else None
 
 
 def main() -> None:
@@ -117,6 +142,8 @@ def main() -> None:
                    help=f"comma-separated, from {', '.join(VARIANTS)}")
     p.add_argument("--rounds", type=int, default=5, help="fresh processes per row and variant")
     p.add_argument("--reps", type=int, default=5, help="timed iterations per process")
+    p.add_argument("--baseline", type=Path, default=None,
+                   help="another checkout (with src/metalab): every variant but reference also runs its source")
     throughput.add_tasks_flag(p)
     records.add_timing_flags(p)
     p.add_argument("--child", action="store_true", help=argparse.SUPPRESS)
@@ -134,6 +161,13 @@ def main() -> None:
     for name, value in (("--rounds", args.rounds), ("--reps", args.reps)):
         if value < 1:
             p.error(f"{name} must be at least 1, got {value}")
+    commit = None
+    if args.baseline is not None:
+        if not (args.baseline / "src" / "metalab" / "__init__.py").is_file():
+            p.error(f"--baseline {args.baseline} has no src/metalab: pass a checkout of this repository "
+                    "(e.g. git worktree add /tmp/base <commit>)")
+        commit = baseline_commit(args.baseline)
+        variants += [v + BASELINE for v in variants if v != "reference"]
     rows = throughput.sized_rows(p, args)
     runs: dict[tuple[throughput.Row, str], list[dict]] = {(row, v): [] for row in rows for v in variants}
     for r in range(args.rounds):
@@ -156,14 +190,20 @@ def main() -> None:
                 metrics["peak_live_mib"] = statistics.median(run["peak_live_mib"] for run in runs[row, v])
             if "reference" in medians and v != "reference":
                 metrics["speedup"] = medians["reference"] / medians[v]
+            if v + BASELINE in medians:
+                metrics["speedup_over_baseline"] = medians[v + BASELINE] / medians[v]
             ratio = f"{metrics['speedup']:.2f}" if "speedup" in metrics else "–"
             table.append(f"| {row.name} | {v} | {medians[v]:.3f} | {min(seconds):.3f}-{max(seconds):.3f} | {ratio} | "
                          f"{metrics['peak_mib']:.0f} | {throughput.mib_cell(metrics.get('peak_live_mib'))} | "
                          f"{metrics['max_rss_mib']:.0f} |")
+            variant = VARIANTS[v.removesuffix(BASELINE)]
             config = {**throughput.row_config(row, args.reps), "rounds": args.rounds, "fresh_processes": True,
-                      "freed_memory_retained": VARIANTS[v].retain, "overrides": VARIANTS[v].overrides,
+                      "freed_memory_retained": variant.retain, "overrides": variant.overrides,
                       "seconds_per_round": seconds}
-            out += throughput.row_records(f"fresh-{v}", throughput.row_setting(row, args.tasks), metrics, config)
+            if v.endswith(BASELINE):
+                config |= {"baseline": str(args.baseline), "baseline_commit": commit}
+            method = "fresh-" + v.replace(BASELINE, "-baseline")
+            out += throughput.row_records(method, throughput.row_setting(row, args.tasks), metrics, config)
     records.finish("throughput", table, out, args)
 
 

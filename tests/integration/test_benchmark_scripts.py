@@ -11,6 +11,7 @@ from __future__ import annotations
 
 import importlib.util
 import os
+import shutil
 import subprocess
 import sys
 from pathlib import Path
@@ -198,6 +199,29 @@ def test_step_ab_times_each_variant_in_fresh_processes_and_records_the_rounds(tm
         assert {r["method"] for r in rows if r["metric"] == "peak_live_mib" and r["value"] > 0} == set(seconds)
     bad = run_script("step_ab.py", "--variants", "default,fastest", "--no-record")
     assert bad.returncode == 2 and "unknown variants ['fastest']" in bad.stderr
+
+
+def test_step_ab_runs_a_baseline_checkouts_source_beside_this_ones(tmp_path, omniglot_dir, omniglot_images,
+                                                                   omniglot_cache):
+    baseline = tmp_path / "baseline"
+    shutil.copytree(REPO_ROOT / "src" / "metalab", baseline / "src" / "metalab")  # step_ab checks its runs import it
+    done = run_script("step_ab.py", "--rows", "5w1s-1st-1step", "--variants", "reference,default", "--tasks", "1",
+                      "--rounds", "1", "--reps", "1", "--threads", "1", "--baseline", str(baseline),
+                      "--data-dir", str(omniglot_dir), "--cache-dir", str(omniglot_cache),
+                      "--results-dir", str(tmp_path / "records"))
+    assert done.returncode == 0, done.stderr
+    assert "default@baseline" in done.stdout
+    rows = read_records(tmp_path / "records" / "throughput.jsonl")
+    seconds = {r["method"]: r for r in rows if r["metric"] == "seconds_per_iter"}
+    assert set(seconds) == {"fresh-reference", "fresh-default", "fresh-default-baseline"}
+    assert seconds["fresh-default-baseline"]["config"]["baseline"] == str(baseline)
+    assert seconds["fresh-default-baseline"]["config"]["baseline_commit"] is None  # a copy, not a git checkout
+    over = {r["method"]: r["value"] for r in rows if r["metric"] == "speedup_over_baseline"}
+    assert over == pytest.approx({"fresh-default": seconds["fresh-default-baseline"]["value"]
+                                  / seconds["fresh-default"]["value"]})
+    bad = run_script("step_ab.py", "--baseline", str(tmp_path / "nothing"), "--results-dir", str(tmp_path / "bad"))
+    assert bad.returncode == 2 and "has no src/metalab" in bad.stderr
+    assert not (tmp_path / "bad").exists()
 
 
 def test_sampler_cost_times_each_way_in_rounds_and_records_the_slowdown(tmp_path, omniglot_dir, omniglot_images,
