@@ -68,14 +68,11 @@ def channels_last_statistics(x: Tensor) -> tuple[Tensor, Tensor]:
     """The mean and biased variance ``(C,)`` of a channels-last ``x`` ``(N, C, *)`` over every dim but ``C``,
     computed as :func:`batch_statistics_norm` computes them (float32 for a bfloat16 or float16 ``x``).
 
-    Differentiated by :class:`_ColumnStatistics`: two passes over ``x`` backward (autograd through the two-pass
-    forward makes about four times as many, and keeps the centred copy of ``x`` alive for them).
+    Differentiated by :class:`_ColumnStatistics`: two passes over ``x`` backward, where autograd through the
+    two-pass forward makes several and keeps the centred copy of ``x`` alive for them.
     """
     rows = x.movedim(1, -1)
-    matrix = rows.reshape(-1, rows.shape[-1])
-    if matrix.element_size() < 4:  # bfloat16 / float16 under autocast: the statistics in float32
-        matrix = matrix.float()
-    return _ColumnStatistics.apply(matrix)
+    return _ColumnStatistics.apply(_at_least_float32(rows.reshape(-1, rows.shape[-1])))
 
 
 class _ColumnStatistics(torch.autograd.Function):
@@ -83,17 +80,16 @@ class _ColumnStatistics(torch.autograd.Function):
     centred squares, as :func:`_centred_columns`).
 
     The gradient is ``(g_mean + 2 g_var (x - mean)) / rows``, made of differentiable operations on the saved matrix
-    and mean (an output, so second order differentiates through it): any order, tested against autograd through the
-    forward pass in float64 (gradcheck and gradgradcheck).
+    and mean (an output, so second order differentiates through it): any order, tested against finite differences
+    in float64 (gradcheck and gradgradcheck).
     """
 
     generate_vmap_rule = True  # forward and backward are batched aten ops
 
     @staticmethod
     def forward(matrix: Tensor) -> tuple[Tensor, Tensor]:
-        mean = matrix.mean(0)
-        centred = matrix - mean
-        return mean, (centred * centred).mean(0)
+        _, mean, var = _centred_columns(matrix, 1)
+        return mean.view(-1), var.view(-1)
 
     @staticmethod
     def setup_context(ctx, inputs: tuple[Tensor], output: tuple[Tensor, Tensor]) -> None:
@@ -109,12 +105,16 @@ class _ColumnStatistics(torch.autograd.Function):
 def _centred_columns(rows: Tensor, groups: int) -> tuple[Tensor, Tensor, Tensor]:
     """``rows`` ``(N, *, C)`` as ``(groups, rows per group, C)`` minus its column means, the column means and the
     mean centred squares (``(groups, 1, C)``); in float32 for bfloat16 / float16 ``rows`` (autocast)."""
-    matrix = rows.reshape(groups, -1, rows.shape[-1])
-    if matrix.element_size() < 4:  # bfloat16 / float16 under autocast: normalise in float32
-        matrix = matrix.float()
+    matrix = _at_least_float32(rows.reshape(groups, -1, rows.shape[-1]))
     mean = matrix.mean(1, keepdim=True)
     centred = matrix - mean
     return centred, mean, (centred * centred).mean(1, keepdim=True)
+
+
+def _at_least_float32(x: Tensor) -> Tensor:
+    """``x`` in float32 where it is bfloat16 or float16 (a convolution's output under autocast: normalised in
+    float32), else ``x`` itself."""
+    return x.float() if x.element_size() < 4 else x
 
 
 def grouped_batch_statistics_norm(x: Tensor, groups: int, weight: Tensor, bias: Tensor, eps: float) -> Tensor:
